@@ -1,0 +1,96 @@
+"""CLIP-style causal text tower with "sequel" padding embeddings: tokens [B, L] -> tokens [B, L, width].
+
+End of text. The end of a row is the FIRST position holding `eot_id`; every later position is padding,
+whatever token it holds. A row with no `eot_id` (text truncated to the context) ends at its last position,
+so it has no padding; this is also the position the CLIP baseline reads.
+
+Sequel padding (WPCE). Every position is a point of the text cloud, padding included, so padding must not all
+look alike: the k-th padding position (k = 1, 2, ... after the end) is embedded with row `vocab_size + k - 1`
+of the embedding table instead of its token. The table therefore has `vocab_size + context_length` rows (one
+more than the largest index, L - 1 sequels, could need; kept for a round size and the paper's layout).
+
+Token ids. Ids must lie in [0, vocab_size). Inside jit the model cannot check this: an out-of-range id would be
+silently clamped by the embedding gather (or read a sequel row). `check_token_ids` is a cheap host-side check
+for the data pipeline or tests to run on NumPy batches.
+"""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from wpce_jax.models.transformer import TransformerStack
+
+
+def end_positions(tokens: jax.Array, eot_id: int) -> jax.Array:
+    """tokens [B, L] int -> [B] int32: the first position holding eot_id, or L - 1 where a row has none."""
+    is_eot = tokens == eot_id
+    first = jnp.argmax(is_eot, axis=-1).astype(jnp.int32)  # argmax returns the first True
+    return jnp.where(jnp.any(is_eot, axis=-1), first, tokens.shape[-1] - 1)
+
+
+def sequel_token_ids(tokens: jax.Array, vocab_size: int, eot_id: int) -> jax.Array:
+    """tokens [B, L] int -> effective embedding ids [B, L] int32.
+
+    Positions up to and including the end keep their token; the k-th position after the end gets
+    vocab_size + k - 1.
+    """
+    positions = jnp.arange(tokens.shape[-1], dtype=jnp.int32)
+    after_end = positions[None, :] - end_positions(tokens, eot_id)[:, None]  # k for padding, <= 0 otherwise
+    return jnp.where(after_end > 0, vocab_size + after_end - 1, tokens.astype(jnp.int32))
+
+
+def check_token_ids(tokens, vocab_size: int, context_length: int | None = None) -> None:
+    """Host-side validation of a token batch (NumPy or any array convertible to one); raises ValueError.
+
+    Checks: 2-D integer array, length <= context_length (when given), every id in [0, vocab_size).
+    """
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 2:
+        raise ValueError(f"tokens must be [B, L], got shape {tokens.shape}")
+    if not np.issubdtype(tokens.dtype, np.integer):
+        raise ValueError(f"tokens must be integers, got dtype {tokens.dtype}")
+    if context_length is not None and tokens.shape[1] > context_length:
+        raise ValueError(f"tokens have length {tokens.shape[1]} > context_length {context_length}")
+    bad = (tokens < 0) | (tokens >= vocab_size)
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise ValueError(f"token id {int(tokens[row, col])} at [{row}, {col}] is outside [0, {vocab_size}) "
+                         f"({int(bad.sum())} ids out of range in all)")
+
+
+class TextTransformer(nn.Module):
+    """Causal transformer: tokens [B, L] int (L <= context_length) -> final-normed tokens [B, L, width] in `dtype`.
+
+    Ids are first mapped by `sequel_token_ids`, then embedded, plus learned position embeddings; attention is
+    causal, so the output at position t depends on the tokens at positions <= t only.
+    """
+    vocab_size: int
+    width: int
+    depth: int
+    heads: int
+    mlp_dim: int
+    context_length: int
+    eot_id: int
+    ln_eps: float = 1e-6
+    dtype: jnp.dtype = jnp.float32
+    remat: bool = False
+
+    @nn.compact
+    def __call__(self, tokens: jax.Array) -> jax.Array:
+        if tokens.ndim != 2:
+            raise ValueError(f"tokens must be [B, L], got shape {tokens.shape}")
+        if not jnp.issubdtype(tokens.dtype, jnp.integer):
+            raise ValueError(f"tokens must be integers, got dtype {tokens.dtype}")
+        length = tokens.shape[1]
+        if length > self.context_length:
+            raise ValueError(f"tokens have length {length} > context_length {self.context_length}")
+        ids = sequel_token_ids(tokens, self.vocab_size, self.eot_id)
+        # Initialisation scales follow CLIP (token 0.02, position 0.01).
+        x = nn.Embed(self.vocab_size + self.context_length, self.width, dtype=self.dtype, param_dtype=jnp.float32,
+                     embedding_init=nn.initializers.normal(stddev=0.02), name="token_embed")(ids)
+        pos = self.param("pos_embed", nn.initializers.normal(stddev=0.01), (self.context_length, self.width),
+                         jnp.float32)
+        x = x + pos[:length].astype(self.dtype)
+        causal = nn.make_causal_mask(jnp.ones((1, length), jnp.int32), dtype=jnp.bool_)  # [1, 1, L, L], broadcast over batch
+        return TransformerStack(depth=self.depth, num_heads=self.heads, mlp_dim=self.mlp_dim, ln_eps=self.ln_eps,
+                                dtype=self.dtype, remat=self.remat, name="encoder")(x, causal)

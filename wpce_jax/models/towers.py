@@ -1,0 +1,244 @@
+"""The dual encoder: a ViT image tower and a causal text tower, each ending in a point-cloud head.
+
+    images [B, H, W, 3] float -> encode_image -> PointCloud(points [B, M_img, d], weights [B, M_img], mask None)
+    tokens [B, L] int32       -> encode_text  -> PointCloud(points [B, M_txt, d], weights [B, M_txt], mask None)
+
+similarity "wpce": M_img = 1 + (H/p)(W/p) (class token and every patch), M_txt = L (every position, padding
+included); weights alpha * tanh(x / alpha). similarity "clip": M = 1 (class token; end-of-text token), weights 1.
+Outputs are float32 whatever the compute dtype.
+
+Config fields read (an ml_collections.ConfigDict; `validate_model_config` checks them all before any compute and
+raises ValueError naming the bad field; "optional" fields take the default shown when absent or None):
+
+    data.image_size          int   square input image side in pixels; must be divisible by the patch size.
+    model.image.variant      str   "Ti" | "S" | "B" | "L", optionally with the patch: "B/16"; or "custom".
+    model.image.patch_size   int   patch side; required unless the variant names it (then it must agree).
+    model.image.width        int   custom only: token width (a named variant fixes it; setting it is an error).
+    model.image.depth        int   custom only: number of blocks.
+    model.image.heads        int   custom only: attention heads; must divide width.
+    model.image.mlp_dim      int   custom only: MLP hidden size.
+    model.text.vocab_size    int   tokenizer vocabulary; ids must lie in [0, vocab_size).
+    model.text.width         int   token width (paper: 512).
+    model.text.depth         int   number of blocks (paper: 12).
+    model.text.heads         int   attention heads; must divide width (paper: 8).
+    model.text.mlp_dim       int   optional, default 4 * width: MLP hidden size.
+    model.text.context_length int  maximum token length L (paper: 77).
+    model.text.eot_id        int   end-of-text token id, in [0, vocab_size).
+    model.embed_dim          int   point dimension d shared by both towers.
+    model.similarity         str   "wpce" (point clouds) or "clip" (one point per input, cosine baseline).
+    model.ln_eps             float optional, default 1e-6: LayerNorm epsilon everywhere.
+    model.dtype              str   optional, default "float32": compute dtype, "float32" or "bfloat16";
+                                   parameters are float32 either way.
+    model.remat              bool  optional, default False: rematerialise each transformer block.
+    model.weight_alpha       float optional, default 100.0: bound of the soft-clipped point weights.
+
+The image size is not a model attribute: the ViT sizes its position table from the input it is initialised with,
+so `init_params` reads `data.image_size` to build that input.
+
+Logit scale: the model owns the scalar parameter "logit_scale". For "wpce" it is the scale itself (initialised to
+1/0.07; the trainer clips it to [1, 100] after each update); for "clip" it is the log of the scale (initialised to
+log(1/0.07)). `logit_scale_value` turns the parameter into the multiplier for either mode.
+"""
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from wpce_jax.models.heads import PointCloudHead
+from wpce_jax.models.text import TextTransformer, end_positions
+from wpce_jax.models.vit import VIT_SIZES, VisionTransformer, ViTDims, parse_variant
+from wpce_jax.pointcloud import PointCloud
+
+SIMILARITIES = ("wpce", "clip")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+INIT_TEMPERATURE = 0.07
+_REQUIRED = object()
+
+
+class DualEncoder(nn.Module):
+    """Image and text towers with point-cloud heads and the logit-scale parameter.
+
+    Build it with `make_model(config)`; the towers are ordinary submodule attributes, so a notebook can also
+    assemble one by hand.
+    """
+    image_encoder: VisionTransformer
+    text_encoder: TextTransformer
+    embed_dim: int
+    similarity: str = "wpce"
+    weight_alpha: float = 100.0
+
+    def setup(self):
+        if self.similarity not in SIMILARITIES:
+            raise ValueError(f"similarity must be one of {SIMILARITIES}, got {self.similarity!r}")
+        with_weights = self.similarity == "wpce"
+        self.image_head = PointCloudHead(self.embed_dim, self.weight_alpha, with_weights)
+        self.text_head = PointCloudHead(self.embed_dim, self.weight_alpha, with_weights)
+        init_scale = 1.0 / INIT_TEMPERATURE
+        init_value = init_scale if self.similarity == "wpce" else math.log(init_scale)
+        self.logit_scale = self.param("logit_scale", nn.initializers.constant(init_value), (), jnp.float32)
+
+    def encode_image(self, images: jax.Array) -> PointCloud:
+        """images [B, H, W, 3] float -> PointCloud, points [B, M, d] f32, weights [B, M] f32, mask None;
+        M = 1 + (H/p)(W/p) for "wpce" (class token first), 1 (class token) for "clip"."""
+        tokens = self.image_encoder(images)
+        if self.similarity == "clip":
+            tokens = tokens[:, :1]
+        return self.image_head(tokens)
+
+    def encode_text(self, tokens: jax.Array) -> PointCloud:
+        """tokens [B, L] int32 -> PointCloud, points [B, M, d] f32, weights [B, M] f32, mask None;
+        M = L for "wpce" (padding positions included), 1 (the end-of-text position) for "clip"."""
+        hidden = self.text_encoder(tokens)
+        if self.similarity == "clip":
+            end = end_positions(tokens, self.text_encoder.eot_id)
+            hidden = jnp.take_along_axis(hidden, end[:, None, None], axis=1)
+        return self.text_head(hidden)
+
+    def __call__(self, images: jax.Array, tokens: jax.Array) -> tuple[PointCloud, PointCloud]:
+        """(images [B, H, W, 3], tokens [B', L]) -> (image PointCloud, text PointCloud)."""
+        return self.encode_image(images), self.encode_text(tokens)
+
+
+def logit_scale_value(params: Any, similarity: str) -> jax.Array:
+    """The multiplier of the logits, from a parameter tree ({"params": ...} or its inner dict).
+
+    "wpce": the parameter as is; "clip": exp of it. No clipping here: that is the trainer's update rule.
+    """
+    if similarity not in SIMILARITIES:
+        raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
+    tree = params["params"] if "params" in params else params
+    scale = tree["logit_scale"]
+    return jnp.exp(scale) if similarity == "clip" else scale
+
+
+# ----------------------------------------------------------------------------------------------------- config
+
+def _get(config, path: str, default: Any = _REQUIRED) -> Any:
+    """config value at dotted `path`; `default` when absent or None, ValueError naming the field if required."""
+    node = config
+    for key in path.split("."):
+        node = node.get(key) if hasattr(node, "get") else None
+        if node is None:
+            if default is _REQUIRED:
+                raise ValueError(f"config field {path} is required but missing")
+            return default
+    return node
+
+
+def _positive_int(config, path: str, default: Any = _REQUIRED) -> int:
+    value = _get(config, path, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"config field {path} must be a positive int, got {value!r}")
+    return value
+
+
+def _image_dims(config) -> tuple[ViTDims, int]:
+    """(ViTDims, patch size) from model.image.*; ValueError naming the field on any inconsistency."""
+    variant = _get(config, "model.image.variant")
+    patch_field = _get(config, "model.image.patch_size", None)
+    if variant == "custom":
+        dims = ViTDims(*(_positive_int(config, f"model.image.{f}") for f in ViTDims._fields))
+        return dims, _positive_int(config, "model.image.patch_size")
+    if isinstance(variant, str) and variant in VIT_SIZES:  # size name alone: the patch comes from patch_size
+        dims, patch = VIT_SIZES[variant], None
+    else:
+        try:
+            dims, patch = parse_variant(variant)
+        except ValueError as e:
+            raise ValueError(f"config field model.image.variant: {e}; or 'custom' with explicit "
+                             f"model.image.width/depth/heads/mlp_dim/patch_size") from None
+    for field in ViTDims._fields:
+        if _get(config, f"model.image.{field}", None) is not None:
+            raise ValueError(f"config field model.image.{field} is set but model.image.variant={variant!r} fixes "
+                             f"it; use variant='custom' to choose the dimensions")
+    if patch_field is not None:
+        patch_field = _positive_int(config, "model.image.patch_size")
+        if patch is not None and patch != patch_field:
+            raise ValueError(f"config field model.image.patch_size={patch_field} disagrees with "
+                             f"model.image.variant={variant!r}")
+        patch = patch_field
+    if patch is None:
+        raise ValueError(f"config field model.image.patch_size is required: model.image.variant={variant!r} "
+                         f"does not name a patch size")
+    return dims, patch
+
+
+def validate_model_config(config) -> None:
+    """Check every field `make_model` and `init_params` read (see the module docstring); ValueError naming the
+    first bad field. Cheap, no JAX computation: the trainer calls it before anything else."""
+    dims, patch = _image_dims(config)
+    if dims.width % dims.heads:
+        raise ValueError(f"config field model.image.heads={dims.heads} does not divide model.image.width="
+                         f"{dims.width}")
+    image_size = _positive_int(config, "data.image_size")
+    if image_size % patch:
+        raise ValueError(f"config field data.image_size={image_size} is not divisible by the ViT patch size "
+                         f"{patch}")
+    vocab = _positive_int(config, "model.text.vocab_size")
+    width = _positive_int(config, "model.text.width")
+    _positive_int(config, "model.text.depth")
+    heads = _positive_int(config, "model.text.heads")
+    if width % heads:
+        raise ValueError(f"config field model.text.heads={heads} does not divide model.text.width={width}")
+    _positive_int(config, "model.text.mlp_dim", 4 * width)
+    _positive_int(config, "model.text.context_length")
+    eot = _get(config, "model.text.eot_id")
+    if isinstance(eot, bool) or not isinstance(eot, int) or not 0 <= eot < vocab:
+        raise ValueError(f"config field model.text.eot_id must be an int in [0, {vocab}), got {eot!r}")
+    _positive_int(config, "model.embed_dim")
+    similarity = _get(config, "model.similarity")
+    if similarity not in SIMILARITIES:
+        raise ValueError(f"config field model.similarity must be one of {SIMILARITIES}, got {similarity!r}")
+    for path, default in (("model.ln_eps", 1e-6), ("model.weight_alpha", 100.0)):
+        value = _get(config, path, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ValueError(f"config field {path} must be a positive number, got {value!r}")
+    dtype = _get(config, "model.dtype", "float32")
+    if dtype not in DTYPES:
+        raise ValueError(f"config field model.dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
+    remat = _get(config, "model.remat", False)
+    if not isinstance(remat, bool):
+        raise ValueError(f"config field model.remat must be a bool, got {remat!r}")
+
+
+def make_model(config) -> DualEncoder:
+    """Validated config -> DualEncoder (unbound; parameters come from `init_params`)."""
+    validate_model_config(config)
+    dims, patch = _image_dims(config)
+    ln_eps = float(_get(config, "model.ln_eps", 1e-6))
+    dtype = DTYPES[_get(config, "model.dtype", "float32")]
+    remat = _get(config, "model.remat", False)
+    text_width = _get(config, "model.text.width")
+    image_encoder = VisionTransformer(patch_size=patch, width=dims.width, depth=dims.depth, heads=dims.heads,
+                                      mlp_dim=dims.mlp_dim, ln_eps=ln_eps, dtype=dtype, remat=remat)
+    text_encoder = TextTransformer(
+        vocab_size=_get(config, "model.text.vocab_size"), width=text_width,
+        depth=_get(config, "model.text.depth"), heads=_get(config, "model.text.heads"),
+        mlp_dim=_get(config, "model.text.mlp_dim", 4 * text_width),
+        context_length=_get(config, "model.text.context_length"), eot_id=_get(config, "model.text.eot_id"),
+        ln_eps=ln_eps, dtype=dtype, remat=remat)
+    return DualEncoder(image_encoder=image_encoder, text_encoder=text_encoder,
+                       embed_dim=_get(config, "model.embed_dim"), similarity=_get(config, "model.similarity"),
+                       weight_alpha=float(_get(config, "model.weight_alpha", 100.0)))
+
+
+def dummy_inputs(config, batch_size: int = 1) -> tuple[jax.Array, jax.Array]:
+    """Inputs of the configured shapes: images [batch, S, S, 3] f32 (S = data.image_size), tokens
+    [batch, context_length] int32. For initialisation and shape inference only."""
+    size = _get(config, "data.image_size")
+    length = _get(config, "model.text.context_length")
+    return jnp.zeros((batch_size, size, size, 3), jnp.float32), jnp.zeros((batch_size, length), jnp.int32)
+
+
+def init_params(model: DualEncoder, rng: jax.Array, config) -> dict:
+    """Parameters of `model` (the inner "params" dict: apply with `model.apply({"params": params}, ...)`),
+    initialised from `rng` on batch-1 dummy inputs of the configured shapes. Jitted: one compile instead of
+    op-by-op dispatch, which matters for B/16 and larger."""
+    images, tokens = dummy_inputs(config)
+    return jax.jit(model.init)(rng, images, tokens)["params"]
+
+
+__all__ = ["DualEncoder", "make_model", "init_params", "dummy_inputs", "validate_model_config",
+           "logit_scale_value", "SIMILARITIES", "DTYPES"]

@@ -1,0 +1,84 @@
+"""The pre-norm transformer stack shared by the image tower (ViT) and the text tower.
+
+Both towers are the same computation once their tokens are embedded: `depth` residual blocks
+    x = x + Attention(LayerNorm(x), mask)
+    x = x + MLP(LayerNorm(x))
+and a final LayerNorm. The towers differ only in how tokens are embedded and in the attention mask
+(none for images, causal for text), so the stack takes the mask as an argument.
+
+Precision: `dtype` is the compute dtype (float32 or bfloat16); parameters are always float32
+(`param_dtype`), which is what mixed-precision training with a float32 optimiser state expects.
+"""
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# Xavier-uniform for every matrix, as in the reference ViT and CLIP implementations; Flax's default
+# lecun-normal would scale activations differently at initialisation.
+_KERNEL_INIT = nn.initializers.xavier_uniform()
+
+
+class MlpBlock(nn.Module):
+    """Two-layer MLP with exact GELU: [..., width] -> [..., mlp_dim] -> [..., width].
+
+    Exact (erf) GELU matches PyTorch's nn.GELU used by the reference ViT/open_clip towers; Flax's default
+    is the tanh approximation.
+    """
+    mlp_dim: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        width = x.shape[-1]
+        x = nn.Dense(self.mlp_dim, dtype=self.dtype, param_dtype=jnp.float32,
+                     kernel_init=_KERNEL_INIT, name="fc1")(x)
+        x = nn.gelu(x, approximate=False)
+        return nn.Dense(width, dtype=self.dtype, param_dtype=jnp.float32,
+                        kernel_init=_KERNEL_INIT, name="fc2")(x)
+
+
+class EncoderBlock(nn.Module):
+    """One pre-norm residual block: [B, L, width] -> [B, L, width].
+
+    mask: None (full attention) or bool broadcastable to [B, heads, L, L], True where query i may attend to key j.
+    """
+    num_heads: int
+    mlp_dim: int
+    ln_eps: float
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: Optional[jax.Array] = None) -> jax.Array:
+        y = nn.LayerNorm(epsilon=self.ln_eps, dtype=self.dtype, param_dtype=jnp.float32, name="ln_attn")(x)
+        y = nn.MultiHeadDotProductAttention(
+            num_heads=self.num_heads, dtype=self.dtype, param_dtype=jnp.float32,
+            kernel_init=_KERNEL_INIT, deterministic=True, name="attn")(y, mask=mask)
+        x = x + y
+        y = nn.LayerNorm(epsilon=self.ln_eps, dtype=self.dtype, param_dtype=jnp.float32, name="ln_mlp")(x)
+        y = MlpBlock(self.mlp_dim, dtype=self.dtype, name="mlp")(y)
+        return x + y
+
+
+class TransformerStack(nn.Module):
+    """`depth` EncoderBlocks followed by the final LayerNorm: [B, L, width] -> [B, L, width] (compute dtype).
+
+    remat: wrap each block in `nn.remat`, so that the backward pass recomputes a block's activations instead of
+    storing them (memory for compute; the outputs and gradients are unchanged). Block names do not depend on
+    `remat`, so one parameter tree serves both settings.
+    """
+    depth: int
+    num_heads: int
+    mlp_dim: int
+    ln_eps: float
+    dtype: jnp.dtype = jnp.float32
+    remat: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: Optional[jax.Array] = None) -> jax.Array:
+        block_cls = nn.remat(EncoderBlock) if self.remat else EncoderBlock
+        for i in range(self.depth):
+            x = block_cls(num_heads=self.num_heads, mlp_dim=self.mlp_dim, ln_eps=self.ln_eps,
+                          dtype=self.dtype, name=f"block_{i}")(x, mask)
+        return nn.LayerNorm(epsilon=self.ln_eps, dtype=self.dtype, param_dtype=jnp.float32, name="ln_final")(x)
