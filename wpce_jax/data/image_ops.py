@@ -1,0 +1,139 @@
+"""JPEG decode + crop + resize for training and evaluation, with two interchangeable decoders.
+
+Both decoders use the JPEG DCT-domain downscaling (1/2, 1/4, 1/8) whenever the crop still has at least the
+output resolution afterwards: a large source image is never fully decoded just to be shrunk. Crop and resize
+are one PIL bicubic resample over the crop box (sub-pixel exact, no intermediate image).
+
+Decoders (chosen by ``benchmarks/pipeline.py``; see DEFAULT_DECODER):
+    "pil"         Pillow's libjpeg(-turbo) via Image.draft.
+    "simplejpeg"  simplejpeg (libjpeg-turbo, decodes straight into a numpy array, releases the GIL).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+# ImageNet statistics on the [0, 1] scale (CLIP-style normalisation as in the paper's recipe).
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+DECODERS = ("pil", "simplejpeg")
+# Measured by benchmarks/pipeline.py (decode + RandomResizedCrop + normalise of 256-pixel JPEGs).
+DEFAULT_DECODER = "simplejpeg"
+
+Box = tuple[float, float, float, float]  # (left, top, right, bottom) in source pixels
+
+
+def random_resized_crop_box(width: int, height: int, rng: np.random.Generator,
+                            scale: tuple[float, float] = (0.5, 1.0),
+                            ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> Box:
+    """torchvision's RandomResizedCrop box: area fraction ~ U(scale), log aspect ~ U(log ratio), 10 tries,
+    then a centre crop clamped to the ratio range."""
+    area = width * height
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target_area = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(log_ratio[0], log_ratio[1]))
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(rng.integers(0, height - h + 1))
+            left = int(rng.integers(0, width - w + 1))
+            return (left, top, left + w, top + h)
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif in_ratio > ratio[1]:
+        h, w = height, int(round(height * ratio[1]))
+    else:
+        w, h = width, height
+    top, left = (height - h) // 2, (width - w) // 2
+    return (left, top, left + w, top + h)
+
+
+def center_crop_box(width: int, height: int) -> Box:
+    """The central square: resizing it to S x S equals "resize the short side to S, centre-crop S"."""
+    side = min(width, height)
+    left, top = (width - side) / 2, (height - side) / 2
+    return (left, top, left + side, top + side)
+
+
+def _dct_scale(box: Box, size: int) -> int:
+    """Largest JPEG downscale factor in {1, 2, 4, 8} that keeps the crop at least ``size`` pixels a side."""
+    short = min(box[2] - box[0], box[3] - box[1])
+    factor = 1
+    while factor < 8 and short / (factor * 2) >= size:
+        factor *= 2
+    return factor
+
+
+def _resize_box(img: Image.Image, box: Box, scale_x: float, scale_y: float, size: int) -> np.ndarray:
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    b = (box[0] / scale_x, box[1] / scale_y, box[2] / scale_x, box[3] / scale_y)
+    # resize(box=...) resamples only the crop with a bicubic filter sized to the true scale (antialiased).
+    return np.asarray(img.resize((size, size), Image.Resampling.BICUBIC, box=b))
+
+
+def _pil_size(data: bytes) -> tuple[int, int]:
+    with Image.open(io.BytesIO(data)) as img:
+        return img.size
+
+
+def _pil_crop_resize(data: bytes, box_fn: Callable[[int, int], Box], size: int) -> np.ndarray:
+    img = Image.open(io.BytesIO(data))
+    width, height = img.size
+    box = box_fn(width, height)
+    factor = _dct_scale(box, size)
+    if factor > 1 and img.format == "JPEG":
+        img.draft("RGB", (math.ceil(width / factor), math.ceil(height / factor)))
+    img.load()
+    return _resize_box(img, box, width / img.size[0], height / img.size[1], size)
+
+
+def _simplejpeg_crop_resize(data: bytes, box_fn: Callable[[int, int], Box], size: int) -> np.ndarray:
+    import simplejpeg
+
+    if not simplejpeg.is_jpeg(data):  # records hold JPEGs; anything else takes the general path
+        return _pil_crop_resize(data, box_fn, size)
+    height, width, _, _ = simplejpeg.decode_jpeg_header(data)
+    box = box_fn(width, height)
+    factor = _dct_scale(box, size)
+    # min_factor asks for at least this much shrink; min_height/width keep it from shrinking further.
+    arr = simplejpeg.decode_jpeg(data, colorspace="RGB", min_factor=factor,
+                                 min_height=math.ceil(height / factor), min_width=math.ceil(width / factor))
+    img = Image.fromarray(arr)
+    return _resize_box(img, box, width / arr.shape[1], height / arr.shape[0], size)
+
+
+_IMPLS = {"pil": _pil_crop_resize, "simplejpeg": _simplejpeg_crop_resize}
+
+
+def _impl(decoder: str):
+    try:
+        return _IMPLS[decoder]
+    except KeyError:
+        raise ValueError(f"decoder {decoder!r} unknown; expected one of {DECODERS}") from None
+
+
+def train_crop(data: bytes, size: int, rng: np.random.Generator, scale: tuple[float, float] = (0.5, 1.0),
+               decoder: str = DEFAULT_DECODER) -> np.ndarray:
+    """RandomResizedCrop(size, scale, bicubic) of an encoded image. Returns uint8 [size, size, 3]."""
+    return _impl(decoder)(data, lambda w, h: random_resized_crop_box(w, h, rng, scale), size)
+
+
+def eval_crop(data: bytes, size: int, decoder: str = DEFAULT_DECODER) -> np.ndarray:
+    """Resize (short side to size, bicubic) + centre crop. Returns uint8 [size, size, 3]."""
+    return _impl(decoder)(data, center_crop_box, size)
+
+
+def normalize(images: np.ndarray) -> np.ndarray:
+    """uint8 [..., 3] -> float32 [..., 3], (x / 255 - mean) / std with ImageNet statistics."""
+    scale = (1.0 / (255.0 * IMAGENET_STD)).astype(np.float32)
+    offset = (IMAGENET_MEAN / IMAGENET_STD).astype(np.float32)
+    return images.astype(np.float32) * scale - offset

@@ -1,0 +1,162 @@
+"""grain input pipeline over a converted record dataset (see records.py for the format).
+
+Training order, per epoch e (the same computation on every process, so no communication is needed):
+    global permutation of all N records seeded by (seed + e)
+    -> the first floor(N / P) * P positions (every process gets the same number of examples per epoch)
+    -> process p takes positions p, p + P, p + 2P, ...   (disjoint across processes; together: everything
+       but the < P examples left over this epoch, which differ from epoch to epoch)
+    -> RandomResizedCrop drawn from an RNG seeded by (seed, position in the process's stream), so the crops
+       depend only on (seed, epoch, index) and a restored iterator repeats them exactly
+    -> decode, crop, tokenize -> batches of batch_size (drop remainder) -> normalise
+Evaluation: process p reads the contiguous block [p N / P, (p+1) N / P) in record order, centre crops, keeps
+the last partial batch.
+
+The iterator's get_state()/set_state() are grain's: a small dict that goes into the training checkpoint and
+restores the exact remaining sequence of batches (with or without worker processes; the worker count must
+be the same when restoring).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Sequence
+
+import grain
+import numpy as np
+
+from wpce_jax.data import image_ops, records
+
+
+def dataset_size(data_dir: str) -> int:
+    """Number of records in a converted dataset directory (from its manifest)."""
+    return int(records.read_manifest(data_dir)["num_examples"])
+
+
+@dataclasses.dataclass(frozen=True)
+class _DecodeTrain(grain.transforms.RandomMap):
+    """record bytes -> {"image": uint8 [S, S, 3], "tokens": int32 [L], "label": int32 []} (random crop)."""
+
+    tokenizer: Any
+    image_size: int
+    crop_scale: tuple[float, float]
+    decoder: str
+
+    def random_map(self, element: bytes, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        header, offset = records.decode_header(element)
+        image = image_ops.train_crop(memoryview(element)[offset:].tobytes(), self.image_size, rng,
+                                     self.crop_scale, self.decoder)
+        return _example(image, header, self.tokenizer)
+
+
+@dataclasses.dataclass(frozen=True)
+class _DecodeEval(grain.transforms.Map):
+    """record bytes -> {"image": uint8 [S, S, 3], "tokens": int32 [L], "label": int32 []} (centre crop)."""
+
+    tokenizer: Any
+    image_size: int
+    decoder: str
+
+    def map(self, element: bytes) -> dict[str, np.ndarray]:
+        header, offset = records.decode_header(element)
+        image = image_ops.eval_crop(memoryview(element)[offset:].tobytes(), self.image_size, self.decoder)
+        return _example(image, header, self.tokenizer)
+
+
+def _example(image: np.ndarray, header: dict[str, Any], tokenizer) -> dict[str, np.ndarray]:
+    return {
+        "image": image,
+        "tokens": tokenizer([header["caption"]])[0],
+        "label": np.int32(header.get("label", -1)),
+    }
+
+
+class _Normalize(grain.transforms.Map):
+    """Batch-level so the float conversion is one vectorised pass; keeps uint8 through decode and batch."""
+
+    def map(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(batch, image=image_ops.normalize(batch["image"]))
+
+
+def make_dataset(
+    data_dir: str,
+    *,
+    tokenizer,
+    image_size: int,
+    train: bool,
+    batch_size: int,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    crop_scale: Sequence[float] = (0.5, 1.0),
+    worker_count: int = 0,
+    num_epochs: int | None = None,
+    decoder: str = image_ops.DEFAULT_DECODER,
+    read_threads: int | None = None,
+) -> grain.IterDataset:
+    """The per-process input pipeline of a converted dataset.
+
+    Args:
+      data_dir: directory holding manifest.json and the ArrayRecord shards it lists.
+      tokenizer: a wpce_jax.data.tokenizers.Tokenizer (picklable; it runs in the worker processes).
+      image_size: output side S.
+      train: True: shuffled, random crops, repeated, remainder dropped. False: record order, centre crop,
+        one epoch, last partial batch kept.
+      batch_size: per-process batch size b.
+      seed: shuffle and crop seed (training; must be the same on every process).
+      process_index, process_count: this process's share (jax.process_index(), jax.process_count()).
+      crop_scale: RandomResizedCrop area range.
+      worker_count: processes decoding in parallel (0: decode in this process's threads only).
+      num_epochs: training epochs; None repeats forever. Ignored for evaluation (always one).
+      decoder: "simplejpeg" or "pil" (image_ops.DECODERS).
+      read_threads: decoding threads per process (default: 2 with workers, else the CPU count, at most 8).
+    Returns:
+      grain.IterDataset of dicts: "image" float32 [b, S, S, 3] (ImageNet-normalised), "tokens" int32
+      [b, L], "label" int32 [b] (-1 for unlabelled records). iter() gives an iterator with
+      get_state()/set_state().
+    """
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} must be in [0, process_count={process_count})")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if decoder not in image_ops.DECODERS:
+        raise ValueError(f"decoder {decoder!r} unknown; expected one of {image_ops.DECODERS}")
+    if not (0 < crop_scale[0] <= crop_scale[1] <= 1):
+        raise ValueError(f"crop_scale must satisfy 0 < lo <= hi <= 1, got {tuple(crop_scale)}")
+    manifest = records.read_manifest(data_dir)
+    paths = records.shard_paths(data_dir, manifest)
+    n = int(manifest["num_examples"])
+    if not paths or n == 0:
+        raise records.ManifestError(f"{os.path.join(data_dir, records.MANIFEST_NAME)} lists no examples")
+    source = grain.sources.ArrayRecordDataSource(paths)
+    if len(source) != n:
+        raise records.ManifestError(
+            f"{data_dir}: the shards hold {len(source)} records but manifest.json says num_examples={n}; "
+            f"the dataset was modified after conversion (re-run the converter)")
+
+    ds = grain.MapDataset.source(source)
+    if train:
+        per_process = n // process_count
+        if per_process < batch_size:
+            raise ValueError(f"{data_dir}: {n} examples give {per_process} per process, fewer than one batch "
+                             f"of {batch_size}")
+        ds = ds.shuffle(seed=seed % 2**32)
+        ds = ds[:per_process * process_count]
+        ds = ds[process_index::process_count]
+        ds = ds.repeat(num_epochs)
+        ds = ds.random_map(_DecodeTrain(tokenizer, image_size, tuple(crop_scale), decoder), seed=seed % 2**32)
+    else:
+        start, stop = process_index * n // process_count, (process_index + 1) * n // process_count
+        ds = ds[start:stop]
+        ds = ds.map(_DecodeEval(tokenizer, image_size, decoder))
+    # Batching on the MapDataset keeps batch composition independent of the worker count (workers take
+    # whole batches), so evaluation has exactly one partial batch.
+    ds = ds.batch(batch_size, drop_remainder=train)
+    ds = ds.map(_Normalize())
+    if read_threads is None:
+        read_threads = 2 if worker_count > 0 else min(8, os.cpu_count() or 1)
+    # Elements are whole float32 batches: a buffer of a few is enough and bounds memory.
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=read_threads))
+    if worker_count > 0:
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+    return it
