@@ -1,0 +1,365 @@
+"""Tests of wpce_jax.models: tower shapes and dtypes, sequel padding, causality, CLIP pooling, remat, config checks.
+
+Everything runs on a tiny custom config (ViT: image 32, patch 8 -> 17 tokens; text: context 16) so the file takes
+well under a minute on two CPU cores; the B/16 parameter count uses jax.eval_shape and allocates nothing.
+"""
+import math
+import re
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from wpce_jax.models import (DualEncoder, PointCloudHead, VisionTransformer, check_token_ids, end_positions,
+                             init_params, logit_scale_value, make_model, parse_variant, sequel_token_ids,
+                             soft_clip, validate_model_config)
+
+IMAGE_SIZE, PATCH, CONTEXT, VOCAB, EOT, EMBED = 32, 8, 16, 50, 49, 8
+BATCH = 4
+
+
+def tiny_config(similarity="wpce", dtype="float32", remat=False, **overrides) -> ml_collections.ConfigDict:
+    """The tiny test config; `overrides` maps dotted paths (with "__" for ".") to replacement values."""
+    fields = {
+        "data": {"image_size": IMAGE_SIZE},
+        "model": {
+            "image": {"variant": "custom", "patch_size": PATCH, "width": 32, "depth": 2, "heads": 4,
+                      "mlp_dim": 64},
+            "text": {"vocab_size": VOCAB, "width": 32, "depth": 2, "heads": 4, "context_length": CONTEXT,
+                     "eot_id": EOT},
+            "embed_dim": EMBED, "similarity": similarity, "ln_eps": 1e-6, "dtype": dtype, "remat": remat,
+            "weight_alpha": 100.0,
+        },
+    }
+    for path, value in overrides.items():
+        *parents, leaf = path.split("__")
+        node = fields
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    return ml_collections.ConfigDict(fields)
+
+
+def random_tokens(rng: np.random.Generator, batch: int, length: int = CONTEXT) -> np.ndarray:
+    """Rows of random non-eot ids with the eot at a random position; the last row has no eot (truncated text)."""
+    tokens = rng.integers(0, VOCAB - 1, size=(batch, length), dtype=np.int32)  # EOT = VOCAB - 1 excluded
+    for row in range(batch - 1):
+        tokens[row, rng.integers(0, length)] = EOT
+    return tokens
+
+
+def random_images(seed: int, batch: int = BATCH) -> jax.Array:
+    return jax.random.normal(jax.random.key(seed), (batch, IMAGE_SIZE, IMAGE_SIZE, 3), jnp.float32)
+
+
+@pytest.fixture(scope="module")
+def built():
+    """(model, params, jitted apply) per (similarity, dtype); parameters are shared across dtypes, since the
+    parameter tree does not depend on the compute dtype."""
+    cache = {}
+
+    def get(similarity="wpce", dtype="float32", remat=False):
+        key = (similarity, dtype, remat)
+        if key not in cache:
+            model = make_model(tiny_config(similarity, dtype, remat))
+            base = (similarity, "float32", False)
+            if key == base:
+                params = init_params(model, jax.random.key(0), tiny_config(similarity))
+            else:
+                params = get(similarity)[1]
+            cache[key] = (model, params, jax.jit(model.apply, static_argnames="method"))
+        return cache[key]
+    return get
+
+
+# ------------------------------------------------------------------------------------------------ shapes, dtypes
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("similarity,m_img,m_txt", [("wpce", 1 + (IMAGE_SIZE // PATCH) ** 2, CONTEXT),
+                                                    ("clip", 1, 1)])
+def test_output_shapes_and_float32(built, similarity, m_img, m_txt, dtype):
+    model, params, apply = built(similarity, dtype)
+    tokens = random_tokens(np.random.default_rng(1), BATCH)
+    image_cloud, text_cloud = apply({"params": params}, random_images(1), tokens)
+    for cloud, m in ((image_cloud, m_img), (text_cloud, m_txt)):
+        assert cloud.points.shape == (BATCH, m, EMBED)
+        assert cloud.weights.shape == (BATCH, m)
+        assert cloud.mask is None
+        assert cloud.points.dtype == jnp.float32 and cloud.weights.dtype == jnp.float32
+        assert np.all(np.isfinite(cloud.points)) and np.all(np.isfinite(cloud.weights))
+    if similarity == "clip":
+        np.testing.assert_array_equal(image_cloud.weights, 1.0)
+        np.testing.assert_array_equal(text_cloud.weights, 1.0)
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(params))
+
+
+def test_bfloat16_compute_tracks_float32(built):
+    """Same parameters, bf16 compute: outputs agree with float32 to bf16 accuracy (relative error < 5%), so the
+    dtype really is only the compute precision."""
+    tokens = random_tokens(np.random.default_rng(2), BATCH)
+    _, params, apply32 = built("wpce", "float32")
+    _, _, apply16 = built("wpce", "bfloat16")
+    out32 = apply32({"params": params}, random_images(2), tokens)
+    out16 = apply16({"params": params}, random_images(2), tokens)
+    for c32, c16 in zip(out32, out16):
+        err = np.linalg.norm(c16.points - c32.points) / np.linalg.norm(c32.points)
+        assert err < 5e-2
+        assert not np.array_equal(c16.points, c32.points)  # bf16 must actually have been used
+
+
+# ------------------------------------------------------------------------------------------------------ weights
+
+def test_soft_clip_matches_float64_reference():
+    x = np.random.default_rng(3).normal(scale=200.0, size=(64,)).astype(np.float32)
+    ref = 100.0 * np.tanh(x.astype(np.float64) / 100.0)
+    np.testing.assert_allclose(soft_clip(jnp.asarray(x), 100.0), ref, rtol=1e-5, atol=1e-4)
+
+
+def test_weights_bounded_by_alpha():
+    """Huge raw weights saturate at +-alpha, never beyond; small ones pass almost unchanged (slope 1 at 0)."""
+    alpha = 100.0
+    head = PointCloudHead(embed_dim=EMBED, weight_alpha=alpha)
+    tokens = jax.random.normal(jax.random.key(4), (3, 5, 32))
+    params = head.init(jax.random.key(5), tokens)["params"]
+    big = jax.tree_util.tree_map(lambda x: x, params)
+    big["weights"]["kernel"] = params["weights"]["kernel"] * 1e4
+    weights = head.apply({"params": big}, tokens).weights
+    assert np.all(np.abs(weights) <= alpha)
+    assert np.max(np.abs(weights)) > 0.99 * alpha  # the bound is reached, so the test can fail
+    small = head.apply({"params": params}, tokens)
+    raw = tokens @ params["weights"]["kernel"][:, 0] + params["weights"]["bias"][0]
+    np.testing.assert_allclose(small.weights, alpha * np.tanh(np.asarray(raw, np.float64) / alpha), rtol=1e-5,
+                               atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------- sequel padding
+
+def brute_force_ids(tokens: np.ndarray) -> np.ndarray:
+    """Independent reference: walk each row, after the first eot count k = 1, 2, ... and use VOCAB + k - 1."""
+    out = tokens.copy()
+    for r, row in enumerate(tokens):
+        k = 0
+        seen_end = False
+        for t, tok in enumerate(row):
+            if seen_end:
+                k += 1
+                out[r, t] = VOCAB + k - 1
+            elif tok == EOT:
+                seen_end = True
+    return out
+
+
+def test_sequel_ids_against_brute_force():
+    rng = np.random.default_rng(6)
+    tokens = random_tokens(rng, 64)
+    tokens[0, -1] = EOT                                # eot at the last position: no padding
+    tokens[1, :] = rng.integers(0, VOCAB - 1, CONTEXT)  # no eot at all
+    tokens[2, [3, 7]] = EOT                            # two eots: the first one ends the text
+    tokens[2, :3] = rng.integers(0, VOCAB - 1, 3)
+    ids = np.asarray(sequel_token_ids(jnp.asarray(tokens), VOCAB, EOT))
+    np.testing.assert_array_equal(ids, brute_force_ids(tokens))
+    assert ids.max() >= VOCAB  # padding occurred, so the test exercises the sequel rows
+    assert np.asarray(end_positions(jnp.asarray(tokens), EOT))[1] == CONTEXT - 1
+
+
+def test_model_embeds_sequel_ids(built):
+    """The embedded input the text tower sees is the embedding table at the brute-force ids."""
+    model, params, _ = built("wpce")
+    tokens = random_tokens(np.random.default_rng(7), BATCH)
+    _, state = model.apply({"params": params}, jnp.asarray(tokens), method=DualEncoder.encode_text,
+                           capture_intermediates=lambda mdl, _: isinstance(mdl, nn.Embed))
+    embedded = state["intermediates"]["text_encoder"]["token_embed"]["__call__"][0]
+    table = np.asarray(params["text_encoder"]["token_embed"]["embedding"])
+    assert table.shape[0] == VOCAB + CONTEXT
+    np.testing.assert_array_equal(embedded, table[brute_force_ids(tokens)])
+
+
+# -------------------------------------------------------------------------------------- causality, CLIP pooling
+
+def text_hidden(apply, params, tokens):
+    """Final-normed text tokens [B, L, width] (before the head)."""
+    return apply({"params": params}, jnp.asarray(tokens), method=lambda mdl, t: mdl.text_encoder(t))
+
+
+def test_text_is_causal(built):
+    """Changing the token at position t leaves the outputs at positions < t unchanged and changes position t.
+    Changes include turning a token into the eot and the eot into a plain token (which moves the end)."""
+    _, params, apply = built("wpce")
+    rng = np.random.default_rng(8)
+    base = random_tokens(rng, BATCH)
+    before = np.asarray(text_hidden(apply, params, base))
+    for t in (1, 5, 11, CONTEXT - 1):
+        changed = base.copy()
+        for r in range(BATCH):
+            changed[r, t] = (base[r, t] + 1 + rng.integers(0, VOCAB - 1)) % VOCAB  # any different id
+        changed[0, t] = EOT if base[0, t] != EOT else 0
+        after = np.asarray(text_hidden(apply, params, changed))
+        np.testing.assert_allclose(after[:, :t], before[:, :t], rtol=0, atol=1e-6)
+        # Row r's position t changes unless both versions are padding (then the token is ignored).
+        ends_before = brute_force_ids(base)[:, t] >= VOCAB
+        ends_after = brute_force_ids(changed)[:, t] >= VOCAB
+        moved = ~(ends_before & ends_after)
+        assert moved.any()
+        assert np.all(np.abs(after[moved, t] - before[moved, t]).max(axis=-1) > 1e-4)
+
+
+def test_clip_text_reads_the_eot_position(built):
+    model, params, apply = built("clip")
+    rng = np.random.default_rng(9)
+    tokens = random_tokens(rng, BATCH)
+    tokens[0, :] = rng.integers(0, VOCAB - 1, CONTEXT)
+    tokens[0, 4] = EOT                                 # row 0: eot early, many positions after it
+    cloud = apply({"params": params}, jnp.asarray(tokens), method=DualEncoder.encode_text)
+    hidden = np.asarray(text_hidden(apply, params, tokens), np.float64)
+    end = np.array([list(row).index(EOT) if EOT in row else CONTEXT - 1 for row in tokens])
+    kernel = np.asarray(params["text_head"]["points"]["kernel"], np.float64)
+    expected = hidden[np.arange(BATCH), end] @ kernel
+    np.testing.assert_allclose(cloud.points[:, 0], expected, rtol=1e-5, atol=1e-5)
+    # Tokens after the eot do not matter; a token before it does.
+    after_end = tokens.copy()
+    after_end[0, 5:] = rng.integers(0, VOCAB, CONTEXT - 5)
+    same = apply({"params": params}, jnp.asarray(after_end), method=DualEncoder.encode_text)
+    np.testing.assert_allclose(same.points, cloud.points, rtol=0, atol=1e-6)
+    before_end = tokens.copy()
+    before_end[0, 2] = (tokens[0, 2] + 1) % (VOCAB - 1)
+    other = apply({"params": params}, jnp.asarray(before_end), method=DualEncoder.encode_text)
+    assert np.abs(other.points[0] - cloud.points[0]).max() > 1e-4
+
+
+def test_clip_image_reads_the_class_token(built):
+    model, params, apply = built("clip")
+    images = random_images(10)
+    cloud = apply({"params": params}, images, method=DualEncoder.encode_image)
+    hidden = apply({"params": params}, images, method=lambda mdl, x: mdl.image_encoder(x))
+    kernel = np.asarray(params["image_head"]["points"]["kernel"], np.float64)
+    np.testing.assert_allclose(cloud.points[:, 0], np.asarray(hidden[:, 0], np.float64) @ kernel,
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_logit_scale_parameterisation(built):
+    _, wpce_params, _ = built("wpce")
+    _, clip_params, _ = built("clip")
+    assert math.isclose(float(wpce_params["logit_scale"]), 1 / 0.07, rel_tol=1e-6)
+    assert math.isclose(float(clip_params["logit_scale"]), math.log(1 / 0.07), rel_tol=1e-6)
+    assert math.isclose(float(logit_scale_value(wpce_params, "wpce")), 1 / 0.07, rel_tol=1e-6)
+    assert math.isclose(float(logit_scale_value({"params": clip_params}, "clip")), 1 / 0.07, rel_tol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------------- remat
+
+def test_remat_same_outputs_and_gradients(built):
+    """nn.remat changes memory, not maths: same parameter tree, outputs and gradients equal to float32 rounding.
+    Tolerances: loss rtol 1e-5; each gradient leaf |g_remat - g| <= 1e-4 |g| + 1e-5 (L2 norms). XLA fuses the
+    recomputed graph differently, so single entries differ by rounding; the absolute floor covers leaves whose
+    exact gradient is zero (attention key biases: softmax ignores a shift shared by all keys) and hold noise."""
+    model, params, _ = built("wpce")
+    model_remat = make_model(tiny_config(remat=True))
+    images = random_images(11, 2)
+    tokens = jnp.asarray(random_tokens(np.random.default_rng(11), 2))
+    remat_shapes = jax.eval_shape(lambda: init_params(model_remat, jax.random.key(0), tiny_config(remat=True)))
+    assert jax.tree_util.tree_structure(remat_shapes) == jax.tree_util.tree_structure(params)
+    probe = jax.random.normal(jax.random.key(12), (EMBED,))
+
+    def loss(p, m):
+        img, txt = m.apply({"params": p}, images, tokens)
+        return sum(jnp.sum(jnp.tanh(c.points @ probe) * c.weights) for c in (img, txt))
+
+    value, grads = jax.jit(jax.value_and_grad(loss), static_argnums=1)(params, model)
+    value_r, grads_r = jax.jit(jax.value_and_grad(loss), static_argnums=1)(params, model_remat)
+    np.testing.assert_allclose(value_r, value, rtol=1e-5, atol=1e-6)
+    flat_r = jax.tree_util.tree_leaves_with_path(grads_r)
+    for (path, g_r), g in zip(flat_r, jax.tree_util.tree_leaves(grads)):
+        err, scale = np.linalg.norm(g_r - g), np.linalg.norm(g)
+        assert err <= 1e-4 * scale + 1e-5, (jax.tree_util.keystr(path), err, scale)
+    assert any(np.abs(g).max() > 0 for g in jax.tree_util.tree_leaves(grads))
+
+
+# ----------------------------------------------------------------------------------------- validation, errors
+
+@pytest.mark.parametrize("path,value,message", [
+    ("model.image.variant", "X/16", "model.image.variant"),
+    ("model.image.variant", "B/sixteen", "B/<patch>"),
+    ("data.image_size", 30, "data.image_size"),
+    ("model.image.heads", 5, "model.image.heads"),
+    ("model.image.width", None, "model.image.width"),
+    ("model.text.heads", 3, "model.text.heads"),
+    ("model.text.vocab_size", None, "model.text.vocab_size"),
+    ("model.text.eot_id", VOCAB, "model.text.eot_id"),
+    ("model.text.context_length", 0, "model.text.context_length"),
+    ("model.embed_dim", 2.5, "model.embed_dim"),
+    ("model.similarity", "cosine", "model.similarity"),
+    ("model.dtype", "float16", "model.dtype"),
+    ("model.remat", "yes", "model.remat"),
+    ("model.ln_eps", -1.0, "model.ln_eps"),
+    ("model.weight_alpha", 0.0, "model.weight_alpha"),
+])
+def test_config_validation_names_the_field(path, value, message):
+    config = tiny_config(**{path.replace(".", "__"): value})
+    with pytest.raises(ValueError, match=re.escape(message)):
+        validate_model_config(config)
+    with pytest.raises(ValueError):
+        make_model(config)
+
+
+def test_named_variants_in_config():
+    config = tiny_config()
+    config.model.image = ml_collections.ConfigDict({"variant": "Ti/16"})
+    validate_model_config(config)
+    assert make_model(config).image_encoder.width == 192
+    config.model.image = ml_collections.ConfigDict({"variant": "S", "patch_size": 16})
+    assert make_model(config).image_encoder.patch_size == 16
+    for image, message in [({"variant": "B"}, "model.image.patch_size is required"),
+                           ({"variant": "B/16", "patch_size": 8}, "disagrees"),
+                           ({"variant": "B/16", "depth": 2}, "model.image.depth is set")]:
+        config.model.image = ml_collections.ConfigDict(image)
+        with pytest.raises(ValueError, match=message):
+            validate_model_config(config)
+
+
+def test_parse_variant():
+    assert parse_variant("L/14")[0].depth == 24 and parse_variant("L/14")[1] == 14
+    with pytest.raises(ValueError, match=r"'H/14'.*Ti/<patch>.*L/<patch>"):
+        parse_variant("H/14")
+
+
+def test_vit_rejects_image_not_divisible_by_patch():
+    vit = VisionTransformer(patch_size=8, width=16, depth=1, heads=2, mlp_dim=32)
+    with pytest.raises(ValueError, match="not divisible by the ViT patch size 8"):
+        jax.eval_shape(vit.init, jax.random.key(0), jnp.ones((1, 30, 32, 3)))
+
+
+def test_text_rejects_tokens_longer_than_context(built):
+    model, params, _ = built("wpce")
+    with pytest.raises(ValueError, match="context_length"):
+        jax.eval_shape(lambda t: model.apply({"params": params}, t, method=DualEncoder.encode_text),
+                       jnp.ones((1, CONTEXT + 1), jnp.int32))
+
+
+def test_check_token_ids():
+    tokens = random_tokens(np.random.default_rng(13), 3)
+    check_token_ids(tokens, VOCAB, CONTEXT)
+    for bad_value, where in ((VOCAB, "outside"), (-1, "outside")):
+        bad = tokens.copy()
+        bad[1, 2] = bad_value
+        with pytest.raises(ValueError, match=rf"{bad_value} at \[1, 2\] is {where}"):
+            check_token_ids(bad, VOCAB, CONTEXT)
+    with pytest.raises(ValueError, match="integers"):
+        check_token_ids(tokens.astype(np.float32), VOCAB)
+    with pytest.raises(ValueError, match="context_length"):
+        check_token_ids(np.zeros((1, CONTEXT + 1), np.int32) + 1, VOCAB, CONTEXT)
+
+
+# ----------------------------------------------------------------------------------------------- B/16 size
+
+def test_vit_b16_parameter_count():
+    """ViT-B/16 at 224 px, encoder only (no heads): 85,798,656 parameters, the published count of the
+    headless ViT-B/16 (e.g. timm vit_base_patch16_224 with num_classes=0). Shapes only, via eval_shape."""
+    dims, patch = parse_variant("B/16")
+    vit = VisionTransformer(patch_size=patch, width=dims.width, depth=dims.depth, heads=dims.heads,
+                            mlp_dim=dims.mlp_dim)
+    shapes = jax.eval_shape(vit.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32))
+    count = sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(shapes))
+    assert abs(count - 85_798_656) / 85_798_656 < 0.01
