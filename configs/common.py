@@ -1,0 +1,73 @@
+"""Fields shared by every experiment; an experiment file starts from `base()` and sets what differs."""
+import ml_collections
+
+
+def base() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0                        # root of every random draw: init, data order, crops, RFF frequencies
+    c.total_steps = 1000              # train steps in the run
+    c.batch_size = 256                # global batch (all devices of all processes)
+    c.log_every_steps = 50            # metrics.jsonl / TensorBoard / console every this many steps
+    c.eval_every_steps = 500          # zero-shot evaluation every this many steps (and at the end)
+    c.checkpoint_every_steps = 500    # Orbax checkpoint every this many steps (and at the end, and on SIGTERM)
+    c.keep_checkpoints = 3            # checkpoints kept on disk (the newest)
+    c.async_checkpoints = True        # write checkpoints in the background while training goes on
+    c.logit_scale_min = 1.0           # the logit scale is clipped to [min, max] after every update
+    c.logit_scale_max = 100.0
+
+    c.data = ml_collections.ConfigDict()
+    c.data.kind = "arrayrecord"       # "digits" (built-in) or "arrayrecord" (a converted dataset, e.g. CC12M)
+    c.data.train_dir = None           # arrayrecord: converted training data (holds manifest.json)
+    c.data.cache_dir = None           # digits: where the built-in dataset is written once (default ~/.cache)
+    c.data.tokenizer = "clip_bpe"     # "clip_bpe" or "sentencepiece" (digits always uses its own SentencePiece)
+    c.data.tokenizer_path = None      # bpe_simple_vocab_16e6.txt.gz or a SentencePiece .model
+    c.data.image_size = 224           # square input side after cropping
+    c.data.crop_scale = (0.5, 1.0)    # RandomResizedCrop area range for training
+    c.data.worker_count = 0           # grain worker processes decoding images (0: threads in the main process)
+
+    c.model = ml_collections.ConfigDict()
+    c.model.similarity = "wpce"       # "wpce" (point clouds, kernel similarity) or "clip" (one point, cosine)
+    c.model.embed_dim = 512           # point dimension d
+    c.model.ln_eps = 1e-6             # LayerNorm epsilon
+    c.model.dtype = "float32"         # compute dtype ("bfloat16" for mixed precision); parameters stay float32
+    c.model.remat = False             # rematerialise transformer blocks (less memory, ~30% more compute)
+    c.model.weight_alpha = 100.0      # point weights are alpha * tanh(x / alpha)
+    c.model.image = ml_collections.ConfigDict()
+    c.model.image.variant = "B/16"    # "Ti"/"S"/"B"/"L" with "/patch", or "custom" with the fields below
+    c.model.image.patch_size = None   # patch side (custom, or a size name without "/patch")
+    c.model.image.width = None        # custom only: token width
+    c.model.image.depth = None        # custom only: blocks
+    c.model.image.heads = None        # custom only: attention heads
+    c.model.image.mlp_dim = None      # custom only: MLP hidden size
+    c.model.text = ml_collections.ConfigDict()
+    c.model.text.width = 512          # token width
+    c.model.text.depth = 12           # blocks
+    c.model.text.heads = 8            # attention heads
+    c.model.text.mlp_dim = 2048       # MLP hidden size
+    c.model.text.context_length = 77  # tokens per caption, start and end tokens included
+    c.model.text.vocab_size = None    # filled in from the tokenizer at start-up
+    c.model.text.eot_id = None        # filled in from the tokenizer at start-up
+
+    c.wpce = ml_collections.ConfigDict()
+    c.wpce.kernel = "gaussian"        # shift-invariant kernel: gaussian, imq, cauchy, laplacian
+    c.wpce.scale = 0.5                # sigma (gaussian, laplacian) or c (imq, cauchy)
+    c.wpce.num_features = 1024        # random Fourier features D
+    c.wpce.a_lin = 0.667              # weight of the linear kernel
+    c.wpce.a_rff = 0.333              # weight of the shift-invariant kernel
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.lr = 5e-4                 # peak learning rate
+    c.optim.init_lr = 1e-6            # learning rate at step 0 (linear warm-up from here)
+    c.optim.end_lr = 1e-5             # learning rate at the end of the cosine decay
+    c.optim.warmup_steps = 100        # warm-up length in optimizer updates
+    c.optim.b1 = 0.9                  # AdamW beta1
+    c.optim.b2 = 0.98                 # AdamW beta2
+    c.optim.eps = 1e-8                # AdamW epsilon
+    c.optim.weight_decay = 0.5        # decoupled weight decay, matrices only
+    c.optim.grad_clip_norm = 0.0      # clip gradients to this global norm (0: off)
+    c.optim.accum_steps = 1           # train steps per optimizer update (gradient accumulation)
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.batch_size = 256           # global evaluation batch
+    c.eval.zeroshot = ml_collections.ConfigDict()  # name -> converted labelled dataset dir with classes.json
+    return c

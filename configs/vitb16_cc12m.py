@@ -1,0 +1,41 @@
+"""The paper's setting: ViT-B/16 WPCE on CC12M (Uesaka et al., ICLR 2025); ":clip" gives the CLIP baseline.
+
+    python -m wpce_jax.main --config=configs/vitb16_cc12m.py --workdir=gs://BUCKET/wpce_b16 \
+        --config.data.train_dir=/data/cc12m_arrayrecord \
+        --config.data.tokenizer_path=/data/bpe_simple_vocab_16e6.txt.gz
+
+Convert CC12M first with `python -m wpce_jax.data.convert`. 35 epochs of the converted set at global batch 4096,
+one warm-up epoch. Set data.num_examples to the converted manifest's "num_examples" if it differs.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import base  # noqa: E402
+
+CC12M_EXAMPLES = 10_000_000  # about what img2dataset retrieves of CC12M's 12.4M urls
+
+
+def get_config(arg: str = "wpce"):
+    c = base()
+    c.data.kind = "arrayrecord"
+    c.data.tokenizer = "clip_bpe"
+    c.data.worker_count = 16
+    c.data.image_size = 224
+    c.data.crop_scale = (0.5, 1.0)
+    c.batch_size = 4096               # 512 per device on 8 devices
+    steps_per_epoch = CC12M_EXAMPLES // c.batch_size
+    c.total_steps = 35 * steps_per_epoch
+    c.optim.warmup_steps = steps_per_epoch
+    c.log_every_steps = 100
+    c.eval_every_steps = 5000
+    c.checkpoint_every_steps = 2000
+    c.model.dtype = "bfloat16"        # mixed precision
+    c.model.image.variant = "B/16"
+    c.model.embed_dim = 512
+    c.eval.batch_size = 1024
+    if arg == "clip":
+        c.model.similarity = "clip"
+    elif arg != "wpce":
+        raise ValueError(f"configs/vitb16_cc12m.py takes 'wpce' or 'clip', got {arg!r}")
+    return c

@@ -1,0 +1,147 @@
+"""Orbax checkpoints of a run, and `load(workdir)` for notebooks and evaluation.
+
+A checkpoint DIR/checkpoints/<step>/ holds three items:
+    state   the TrainState: parameters, optimiser state, step, root RNG key, non-finite marker, evaluation RFF draw;
+    data    the grain iterator's state, one JSON file per process (so a resumed run reads the same next batches);
+    config  the run's config as JSON (the tokenizer path in it points at the copy under DIR/tokenizer/).
+Saving is asynchronous; Orbax writes to a temporary directory and renames it when complete, so a run killed while
+saving leaves the previous checkpoint intact.
+"""
+import json
+import os
+from typing import Any, Optional
+
+import grain
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from ml_collections import ConfigDict
+
+CHECKPOINT_SUBDIR = "checkpoints"
+
+
+def config_to_json(config: ConfigDict) -> dict:
+    return json.loads(config.to_json_best_effort())
+
+
+def config_from_json(d: dict) -> ConfigDict:
+    return ConfigDict(d)
+
+
+class Checkpointer:
+    """The run's CheckpointManager: keeps the last `max_to_keep` checkpoints under DIR/checkpoints."""
+
+    def __init__(self, workdir: str, max_to_keep: int, async_save: bool = True):
+        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=async_save,
+                                               create=True)
+        self.manager = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), CHECKPOINT_SUBDIR),
+                                             options=options)
+
+    def latest_step(self) -> Optional[int]:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state, data_iterator, config: ConfigDict) -> None:
+        self.manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            data=grain.checkpoint.CheckpointSave(data_iterator),
+            config=ocp.args.JsonSave(config_to_json(config))), force=True)
+
+    def restore(self, step: int, abstract_state, data_iterator) -> Any:
+        """Restores `step` into arrays shaped and sharded like `abstract_state`, and the iterator in place."""
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state),
+            data=grain.checkpoint.CheckpointRestore(data_iterator)))
+        return restored["state"]
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()
+
+
+def abstract_like(tree, sharding) -> Any:
+    """ShapeDtypeStructs of `tree` placed with `sharding`: the restore target."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+
+
+class LoadedModel:
+    """A trained model for notebooks: encoders to compared vectors and their similarity.
+
+    encode_images: uint8 [N, H, W, 3] (any size: resized and centre-cropped as in evaluation) or already normalised
+                   float [N, S, S, 3] -> [N, F].
+    encode_texts:  list of N strings -> [N, F].
+    similarity:    ([N, F], [K, F]) -> [N, K], the WPCE similarity estimate (cosine for the CLIP baseline),
+                   without the logit scale.
+    """
+
+    def __init__(self, config: ConfigDict, params, eval_rff, step: int):
+        from wpce_jax.data.tokenizers import get_tokenizer
+        from wpce_jax.models.towers import make_model
+        from wpce_jax.similarity import embed
+
+        self.config, self.params, self.eval_rff, self.step = config, params, eval_rff, step
+        self.model = make_model(config)
+        self.tokenizer = get_tokenizer(config.data.tokenizer, config.data.tokenizer_path,
+                                       config.model.text.context_length)
+        self._image = jax.jit(lambda p, x, r: embed(self.model.apply({"params": p}, x,
+                                                                     method="encode_image"), r, config))
+        self._text = jax.jit(lambda p, t, r: embed(self.model.apply({"params": p}, t,
+                                                                    method="encode_text"), r, config))
+
+    def preprocess(self, images: np.ndarray) -> np.ndarray:
+        from PIL import Image
+
+        from wpce_jax.data.image_ops import center_crop_box, normalize
+        images = np.asarray(images)
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"images must be [N, H, W, 3], got shape {images.shape}")
+        size = self.config.data.image_size
+        if images.dtype == np.uint8:  # the evaluation transform: short side to `size` (bicubic), centre crop
+            crops = [np.asarray(Image.fromarray(im).resize((size, size), Image.Resampling.BICUBIC,
+                                                           box=center_crop_box(im.shape[1], im.shape[0])))
+                     for im in images]
+            return normalize(np.stack(crops))
+        if images.shape[1:3] != (size, size):
+            raise ValueError(f"float images must be normalised [N, {size}, {size}, 3]; pass uint8 images to have "
+                             f"them resized, got shape {images.shape}")
+        return images.astype(np.float32)
+
+    def encode_images(self, images) -> jax.Array:
+        return self._image(self.params, self.preprocess(images), self.eval_rff)
+
+    def encode_texts(self, texts) -> jax.Array:
+        if isinstance(texts, str):
+            raise ValueError("texts must be a list of strings, got one string")
+        return self._text(self.params, self.tokenizer(list(texts)), self.eval_rff)
+
+    def similarity(self, a, b) -> jax.Array:
+        return jax.numpy.asarray(a) @ jax.numpy.asarray(b).T
+
+
+def load(path: str, step: Optional[int] = None) -> LoadedModel:
+    """Loads a run's checkpoint (the latest, or `step`) from its workdir for inference on one device."""
+    from wpce_jax.models.towers import init_params, make_model
+    from wpce_jax.optimizer import make_optimizer
+    from wpce_jax.similarity import eval_rff
+    from wpce_jax.train_step import create_state
+
+    directory = os.path.join(os.path.abspath(path), CHECKPOINT_SUBDIR)
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"no checkpoints under {directory}: is {path!r} a training workdir?")
+    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))
+    step = manager.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"{directory} holds no complete checkpoint")
+    config = config_from_json(manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"])
+    model = make_model(config)
+    key = jax.random.key(config.seed)
+
+    def abstract_state():
+        return create_state(init_params(model, key, config), make_optimizer(config), key, eval_rff(key, config))
+
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = abstract_like(jax.eval_shape(abstract_state), device)
+    state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+    manager.close()
+    return LoadedModel(config, state.params, state.eval_rff, step)

@@ -1,0 +1,1 @@
+"""Evaluators: zero-shot classification (retrieval and linear probe are yet to come)."""

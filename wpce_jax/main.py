@@ -1,0 +1,40 @@
+"""Entry point: python -m wpce_jax.main --config=configs/NAME.py[:ARG] --workdir=DIR [--config.KEY=VALUE ...]
+
+Initialises multi-process JAX when launched on several hosts (TPU pods find their peers themselves; elsewhere
+pass --coordinator_address, --num_processes and --process_id, or set the usual JAX_* environment variables),
+then trains, evaluates and checkpoints into DIR, resuming from DIR's latest checkpoint when there is one.
+"""
+from absl import app, flags
+from ml_collections import config_flags
+
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl and TensorBoard events; "
+                                     "a run restarted with the same workdir resumes.", required=True)
+config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. configs/digits.py[:clip].",
+                                lock_config=True)
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs off TPU.")
+flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
+flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
+flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (implied by --coordinator_address; "
+                                        "on TPU pods it needs no other argument).")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    import jax
+
+    if FLAGS.distributed or FLAGS.coordinator_address:
+        jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
+                                   num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+    from wpce_jax.train import train_and_evaluate
+
+    if FLAGS.config is None:
+        raise app.UsageError("--config is required, e.g. --config=configs/digits.py")
+    results = train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    if jax.process_index() == 0 and results:
+        print("final: " + "  ".join(f"{k} {v:.4f}" for k, v in sorted(results.items())), flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,49 @@
+"""AdamW with the paper's decay mask and schedule, optional clipping and accumulation, and the logit-scale bound.
+
+Schedule: linear warm-up from `optim.init_lr` to `optim.lr` over `optim.warmup_steps`, then cosine to `optim.end_lr`
+at the last update. Weight decay touches matrices only: parameters with at least two axes longer than one (so
+biases, norm scales, the class token [1, 1, w] and the logit scale are not decayed).
+"""
+import math
+
+import jax
+import jax.numpy as jnp
+import optax
+from ml_collections import ConfigDict
+
+
+def num_updates(config: ConfigDict) -> int:
+    """Optimizer updates in the run: one per `optim.accum_steps` train steps."""
+    return config.total_steps // config.optim.accum_steps
+
+
+def learning_rate_schedule(config: ConfigDict) -> optax.Schedule:
+    o = config.optim
+    total = max(num_updates(config), o.warmup_steps + 1)
+    return optax.warmup_cosine_decay_schedule(
+        init_value=o.init_lr, peak_value=o.lr, warmup_steps=o.warmup_steps, decay_steps=total, end_value=o.end_lr)
+
+
+def decay_mask(params):
+    return jax.tree.map(lambda p: sum(s > 1 for s in p.shape) >= 2, params)
+
+
+def make_optimizer(config: ConfigDict) -> optax.GradientTransformation:
+    o = config.optim
+    tx = optax.adamw(learning_rate_schedule(config), b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
+                     mask=decay_mask)
+    if o.grad_clip_norm:
+        tx = optax.chain(optax.clip_by_global_norm(o.grad_clip_norm), tx)
+    if o.accum_steps > 1:
+        tx = optax.MultiSteps(tx, every_k_schedule=o.accum_steps)
+    return tx
+
+
+def logit_scale_bounds(similarity: str, low: float, high: float) -> tuple[float, float]:
+    """Bounds on the logit-scale parameter: the scale itself for WPCE, its log for the exp-parameterised CLIP."""
+    return (low, high) if similarity == "wpce" else (math.log(low), math.log(high))
+
+
+def clip_logit_scale(params, similarity: str, low: float, high: float):
+    lo, hi = logit_scale_bounds(similarity, low, high)
+    return {**params, "logit_scale": jnp.clip(params["logit_scale"], lo, hi)}

@@ -1,0 +1,49 @@
+"""How the trainer and evaluators turn a tower's PointCloud into the vector that is compared: one place for both.
+
+"wpce": the point-cloud feature map with the config's kernel (`wpce.kernel`, `wpce.scale`, `wpce.num_features`,
+`wpce.a_lin`, `wpce.a_rff`), so that phi(P) . phi(Q) is the WPCE similarity. "clip": the single point, unit
+normalised, so that the dot product is the cosine similarity. Training draws fresh RFF frequencies every step from
+the step's key; evaluation uses one fixed draw that is saved with the checkpoint.
+"""
+from typing import Optional
+
+import jax
+from ml_collections import ConfigDict
+
+from wpce_jax.kernels import RFF, sample_rff
+from wpce_jax.pointcloud import PointCloud, feature_map
+
+# fold_in constant for the evaluation draw: far from any training step, so it never coincides with one.
+EVAL_RFF_SALT = 2**31 - 1
+
+
+def uses_rff(config: ConfigDict) -> bool:
+    return config.model.similarity == "wpce" and config.wpce.a_rff > 0
+
+
+def draw_rff(key: jax.Array, config: ConfigDict) -> Optional[RFF]:
+    """The RFF draw for `key` ([D, d] frequencies), or None when the similarity needs none."""
+    if not uses_rff(config):
+        return None
+    w = config.wpce
+    return sample_rff(key, w.kernel, config.model.embed_dim, w.num_features, w.scale)
+
+
+def train_rff(root_key: jax.Array, step: jax.Array, config: ConfigDict) -> Optional[RFF]:
+    """Fresh frequencies for this step: a function of (seed, step) only, hence identical on every device."""
+    return draw_rff(jax.random.fold_in(root_key, step), config)
+
+
+def eval_rff(root_key: jax.Array, config: ConfigDict) -> Optional[RFF]:
+    return draw_rff(jax.random.fold_in(root_key, EVAL_RFF_SALT), config)
+
+
+def embed(cloud: PointCloud, rff: Optional[RFF], config: ConfigDict) -> jax.Array:
+    """PointCloud [B, M, d] -> the compared vector [B, F] (F = d + D for WPCE with RFF, d otherwise)."""
+    if config.model.similarity == "clip":
+        return feature_map(cloud, None, 1.0, 0.0)  # one point of weight 1: its unit vector
+    return feature_map(cloud, rff, config.wpce.a_lin, config.wpce.a_rff)
+
+
+def feature_dim(config: ConfigDict) -> int:
+    return config.model.embed_dim + (config.wpce.num_features if uses_rff(config) else 0)

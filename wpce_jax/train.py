@@ -1,0 +1,167 @@
+"""The training loop: state, steps, zero-shot evaluation, checkpoints, metrics, resume and preemption.
+
+Exact resume: a step's randomness is a function of (seed, step) alone (RFF frequencies) or lives in the checkpoint
+(the data iterator's position, parameters, optimiser state), so a run restarted from its step-k checkpoint takes the
+same steps k+1, k+2, ... as one that never stopped, and metrics.jsonl is cut back to step k before it goes on.
+SIGTERM (preemption) finishes the current step, writes a checkpoint and returns.
+"""
+import os
+import signal
+import time
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+from ml_collections import ConfigDict
+
+from wpce_jax import datasets
+from wpce_jax.checkpoint import Checkpointer, abstract_like
+from wpce_jax.config_validation import validate_config
+from wpce_jax.data.pipeline import make_dataset
+from wpce_jax.evaluate import zeroshot
+from wpce_jax.metric_writer import MetricWriter, Progress
+from wpce_jax.models.towers import init_params, make_model, validate_model_config
+from wpce_jax.optimizer import make_optimizer
+from wpce_jax.parallel import global_batch, make_mesh, per_process_batch, replicated, to_host
+from wpce_jax.similarity import embed, eval_rff
+from wpce_jax.train_step import TrainState, create_state, make_train_step
+
+
+class NonFiniteError(FloatingPointError):
+    pass
+
+
+class _Preemption:
+    """Turns SIGTERM into a flag the loop checks after each step (the handler itself must not do work)."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+def _check_finite(state: TrainState, checkpointer: Checkpointer, workdir: str) -> None:
+    bad = int(jax.device_get(state.bad_step))
+    if bad >= 0:
+        last = checkpointer.latest_step()
+        raise NonFiniteError(
+            f"non-finite loss or gradient at step {bad + 1}; no update was applied from that step on. "
+            f"Last good checkpoint: step {last} in {os.path.join(workdir, 'checkpoints')}. Lower optim.lr, "
+            f"set optim.grad_clip_norm, or check the data, then restart from that checkpoint.")
+
+
+class Evaluator:
+    """Zero-shot evaluation of the current parameters with the run's fixed RFF draw."""
+
+    def __init__(self, model, config: ConfigDict, mesh, tasks, tokenizer):
+        self.config, self.mesh, self.tasks, self.tokenizer = config, mesh, tasks, tokenizer
+        out = replicated(mesh)
+
+        def image_features(params, images, rff):
+            return embed(model.apply({"params": params}, images, method="encode_image"), rff, config)
+
+        def text_features(params, tokens, rff):
+            return embed(model.apply({"params": params}, tokens, method="encode_text"), rff, config)
+
+        def score(params, rff, images, labels, valid, class_features):
+            return zeroshot.hits(image_features(params, images, rff), class_features, labels, valid)
+
+        self._text = jax.jit(text_features, out_shardings=out)
+        self._score = jax.jit(score, out_shardings=out)
+
+    def __call__(self, state: TrainState) -> dict[str, float]:
+        results = {}
+        for task in self.tasks:
+            classes = zeroshot.class_embeddings(lambda t: self._text(state.params, t, state.eval_rff),
+                                                self.tokenizer, task, self.config.eval.batch_size, self.mesh)
+            results.update(zeroshot.evaluate(
+                task, score=lambda *a: self._score(state.params, state.eval_rff, *a), class_features=classes,
+                tokenizer=self.tokenizer, image_size=self.config.data.image_size,
+                batch_size=self.config.eval.batch_size, mesh=self.mesh, worker_count=self.config.data.worker_count))
+        return results
+
+
+def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, float]:
+    """Trains per `config` in `workdir` (resuming from its latest checkpoint). Returns the last evaluation."""
+    validate_config(config)
+    workdir = os.path.abspath(workdir)
+    is_main = jax.process_index() == 0
+    if is_main:
+        os.makedirs(workdir, exist_ok=True)
+    data = datasets.resolve(config, workdir, is_main)
+    validate_model_config(config)
+    local_batch = per_process_batch(config.batch_size)
+
+    mesh = make_mesh()
+    model, tx = make_model(config), make_optimizer(config)
+    root_key = jax.random.key(config.seed)
+
+    def init():
+        params = init_params(model, jax.random.fold_in(root_key, 1), config)
+        return create_state(params, tx, root_key, eval_rff(root_key, config))
+
+    state_sharding = replicated(mesh)
+    train_ds = make_dataset(data.train_dir, tokenizer=data.tokenizer, image_size=config.data.image_size,
+                            train=True, batch_size=local_batch, seed=config.seed,
+                            process_index=jax.process_index(), process_count=jax.process_count(),
+                            crop_scale=tuple(config.data.crop_scale), worker_count=config.data.worker_count)
+    iterator = iter(train_ds)
+    checkpointer = Checkpointer(workdir, config.keep_checkpoints, config.async_checkpoints)
+    writer = MetricWriter(workdir, enabled=is_main)
+    start = checkpointer.latest_step()
+    if start is None:
+        state = jax.jit(init, out_shardings=state_sharding)()
+        start = 0
+    else:
+        state = checkpointer.restore(start, abstract_like(jax.eval_shape(init), state_sharding), iterator)
+        writer.truncate_after(start)
+        if is_main:
+            print(f"resumed from the step-{start} checkpoint in {workdir}", flush=True)
+
+    train_step = jax.jit(make_train_step(model, config, mesh, tx), donate_argnums=0,
+                         out_shardings=(state_sharding, replicated(mesh)))
+    evaluator = Evaluator(model, config, mesh, data.zeroshot, data.tokenizer)
+    progress = Progress(config.total_steps, start, config.batch_size, enabled=is_main)
+    last_eval: dict[str, float] = {}
+    metrics: Optional[dict] = None
+
+    with _Preemption() as preemption:
+        for step in range(start + 1, config.total_steps + 1):
+            batch = global_batch(next(iterator), mesh)
+            state, metrics = train_step(state, batch)
+            final = step == config.total_steps
+            if step % config.log_every_steps == 0 or final:
+                _check_finite(state, checkpointer, workdir)
+                steps_per_s, examples_per_s = progress.rates(step)
+                logged = {**to_host(metrics), "train/steps_per_s": steps_per_s, "train/examples_per_s": examples_per_s}
+                writer.write(step, logged)
+                progress.report(step, steps_per_s, logged)
+            if data.zeroshot and (step % config.eval_every_steps == 0 or final):
+                started = time.perf_counter()
+                last_eval = evaluator(state)
+                writer.write(step, last_eval)
+                if is_main:
+                    shown = "  ".join(f"{k} {v:.4f}" for k, v in last_eval.items())
+                    print(f"eval at step {step} ({time.perf_counter() - started:.1f}s): {shown}", flush=True)
+                progress.rates(step)  # evaluation time is not training time
+            if step % config.checkpoint_every_steps == 0 or final or preemption.requested:
+                _check_finite(state, checkpointer, workdir)
+                checkpointer.save(step, state, iterator, config)
+            if preemption.requested:
+                if is_main:
+                    print(f"SIGTERM: saved the step-{step} checkpoint; restart with the same --workdir to resume",
+                          flush=True)
+                break
+    checkpointer.wait()
+    checkpointer.close()
+    writer.close()
+    return last_eval

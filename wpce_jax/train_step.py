@@ -1,0 +1,70 @@
+"""The training state and the jit-compiled, data-parallel training step.
+
+The towers run under jit on a batch sharded over the "data" axis; the symmetric InfoNCE runs in shard_map over the
+global batch (each device gathers the other side's features). A step whose loss or gradient is not finite changes
+nothing and records its number in `bad_step`; every later step is a no-op too, so the state (and any checkpoint
+written from it) stays the last good one until the host notices and stops the run.
+"""
+from functools import partial
+from typing import Any, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import PartitionSpec as P
+from ml_collections import ConfigDict
+
+from wpce_jax.kernels import RFF
+from wpce_jax.losses import infonce_and_accuracy
+from wpce_jax.models.towers import logit_scale_value
+from wpce_jax.optimizer import clip_logit_scale, learning_rate_schedule
+from wpce_jax.parallel import DATA_AXIS
+from wpce_jax.similarity import embed, train_rff
+
+
+class TrainState(NamedTuple):
+    params: Any
+    opt_state: Any
+    step: jax.Array        # int32 scalar: train steps taken
+    rng: jax.Array         # uint32 key data of the run's root key (RFF draws fold the step into it)
+    bad_step: jax.Array    # int32 scalar: first step with a non-finite loss or gradient, -1 if none
+    eval_rff: Optional[RFF]  # the fixed RFF draw used for evaluation (None for the CLIP baseline)
+
+
+def create_state(params, tx: optax.GradientTransformation, root_key: jax.Array, eval_rff) -> TrainState:
+    return TrainState(params=params, opt_state=tx.init(params), step=jnp.zeros((), jnp.int32),
+                      rng=jax.random.key_data(root_key), bad_step=jnp.full((), -1, jnp.int32), eval_rff=eval_rff)
+
+
+def make_train_step(model, config: ConfigDict, mesh, tx: optax.GradientTransformation):
+    """Returns step(state, batch) -> (state, metrics); batch {"image" [B,H,W,3], "tokens" [B,L]} global arrays."""
+    similarity = config.model.similarity
+    schedule = learning_rate_schedule(config)
+    sharded_loss = jax.shard_map(partial(infonce_and_accuracy, axis_name=DATA_AXIS), mesh=mesh,
+                                 in_specs=(P(DATA_AXIS), P(DATA_AXIS), P()), out_specs=(P(), P()))
+
+    def loss_fn(params, batch, rff):
+        image_cloud, text_cloud = model.apply({"params": params}, batch["image"], batch["tokens"])
+        x, y = embed(image_cloud, rff, config), embed(text_cloud, rff, config)
+        scale = logit_scale_value(params, similarity)
+        loss, accuracy = sharded_loss(x, y, scale)
+        return loss, (accuracy, scale)
+
+    def step(state: TrainState, batch):
+        rff = train_rff(jax.random.wrap_key_data(state.rng), state.step, config)
+        (loss, (accuracy, scale)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rff)
+        grad_norm = optax.global_norm(grads)
+        ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & (state.bad_step < 0)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = clip_logit_scale(optax.apply_updates(state.params, updates), similarity,
+                                  config.logit_scale_min, config.logit_scale_max)
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+        bad_step = jnp.where((state.bad_step < 0) & ~ok, state.step, state.bad_step)
+        new_state = state._replace(params=keep(params, state.params), opt_state=keep(opt_state, state.opt_state),
+                                   step=state.step + 1, bad_step=bad_step)
+        metrics = {"train/loss": loss, "train/grad_norm": grad_norm, "train/logit_scale": scale,
+                   "train/i2t_top1": accuracy["i2t_top1"], "train/t2i_top1": accuracy["t2i_top1"],
+                   "train/learning_rate": schedule(state.step // config.optim.accum_steps)}
+        return new_state, metrics
+
+    return step
