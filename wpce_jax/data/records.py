@@ -166,15 +166,18 @@ def write_shard(path: str, records: Iterable[bytes]) -> tuple[int, int]:
 
 
 def count_records(path: str) -> int:
-    """Number of records in one ArrayRecord file; raises OSError/ValueError naming the file when unreadable."""
+    """Number of records in one ArrayRecord file; raises OSError naming the file when it is unreadable."""
+    reader = None
     try:
+        # The C++ reader raises bare RuntimeErrors (some only at close) that do not name the file.
         reader = array_record_module.ArrayRecordReader(path, "readahead_buffer_size:0")
-    except Exception as e:  # the C++ reader raises a bare RuntimeError/ValueError without the path
-        raise OSError(f"{path}: not a readable ArrayRecord file ({e})") from e
-    try:
-        return int(reader.num_records())
-    finally:
+        if not reader.ok():
+            raise RuntimeError("reader not ok")
+        n = int(reader.num_records())
         reader.close()
+        return n
+    except Exception as e:
+        raise OSError(f"{path}: not a readable ArrayRecord file ({e})") from e
 
 
 def read_records(path: str, start: int = 0, stop: int | None = None) -> list[bytes]:
