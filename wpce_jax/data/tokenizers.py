@@ -184,8 +184,13 @@ class ClipBpeTokenizer(Tokenizer):
         """Text of text-token ids (specials and pads are the caller's to strip); for debugging and tests."""
         decoder = {v: k for k, v in self.encoder.items()}
         byte_decoder = {v: k for k, v in self._byte_encoder.items()}
-        text = "".join(decoder[int(i)] for i in ids)
-        return bytearray(byte_decoder[c] for c in text.replace("</w>", " ")).decode("utf-8", "replace").strip()
+        words = [decoder[int(i)] for i in ids]
+        # Undo the byte map per symbol, keeping each "</w>" end-of-word marker as a space.
+        out = bytearray()
+        for w in words:
+            end = w.endswith("</w>")
+            out += bytes(byte_decoder[c] for c in (w[:-4] if end else w)) + (b" " if end else b"")
+        return out.decode("utf-8", "replace").strip()
 
 
 # ------------------------------------------------------------------------------------------- SentencePiece

@@ -44,6 +44,7 @@ def iter_captions(data_dir: str, max_captions: int | None = None, seed: int = 0)
             reader.close()
 
 
+_TOO_SMALL = re.compile(r"Vocabulary size is smaller than required_chars\. (\d+) vs (\d+)")
 _TOO_HIGH = re.compile(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)")
 
 
@@ -83,6 +84,11 @@ def train_sentencepiece(captions: Iterable[str], output_prefix: str, vocab_size:
                     num_threads=max(1, os.cpu_count() or 1), minloglevel=2)
                 break
             except RuntimeError as e:
+                small = _TOO_SMALL.search(str(e))
+                if small:
+                    raise ValueError(
+                        f"vocab_size {size} cannot hold the {int(small.group(2)) - 4} distinct characters of "
+                        f"the captions plus 4 special symbols; ask for at least {small.group(2)}") from None
                 m = _TOO_HIGH.search(str(e))
                 if not m or int(m.group(2)) >= size:
                     raise
