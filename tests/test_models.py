@@ -179,9 +179,18 @@ def test_model_embeds_sequel_ids(built):
 
 # -------------------------------------------------------------------------------------- causality, CLIP pooling
 
+def _text_tower(model, tokens):
+    return model.text_encoder(tokens)
+
+
+def _image_tower(model, images):
+    return model.image_encoder(images)
+
+
 def text_hidden(apply, params, tokens):
-    """Final-normed text tokens [B, L, width] (before the head)."""
-    return apply({"params": params}, jnp.asarray(tokens), method=lambda mdl, t: mdl.text_encoder(t))
+    """Final-normed text tokens [B, L, width] (before the head). `_text_tower` is a module-level function so
+    that the jitted apply (method is a static argument) compiles once, not once per call."""
+    return apply({"params": params}, jnp.asarray(tokens), method=_text_tower)
 
 
 def test_text_is_causal(built):
@@ -233,7 +242,7 @@ def test_clip_image_reads_the_class_token(built):
     model, params, apply = built("clip")
     images = random_images(10)
     cloud = apply({"params": params}, images, method=DualEncoder.encode_image)
-    hidden = apply({"params": params}, images, method=lambda mdl, x: mdl.image_encoder(x))
+    hidden = apply({"params": params}, images, method=_image_tower)
     kernel = np.asarray(params["image_head"]["points"]["kernel"], np.float64)
     np.testing.assert_allclose(cloud.points[:, 0], np.asarray(hidden[:, 0], np.float64) @ kernel,
                                rtol=1e-5, atol=1e-5)
