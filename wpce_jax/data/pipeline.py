@@ -158,5 +158,11 @@ def make_dataset(
     # Elements are whole float32 batches: a buffer of a few is enough and bounds memory.
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=read_threads))
     if worker_count > 0:
+        from absl import flags
+
+        # grain's worker processes read its absl flags; outside absl.app.run (notebooks, tests, scripts)
+        # nothing parsed them, so accept their defaults rather than fail at the first batch.
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
     return it

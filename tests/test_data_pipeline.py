@@ -1,0 +1,215 @@
+"""grain pipeline: process sharding, per-epoch shuffle, exact mid-epoch resume, pixels against references."""
+
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from wpce_jax.data import image_ops, pipeline, records, testing, tokenizers
+from wpce_jax.data.train_tokenizer import train_sentencepiece
+
+N = 53  # prime: no batch size or process count divides it, so remainders are exercised
+SIZE = 24
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """N labelled records; the label is the record's index, so batches reveal exactly which records they hold.
+    Images are non-square (40 x 30) so that crops matter."""
+    d = tmp_path_factory.mktemp("ds")
+    recs, pixels = [], []
+    for i in range(N):
+        px = testing.digit_image(i, 40)[:, 5:35]
+        jpeg = testing.encode(px, quality=95)
+        recs.append(records.encode_record(jpeg, f"a photo of a {['red', 'blue', 'green'][i % 3]} digit {i}",
+                                          key=str(i), source="test", label=i, width=30, height=40))
+        pixels.append(jpeg)
+    records.write_dataset(recs, str(d / "data"), 4, inputs=["test"])
+    model = train_sentencepiece([f"a photo of a red blue green digit {i}" for i in range(100)],
+                                str(d / "spm"), vocab_size=30)
+    tok = tokenizers.get_tokenizer("sentencepiece", model, 16)
+    return str(d / "data"), tok, pixels
+
+
+def _make(dataset, **kw):
+    data_dir, tok, _ = dataset
+    args = dict(tokenizer=tok, image_size=SIZE, train=True, batch_size=4, seed=3)
+    args.update(kw)
+    return pipeline.make_dataset(data_dir, **args)
+
+
+def _labels(ds, n_batches=None):
+    out = []
+    for i, b in enumerate(ds):
+        if n_batches is not None and i >= n_batches:
+            break
+        out.append(b["label"])
+    return np.concatenate(out)
+
+
+def test_batch_layout(dataset):
+    b = next(iter(_make(dataset)))
+    assert set(b) == {"image", "tokens", "label"}
+    assert b["image"].shape == (4, SIZE, SIZE, 3) and b["image"].dtype == np.float32
+    assert b["tokens"].shape == (4, 16) and b["tokens"].dtype == np.int32
+    assert b["label"].shape == (4,) and b["label"].dtype == np.int32
+    assert pipeline.dataset_size(dataset[0]) == N
+
+
+def test_processes_disjoint_and_complete(dataset):
+    # Training, one epoch: every process gets floor(N / P) examples, disjoint, from one shared permutation.
+    per = N // 3
+    shares = [_labels(_make(dataset, batch_size=1, num_epochs=1, process_index=p, process_count=3))
+              for p in range(3)]
+    assert [len(s) for s in shares] == [per] * 3
+    union = np.concatenate(shares)
+    assert len(set(union.tolist())) == 3 * per and set(union.tolist()) <= set(range(N))
+    # Evaluation: disjoint and exactly complete, in record order.
+    ev = [_labels(_make(dataset, train=False, batch_size=5, process_index=p, process_count=3)) for p in range(3)]
+    np.testing.assert_array_equal(np.concatenate(ev), np.arange(N))
+    # Over epochs the < P left-over examples change, so no record is starved.
+    two = [_labels(_make(dataset, batch_size=1, num_epochs=6, process_index=p, process_count=3))
+           for p in range(3)]
+    assert set(np.concatenate(two).tolist()) == set(range(N))
+
+
+def test_shuffle_per_epoch_and_seeded(dataset):
+    a = _labels(_make(dataset, batch_size=1, num_epochs=2))
+    assert sorted(a[:N].tolist()) == list(range(N)) and sorted(a[N:].tolist()) == list(range(N))
+    assert not np.array_equal(a[:N], a[N:]), "epochs must be shuffled differently"
+    assert not np.array_equal(a[:N], np.arange(N))
+    np.testing.assert_array_equal(a, _labels(_make(dataset, batch_size=1, num_epochs=2)))
+    assert not np.array_equal(a, _labels(_make(dataset, batch_size=1, num_epochs=2, seed=4)))
+
+
+def test_drop_remainder_and_partial_eval_batch(dataset):
+    assert [len(b["label"]) for b in _make(dataset, batch_size=10, num_epochs=1)] == [10] * 5
+    assert [len(b["label"]) for b in _make(dataset, train=False, batch_size=10)] == [10] * 5 + [3]
+
+
+def _assert_same_batches(xs, ys):
+    assert len(xs) == len(ys)
+    for x, y in zip(xs, ys):
+        assert x.keys() == y.keys()
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k], err_msg=k)
+
+
+@pytest.mark.parametrize("worker_count", [0, 2])
+def test_resume_mid_epoch_exact(dataset, worker_count):
+    # 53 // 4 = 13 batches per epoch: take 10, save, and the next 8 cross the epoch boundary.
+    ds = _make(dataset, worker_count=worker_count)
+    it = iter(ds)
+    for _ in range(10):
+        next(it)
+    state = it.get_state()
+    expected = [next(it) for _ in range(8)]
+    json.dumps(state)  # goes into a checkpoint as is
+    it2 = iter(_make(dataset, worker_count=worker_count))
+    it2.set_state(state)
+    _assert_same_batches([next(it2) for _ in range(8)], expected)
+    if worker_count:
+        it.close()
+        it2.close()
+
+
+def test_workers_match_in_process(dataset):
+    ref = [b for b in _make(dataset, train=False, batch_size=8)]
+    ds = _make(dataset, train=False, batch_size=8, worker_count=2)
+    _assert_same_batches(list(ds), ref)
+
+
+def _reference_eval(jpeg: bytes) -> np.ndarray:
+    """torchvision-style eval preprocessing done the two-step way: resize the short side to SIZE (bicubic),
+    centre-crop SIZE, then (x / 255 - mean) / std in float64."""
+    img = Image.open(io.BytesIO(jpeg)).convert("RGB")
+    w, h = img.size
+    s = SIZE / min(w, h)
+    img = img.resize((round(w * s), round(h * s)), Image.Resampling.BICUBIC)
+    w, h = img.size
+    left, top = (w - SIZE) // 2, (h - SIZE) // 2
+    x = np.asarray(img.crop((left, top, left + SIZE, top + SIZE)), dtype=np.float64) / 255.0
+    return (x - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+
+
+def test_eval_pixels_against_reference(dataset):
+    _, _, jpegs = dataset
+    for decoder in image_ops.DECODERS:
+        batch = next(iter(_make(dataset, train=False, batch_size=6, decoder=decoder)))
+        for i in range(6):
+            ref = _reference_eval(jpegs[i])
+            # One-pass box resize vs two-step resize+crop differ by sub-pixel resampling, and the decoders by
+            # IDCT rounding: mean error below 1.5 grey levels (0.026 in normalised units, std ~0.225), where a
+            # wrong crop, flip or channel order gives > 20 levels.
+            err = np.abs(batch["image"][i] - ref) * 0.226 * 255
+            assert err.mean() < 1.5, (decoder, i, err.mean())
+
+
+def test_tokens_match_tokenizer(dataset):
+    _, tok, _ = dataset
+    batch = next(iter(_make(dataset, train=False, batch_size=6)))
+    captions = [f"a photo of a {['red', 'blue', 'green'][i % 3]} digit {i}" for i in range(6)]
+    np.testing.assert_array_equal(batch["tokens"], tok(captions))
+    np.testing.assert_array_equal(batch["label"], np.arange(6))
+
+
+def test_normalize_against_float64():
+    x = np.random.default_rng(0).integers(0, 256, size=(2, 5, 5, 3), dtype=np.uint8)
+    ref = (x / 255.0 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+    np.testing.assert_allclose(image_ops.normalize(x), ref, rtol=0, atol=1e-5)
+
+
+def test_random_resized_crop_box_distribution():
+    rng = np.random.default_rng(0)
+    for w, h in [(256, 256), (400, 200), (30, 40)]:
+        for _ in range(300):
+            l, t, r, b = image_ops.random_resized_crop_box(w, h, rng, (0.5, 1.0))
+            assert 0 <= l < r <= w and 0 <= t < b <= h
+            area = (r - l) * (b - t) / (w * h)
+            # Rounding of the box sides to integers moves the area by at most ~1/side around the bounds.
+            assert 0.5 - 2.5 / min(w, h) <= area <= 1.0 + 1e-9
+            assert 3 / 4 - 0.1 <= (r - l) / (b - t) <= 4 / 3 + 0.1 or area > 0.9
+
+
+def test_train_crops_deterministic_and_varied(dataset):
+    a = next(iter(_make(dataset, batch_size=8)))["image"]
+    b = next(iter(_make(dataset, batch_size=8)))["image"]
+    np.testing.assert_array_equal(a, b)
+    for decoder in image_ops.DECODERS:  # crops vary: the same record in two epochs is cropped differently
+        ds = _make(dataset, batch_size=1, num_epochs=2, decoder=decoder)
+        seen = {}
+        for batch in ds:
+            seen.setdefault(int(batch["label"][0]), []).append(batch["image"][0])
+        assert all(len(v) == 2 for v in seen.values())
+        assert sum(not np.array_equal(v[0], v[1]) for v in seen.values()) >= N - 2
+
+
+def test_dct_downscale_matches_full_decode():
+    """A large JPEG cropped with DCT-domain downscaling stays close to the full-resolution decode."""
+    big = np.asarray(Image.fromarray(testing.digit_image(5, 512)).filter(__import__("PIL.ImageFilter").ImageFilter.SMOOTH))
+    jpeg = testing.encode(big, quality=95)
+    ref = np.asarray(Image.fromarray(big).resize((64, 64), Image.Resampling.BICUBIC), dtype=np.float64)
+    for decoder in image_ops.DECODERS:
+        got = image_ops.eval_crop(jpeg, 64, decoder).astype(np.float64)
+        assert np.abs(got - ref).mean() < 2.0, decoder  # grey levels; a misplaced box gives > 20
+
+
+def test_bad_inputs_name_the_path(dataset, tmp_path):
+    _, tok, _ = dataset
+    kw = dict(tokenizer=tok, image_size=SIZE, train=True, batch_size=2, seed=0)
+    with pytest.raises(records.ManifestError, match=str(tmp_path / "nope" / "manifest.json")):
+        pipeline.make_dataset(str(tmp_path / "nope"), **kw)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "manifest.json").write_text(json.dumps({"format": "wpce_jax.records", "schema_version": 999,
+                                                   "shards": []}))
+    with pytest.raises(records.ManifestError, match="schema_version 999.*expected"):
+        pipeline.make_dataset(str(bad), **kw)
+    gone = tmp_path / "gone"
+    records.write_dataset([records.encode_record(b"\xff\xd8x", "c", key="0", source="t")] * 3, str(gone), 2)
+    os.remove(gone / records.shard_name(1, 2))
+    with pytest.raises(records.ManifestError, match=records.shard_name(1, 2) + ".*missing"):
+        pipeline.make_dataset(str(gone), **kw)
