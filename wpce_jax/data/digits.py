@@ -43,11 +43,12 @@ CAPTION_TEMPLATES = [
     "this is a {w}",
     "a {w} drawn with a pen",
 ]
+# No trailing periods: the training captions have none, so "." would be an unknown piece to the tokenizer.
 ZEROSHOT_TEMPLATES = [
-    "a photo of the digit {}.",
-    "a handwritten {}.",
-    "the number {} written by hand.",
-    "a scanned handwritten digit {}.",
+    "a photo of the digit {}",
+    "a handwritten {}",
+    "the number {} written by hand",
+    "a scanned handwritten digit {}",
 ]
 _TEST_FRACTION = 0.2
 _SPLIT_SEED = 0
