@@ -6,12 +6,13 @@ so it has no padding; this is also the position the CLIP baseline reads.
 
 Sequel padding (WPCE). Every position is a point of the text cloud, padding included, so padding must not all
 look alike: the k-th padding position (k = 1, 2, ... after the end) is embedded with row `vocab_size + k - 1`
-of the embedding table instead of its token. The table therefore has `vocab_size + context_length` rows (one
-more than the largest index, L - 1 sequels, could need; kept for a round size and the paper's layout).
+of the embedding table instead of its token. The table therefore has `vocab_size + context_length` rows; a row
+needs at most context_length - 1 sequels (eot at position 0), so one row is spare, kept for the paper's layout.
 
-Token ids. Ids must lie in [0, vocab_size). Inside jit the model cannot check this: an out-of-range id would be
-silently clamped by the embedding gather (or read a sequel row). `check_token_ids` is a cheap host-side check
-for the data pipeline or tests to run on NumPy batches.
+Token ids. Ids must lie in [0, vocab_size). Inside jit the model cannot check this, and a bad id fails quietly
+in the embedding gather (`jnp.take`, mode "fill"): an id in [vocab_size, vocab_size + context_length) reads a
+sequel row, a larger one gives NaN embeddings, a negative one counts from the end of the table. Run
+`check_token_ids`, a cheap host-side check, on NumPy batches in the data pipeline or tests.
 """
 import flax.linen as nn
 import jax
@@ -91,6 +92,7 @@ class TextTransformer(nn.Module):
         pos = self.param("pos_embed", nn.initializers.normal(stddev=0.01), (self.context_length, self.width),
                          jnp.float32)
         x = x + pos[:length].astype(self.dtype)
-        causal = nn.make_causal_mask(jnp.ones((1, length), jnp.int32), dtype=jnp.bool_)  # [1, 1, L, L], broadcast over batch
+        # [1, 1, L, L]: one mask broadcast over batch and heads.
+        causal = nn.make_causal_mask(jnp.ones((1, length), jnp.int32), dtype=jnp.bool_)
         return TransformerStack(depth=self.depth, num_heads=self.heads, mlp_dim=self.mlp_dim, ln_eps=self.ln_eps,
                                 dtype=self.dtype, remat=self.remat, name="encoder")(x, causal)
