@@ -309,21 +309,33 @@ def _write_output(task: tuple[int, int, str, list[tuple[str, int, int]]]) -> tup
     return j, count, nbytes
 
 
-def _run_tasks(fn, tasks, workers: int, on_result, on_message):
-    """Maps fn over tasks in `workers` processes (or inline for 1), forwarding worker progress messages."""
-    if workers <= 1 or len(tasks) <= 1:
-        for t in tasks:
-            on_result(fn(t))
-        return
-    ctx = mp.get_context("spawn")  # no fork of a possibly threaded parent (PIL, grain, JAX users)
-    q = ctx.Queue()
-    with ctx.Pool(min(workers, len(tasks)), initializer=_worker_init, initargs=(q,)) as pool:
-        pending = [pool.apply_async(fn, (t,)) for t in tasks]
-        # Results are taken in task order so the callbacks (and a test's interruption) are deterministic.
+class _Runner:
+    """Maps a function over tasks inline (workers <= 1) or in one pool of worker processes that serves both
+    phases, forwarding the workers' progress messages. Results come back in task order so that callbacks
+    (and a test's interruption) are deterministic."""
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self.pool = None
+        self.queue = None
+
+    def inline(self, num_tasks: int) -> bool:
+        return self.workers <= 1 or num_tasks <= 1
+
+    def run(self, fn, tasks, on_result, on_message):
+        if self.inline(len(tasks)):
+            for t in tasks:
+                on_result(fn(t))
+            return
+        if self.pool is None:
+            ctx = mp.get_context("spawn")  # no fork of a possibly threaded parent (PIL, grain, JAX users)
+            self.queue = ctx.Queue()
+            self.pool = ctx.Pool(self.workers, initializer=_worker_init, initargs=(self.queue,))
+        pending = [self.pool.apply_async(fn, (t,)) for t in tasks]
         for res in pending:
             while True:
                 try:
-                    on_message(*q.get(timeout=0.2))
+                    on_message(*self.queue.get(timeout=0.2))
                 except queue.Empty:
                     pass
                 if res.ready():
@@ -331,9 +343,15 @@ def _run_tasks(fn, tasks, workers: int, on_result, on_message):
             on_result(res.get())
         while True:
             try:
-                on_message(*q.get_nowait())
+                on_message(*self.queue.get_nowait())
             except queue.Empty:
                 break
+
+    def close(self):
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+            self.pool = None
 
 
 def convert(
@@ -407,14 +425,26 @@ def convert(
         if on_input_done is not None:
             on_input_done(i)
 
-    inline = workers <= 1 or len(todo) <= 1  # as _run_tasks decides: only then can a callback be passed
-    tasks = [(i, inputs[i], output, dict(opts, _progress=on_message if inline else None)) for i in todo]
-    _run_tasks(_stage_input, tasks, workers, on_staged, on_message)
-    prog.close()
-    t1 = time.monotonic()
-    samples_seen = prog.count
+    runner = _Runner(workers)
+    try:
+        # Inline, progress goes straight to the callback; in workers, through the queue.
+        tasks = [(i, inputs[i], output, dict(opts, _progress=on_message if runner.inline(len(todo)) else None))
+                 for i in todo]
+        runner.run(_stage_input, tasks, on_staged, on_message)
+        prog.close()
+        t1 = time.monotonic()
+        manifest = _write_outputs(output, inputs, num_shards, fingerprints, sides, opts, run_id, runner,
+                                  show_progress, on_shard_done)
+    finally:
+        runner.close()
+    if show_progress:
+        _summary(manifest, prog.count, t1 - t0, time.monotonic() - t1)
+    return records.read_manifest(output)
 
-    # ---- phase 2: balanced output shards
+
+def _write_outputs(output, inputs, num_shards, fingerprints, sides, opts, run_id, runner, show_progress,
+                   on_shard_done):
+    """Phase 2: balanced output shards from the staged inputs, then the manifest (returned)."""
     sizes = [s for side in sides for s in side["sizes"]]
     plan = records.plan_shards(sizes, num_shards)
     starts, acc = [], 0
@@ -437,7 +467,7 @@ def convert(
             if lo < hi:
                 pieces.append((_staged_paths(output, i)[0], lo - starts[i], hi - starts[i]))
         wtasks.append((j, num_shards, output, pieces))
-    w_inline = workers <= 1 or len(wtasks) <= 1
+    w_inline = runner.inline(len(wtasks))
     wprog = Progress(f"writing {len(wtasks)}/{num_shards} shards", unit="records", enabled=show_progress)
     to_write = sum(expected[t[0]] for t in wtasks) or 1
 
@@ -451,7 +481,7 @@ def convert(
         if on_shard_done is not None:
             on_shard_done(j)
 
-    _run_tasks(_write_output, wtasks, workers, on_written, lambda n, _: wprog.update(n, wprog.count / to_write))
+    runner.run(_write_output, wtasks, on_written, lambda n, _: wprog.update(n, wprog.count / to_write))
     wprog.close()
 
     dropped, reencoded = Counter(), Counter()
@@ -479,10 +509,7 @@ def convert(
     }
     records.write_manifest(output, manifest)
     shutil.rmtree(os.path.join(output, STAGING), ignore_errors=True)
-    t2 = time.monotonic()
-    if show_progress:
-        _summary(manifest, samples_seen, t1 - t0, t2 - t1)
-    return records.read_manifest(output)
+    return manifest
 
 
 def _existing_complete(output: str, run_id: str, num_shards: int) -> dict[str, Any] | None:

@@ -1,0 +1,168 @@
+"""Input pipeline throughput, measured side by side in one run.
+
+    python benchmarks/pipeline.py [--num_images 768] [--side 256] [--batch_size 64]
+
+Prints, for each JPEG decoder (PIL and simplejpeg):
+  * decode + RandomResizedCrop(224, scale (0.5, 1), bicubic) + ImageNet normalise of 256-pixel JPEGs,
+    images/s in 1 process and in all processes (per core too), the ratio against PIL;
+  * the full grain pipeline (record read, decode, crop, tokenize, batch, normalise) with 0 and all workers;
+then the converter's samples/s on tar shards of the same images with 1 and all workers.
+The images are sklearn digit scans upscaled to 256 pixels with smooth colour texture and fine noise, so the
+JPEG entropy (and decode cost) is that of a photo rather than of a flat drawing. The default decoder
+(wpce_jax.data.image_ops.DEFAULT_DECODER) is the fastest of this measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from wpce_jax.data import convert, image_ops, pipeline, records, testing, tokenizers  # noqa: E402
+from wpce_jax.data.train_tokenizer import train_sentencepiece  # noqa: E402
+
+CROP = 224
+TARGET_PER_CORE = 500.0
+
+
+def make_jpegs(n: int, side: int, seed: int = 0) -> list[bytes]:
+    """n photo-like JPEGs (quality 95, img2dataset's default) of side x side pixels."""
+    from PIL import Image, ImageFilter
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        base = testing.digit_image(i, side, seed=seed).astype(np.float64)
+        texture = np.asarray(Image.fromarray(rng.integers(0, 256, (side // 8, side // 8, 3), dtype=np.uint8))
+                             .resize((side, side), Image.Resampling.BICUBIC), dtype=np.float64)
+        img = 0.6 * base + 0.4 * texture + rng.normal(0, 6, (side, side, 3))
+        pil = Image.fromarray(img.clip(0, 255).astype(np.uint8)).filter(ImageFilter.SMOOTH)
+        out.append(testing.encode(pil, quality=95))
+    return out
+
+
+def _work(args):
+    jpegs, decoder, seed = args
+    rng = np.random.default_rng(seed)
+    for j in jpegs:
+        image_ops.normalize(image_ops.train_crop(j, CROP, rng, (0.5, 1.0), decoder))
+    return len(jpegs)
+
+
+def time_single(jpegs, decoder, repeats=2):
+    _work((jpegs[:16], decoder, 0))  # warm caches and imports
+    best = 0.0
+    for r in range(repeats):
+        t = time.perf_counter()
+        _work((jpegs, decoder, r))
+        best = max(best, len(jpegs) / (time.perf_counter() - t))
+    return best
+
+
+def time_parallel(pool, procs, jpegs, decoder):
+    chunks = [(jpegs[i::procs * 4], decoder, i) for i in range(procs * 4)]
+    pool.map(_work, [(c[0][:4], decoder, 0) for c in chunks[:procs]])  # warm every worker
+    t = time.perf_counter()
+    n = sum(pool.map(_work, chunks))
+    return n / (time.perf_counter() - t)
+
+
+def time_grain(data_dir, tok, decoder, workers, batch_size, num_batches):
+    ds = pipeline.make_dataset(data_dir, tokenizer=tok, image_size=CROP, train=True, batch_size=batch_size,
+                               seed=0, worker_count=workers, decoder=decoder)
+    it = iter(ds)
+    next(it)  # start-up (worker spawn) is not throughput
+    t = time.perf_counter()
+    for _ in range(num_batches):
+        next(it)
+    rate = num_batches * batch_size / (time.perf_counter() - t)
+    if workers:
+        it.close()
+    return rate
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--num_images", type=int, default=768)
+    p.add_argument("--side", type=int, default=256)
+    p.add_argument("--batch_size", type=int, default=64)
+    p.add_argument("--convert_repeat", type=int, default=4, help="converter input = the images this many times")
+    args = p.parse_args()
+    cores = os.cpu_count() or 1
+    print(f"{cores} CPU cores; {args.num_images} JPEGs of {args.side}x{args.side}, quality 95; "
+          f"RandomResizedCrop {CROP}, bicubic, ImageNet normalisation; load average now "
+          f"{os.getloadavg()[0]:.1f} (other work on the machine slows every column alike)", flush=True)
+    jpegs = make_jpegs(args.num_images, args.side)
+    print(f"mean JPEG size {np.mean([len(j) for j in jpegs]) / 1024:.1f} KiB", flush=True)
+
+    work = tempfile.mkdtemp(prefix="wpce_bench_")
+    try:
+        captions = [f"a photo of a textured handwritten digit number {i % 10}" for i in range(len(jpegs))]
+        recs = [records.encode_record(j, c, key=str(i), source="bench") for i, (j, c) in enumerate(zip(jpegs, captions))]
+        data_dir = os.path.join(work, "records")
+        records.write_dataset(recs, data_dir, 4, inputs=["benchmark"])
+        tok = tokenizers.get_tokenizer(
+            "sentencepiece", train_sentencepiece(captions, os.path.join(work, "spm"), 40), 77)
+
+        rows = []
+        ctx = mp.get_context("spawn")
+        with ctx.Pool(cores) as pool:
+            for decoder in image_ops.DECODERS:
+                one = time_single(jpegs, decoder)
+                allp = time_parallel(pool, cores, jpegs, decoder)
+                rows.append((decoder, one, allp))
+        n_batches = max(2, len(jpegs) // args.batch_size - 2)
+        grain_rows = {d: (time_grain(data_dir, tok, d, 0, args.batch_size, n_batches),
+                          time_grain(data_dir, tok, d, cores, args.batch_size, n_batches))
+                      for d in image_ops.DECODERS}
+
+        pil_one = rows[0][1]
+        print()
+        print(f"{'decoder':<12} {'1 proc img/s':>13} {f'{cores} procs img/s':>16} {'per core':>9} "
+              f"{'vs PIL':>7} {'grain 0 wkr':>12} {f'grain {cores} wkr':>12}")
+        for decoder, one, allp in rows:
+            g0, gn = grain_rows[decoder]
+            print(f"{decoder:<12} {one:>13.0f} {allp:>16.0f} {allp / cores:>9.0f} {one / pil_one:>6.2f}x "
+                  f"{g0:>12.0f} {gn:>12.0f}")
+        best = max(rows, key=lambda r: r[2])[0]
+        per_core = max(r[2] for r in rows) / cores
+        print(f"\nfastest decoder: {best}; image_ops.DEFAULT_DECODER = {image_ops.DEFAULT_DECODER!r}"
+              + ("" if best == image_ops.DEFAULT_DECODER else "  <-- differs from this measurement"))
+        print(f"target {TARGET_PER_CORE:.0f} img/s per core: {'met' if per_core >= TARGET_PER_CORE else 'NOT met'} "
+              f"({per_core:.0f} per core with {best}, all processes)")
+
+        # Converter throughput on tar shards of the same images (kept as is: RGB JPEGs under the side cap).
+        tars = os.path.join(work, "tars")
+        os.makedirs(tars)
+        n_conv = len(jpegs) * args.convert_repeat  # enough samples that process start-up is amortised
+        per_tar = max(1, n_conv // 8)
+        for s in range(0, n_conv, per_tar):
+            members = []
+            for i in range(s, min(s + per_tar, n_conv)):
+                k = i % len(jpegs)
+                members += testing.sample_members(f"{i:09d}", jpegs[k], captions[k], {"url": f"u{i}"})
+            testing.write_tar(os.path.join(tars, f"{s // per_tar:05d}.tar"), members)
+        inputs = sorted(os.path.join(tars, f) for f in os.listdir(tars))
+        print()
+        for workers in sorted({1, cores}):
+            out = os.path.join(work, f"converted-{workers}")
+            t = time.perf_counter()
+            convert.convert(inputs, out, 4, workers=workers, show_progress=False)
+            dt = time.perf_counter() - t
+            print(f"converter, {workers} worker(s): {n_conv / dt:,.0f} samples/s "
+                  f"({n_conv} samples of 256-pixel JPEGs in {dt:.2f}s, including process start-up)")
+        print(f"\nload average at the end: {os.getloadavg()[0]:.1f} on {cores} cores")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
