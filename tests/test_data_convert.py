@@ -64,8 +64,8 @@ def shard_set(tmp_path_factory):
     # Re-encoded but kept.
     good("bad/png_as_jpg", testing.encode(px(1), "PNG"), "a png named jpg", px(1))
     cmyk = Image.fromarray(px(2)).convert("CMYK")
-    good("bad/cmyk", testing.encode(cmyk, quality=95), "a cmyk jpeg",
-         np.asarray(Image.open(io.BytesIO(testing.encode(cmyk, quality=95))).convert("RGB")))
+    # PIL's RGB -> CMYK is c = 255 - r, ... with k = 0, which the converter must undo to the source pixels.
+    good("bad/cmyk", testing.encode(cmyk, quality=95), "a cmyk jpeg", px(2))
     gray = Image.fromarray(px(3)).convert("L")
     good("bad/gray", testing.encode(gray, quality=95), "a grayscale jpeg",
          np.repeat(np.asarray(gray)[..., None], 3, axis=2))
@@ -274,3 +274,40 @@ def test_plan_shards_balanced():
     # Fewer records than shards: some shards are empty, every record is still placed exactly once.
     small = records.plan_shards([10, 10], 4)
     assert len(small) == 4 and sorted(i for a, b in small for i in range(a, b)) == [0, 1]
+
+
+def test_compressed_and_truncated_compressed_tars(tmp_path):
+    import gzip as gz
+
+    src = tmp_path / "src"
+    src.mkdir()
+    expected = testing.valid_shard(str(src / "a.tar"), range(8))
+    raw = (src / "a.tar").read_bytes()
+    inp = tmp_path / "in"
+    inp.mkdir()
+    (inp / "00000.tar.gz").write_bytes(gz.compress(raw))
+    m = convert.convert([str(inp / "00000.tar.gz")], str(tmp_path / "out"), 2, show_progress=False)
+    assert m["num_examples"] == 8 and m["damaged_inputs"] == []
+    # Cut the compressed stream at 60%: the samples fully inside the first part survive, damage reported.
+    (inp / "00000.tar.gz").write_bytes(gz.compress(raw)[: int(len(gz.compress(raw)) * 0.6)])
+    m = convert.convert([str(inp / "00000.tar.gz")], str(tmp_path / "out2"), 2, show_progress=False)
+    assert 0 < m["num_examples"] < 8 and len(m["damaged_inputs"]) == 1
+    _, recs = _read_all(tmp_path / "out2")
+    for r in recs:
+        assert r["image"] == expected[r["key"]][2] and r["caption"] == expected[r["key"]][1]
+
+
+def test_converted_dataset_feeds_the_pipeline(shard_set, tmp_path):
+    from wpce_jax.data import pipeline
+    from wpce_jax.data.train_tokenizer import train_sentencepiece
+
+    d, kept, _ = shard_set
+    m = _convert(d, tmp_path / "out")
+    model = train_sentencepiece((c for c, _, _ in kept.values()), str(tmp_path / "spm"), 40)
+    from wpce_jax.data import tokenizers
+    tok = tokenizers.get_tokenizer("sentencepiece", model, 32)
+    batches = list(pipeline.make_dataset(str(tmp_path / "out"), tokenizer=tok, image_size=32, train=False,
+                                         batch_size=8, seed=0))
+    assert sum(len(b["label"]) for b in batches) == m["num_examples"]
+    assert all((b["label"] == -1).all() for b in batches)  # no labels in web data
+    assert np.isfinite(np.concatenate([b["image"] for b in batches])).all()
