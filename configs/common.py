@@ -1,8 +1,10 @@
 """Fields shared by every experiment; an experiment file starts from `base()` and sets what differs."""
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 
 def base() -> ml_collections.ConfigDict:
+    """Every optional field is a typed placeholder, so `--config.KEY=VALUE` can set it."""
     c = ml_collections.ConfigDict()
     c.seed = 0                        # root of every random draw: init, data order, crops, RFF frequencies
     c.total_steps = 1000              # train steps in the run
@@ -17,10 +19,10 @@ def base() -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     c.data.kind = "arrayrecord"       # "digits" (built-in) or "arrayrecord" (a converted dataset, e.g. CC12M)
-    c.data.train_dir = None           # arrayrecord: converted training data (holds manifest.json)
-    c.data.cache_dir = None           # digits: where the built-in dataset is written once (default ~/.cache)
+    c.data.train_dir = placeholder(str)           # arrayrecord: converted training data (holds manifest.json)
+    c.data.cache_dir = placeholder(str)           # digits: where the built-in dataset is written once (default ~/.cache)
     c.data.tokenizer = "clip_bpe"     # "clip_bpe" or "sentencepiece" (digits always uses its own SentencePiece)
-    c.data.tokenizer_path = None      # bpe_simple_vocab_16e6.txt.gz or a SentencePiece .model
+    c.data.tokenizer_path = placeholder(str)      # bpe_simple_vocab_16e6.txt.gz or a SentencePiece .model
     c.data.image_size = 224           # square input side after cropping
     c.data.crop_scale = (0.5, 1.0)    # RandomResizedCrop area range for training
     c.data.worker_count = 0           # grain worker processes decoding images (0: threads in the main process)
@@ -34,19 +36,19 @@ def base() -> ml_collections.ConfigDict:
     c.model.weight_alpha = 100.0      # point weights are alpha * tanh(x / alpha)
     c.model.image = ml_collections.ConfigDict()
     c.model.image.variant = "B/16"    # "Ti"/"S"/"B"/"L" with "/patch", or "custom" with the fields below
-    c.model.image.patch_size = None   # patch side (custom, or a size name without "/patch")
-    c.model.image.width = None        # custom only: token width
-    c.model.image.depth = None        # custom only: blocks
-    c.model.image.heads = None        # custom only: attention heads
-    c.model.image.mlp_dim = None      # custom only: MLP hidden size
+    c.model.image.patch_size = placeholder(int)   # patch side (custom, or a size name without "/patch")
+    c.model.image.width = placeholder(int)        # custom only: token width
+    c.model.image.depth = placeholder(int)        # custom only: blocks
+    c.model.image.heads = placeholder(int)        # custom only: attention heads
+    c.model.image.mlp_dim = placeholder(int)      # custom only: MLP hidden size
     c.model.text = ml_collections.ConfigDict()
     c.model.text.width = 512          # token width
     c.model.text.depth = 12           # blocks
     c.model.text.heads = 8            # attention heads
     c.model.text.mlp_dim = 2048       # MLP hidden size
     c.model.text.context_length = 77  # tokens per caption, start and end tokens included
-    c.model.text.vocab_size = None    # filled in from the tokenizer at start-up
-    c.model.text.eot_id = None        # filled in from the tokenizer at start-up
+    c.model.text.vocab_size = placeholder(int)    # filled in from the tokenizer at start-up
+    c.model.text.eot_id = placeholder(int)        # filled in from the tokenizer at start-up
 
     c.wpce = ml_collections.ConfigDict()
     c.wpce.kernel = "gaussian"        # shift-invariant kernel: gaussian, imq, cauchy, laplacian

@@ -140,11 +140,11 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, float]:
             state, metrics = train_step(state, batch)
             final = step == config.total_steps
             if step % config.log_every_steps == 0 or final:
-                _check_finite(state, checkpointer, workdir)
                 steps_per_s, examples_per_s = progress.rates(step)
                 logged = {**to_host(metrics), "train/steps_per_s": steps_per_s, "train/examples_per_s": examples_per_s}
                 writer.write(step, logged)
                 progress.report(step, steps_per_s, logged)
+                _check_finite(state, checkpointer, workdir)  # after logging, so the bad loss is on record
             if data.zeroshot and (step % config.eval_every_steps == 0 or final):
                 started = time.perf_counter()
                 last_eval = evaluator(state)

@@ -36,10 +36,10 @@ def create_state(params, tx: optax.GradientTransformation, root_key: jax.Array, 
                       rng=jax.random.key_data(root_key), bad_step=jnp.full((), -1, jnp.int32), eval_rff=eval_rff)
 
 
-def make_train_step(model, config: ConfigDict, mesh, tx: optax.GradientTransformation):
-    """Returns step(state, batch) -> (state, metrics); batch {"image" [B,H,W,3], "tokens" [B,L]} global arrays."""
+def make_loss_fn(model, config: ConfigDict, mesh):
+    """loss_fn(params, batch, rff) -> (loss, (accuracies, logit scale)): the towers, the compared vectors, and the
+    symmetric InfoNCE over the global batch in shard_map."""
     similarity = config.model.similarity
-    schedule = learning_rate_schedule(config)
     sharded_loss = jax.shard_map(partial(infonce_and_accuracy, axis_name=DATA_AXIS), mesh=mesh,
                                  in_specs=(P(DATA_AXIS), P(DATA_AXIS), P()), out_specs=(P(), P()))
 
@@ -50,10 +50,19 @@ def make_train_step(model, config: ConfigDict, mesh, tx: optax.GradientTransform
         loss, accuracy = sharded_loss(x, y, scale)
         return loss, (accuracy, scale)
 
+    return loss_fn
+
+
+def make_train_step(model, config: ConfigDict, mesh, tx: optax.GradientTransformation):
+    """Returns step(state, batch) -> (state, metrics); batch {"image" [B,H,W,3], "tokens" [B,L]} global arrays."""
+    similarity = config.model.similarity
+    schedule = learning_rate_schedule(config)
+    loss_fn = make_loss_fn(model, config, mesh)
+
     def step(state: TrainState, batch):
         rff = train_rff(jax.random.wrap_key_data(state.rng), state.step, config)
         (loss, (accuracy, scale)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rff)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & (state.bad_step < 0)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = clip_logit_scale(optax.apply_updates(state.params, updates), similarity,
