@@ -85,6 +85,19 @@ def test_shuffle_per_epoch_and_seeded(dataset):
     assert not np.array_equal(a, _labels(_make(dataset, batch_size=1, num_epochs=2, seed=4)))
 
 
+def test_pad_eval_equal_batches_with_mask(dataset):
+    # 53 over 3 processes: 17, 18, 18 examples -> every process yields ceil(18 / 4) = 5 batches of 4.
+    per = []
+    for p in range(3):
+        bs = list(_make(dataset, train=False, batch_size=4, process_index=p, process_count=3, pad_eval=True))
+        assert [len(b["label"]) for b in bs] == [4] * 5
+        mask = np.concatenate([b["mask"] for b in bs])
+        labels = np.concatenate([b["label"] for b in bs])
+        assert mask.dtype == bool and mask[:mask.sum()].all() and not mask[mask.sum():].any()
+        per.append(labels[mask])
+    np.testing.assert_array_equal(np.concatenate(per), np.arange(N))
+
+
 def test_drop_remainder_and_partial_eval_batch(dataset):
     assert [len(b["label"]) for b in _make(dataset, batch_size=10, num_epochs=1)] == [10] * 5
     assert [len(b["label"]) for b in _make(dataset, train=False, batch_size=10)] == [10] * 5 + [3]

@@ -9,7 +9,8 @@ Training order, per epoch e (the same computation on every process, so no commun
        depend only on (seed, epoch, index) and a restored iterator repeats them exactly
     -> decode, crop, tokenize -> batches of batch_size (drop remainder) -> normalise
 Evaluation: process p reads the contiguous block [p N / P, (p+1) N / P) in record order, centre crops, keeps
-the last partial batch.
+the last partial batch. With pad_eval=True every process instead yields the same number of full batches
+(what a multi-process jit step needs), padded with copies of a real record and a "mask" that is False on them.
 
 The iterator's get_state()/set_state() are grain's: a small dict that goes into the training checkpoint and
 restores the exact remaining sequence of batches (with or without worker processes; the worker count must
@@ -71,6 +72,16 @@ def _example(image: np.ndarray, header: dict[str, Any], tokenizer) -> dict[str, 
     }
 
 
+@dataclasses.dataclass(frozen=True)
+class _WithMask(grain.transforms.Map):
+    """Marks an example as real (True) or padding (False)."""
+
+    value: bool
+
+    def map(self, element: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(element, mask=np.bool_(self.value))
+
+
 class _Normalize(grain.transforms.Map):
     """Batch-level so the float conversion is one vectorised pass; keeps uint8 through decode and batch."""
 
@@ -93,6 +104,7 @@ def make_dataset(
     num_epochs: int | None = None,
     decoder: str = image_ops.DEFAULT_DECODER,
     read_threads: int | None = None,
+    pad_eval: bool = False,
 ) -> grain.IterDataset:
     """The per-process input pipeline of a converted dataset.
 
@@ -109,7 +121,10 @@ def make_dataset(
       worker_count: processes decoding in parallel (0: decode in this process's threads only).
       num_epochs: training epochs; None repeats forever. Ignored for evaluation (always one).
       decoder: "simplejpeg" or "pil" (image_ops.DECODERS).
-      read_threads: decoding threads per process (default: 2 with workers, else the CPU count, at most 8).
+      read_threads: decoding threads per process (default: 1 per worker process, else the CPU count, at
+        most 8).
+      pad_eval: evaluation only: pad every process to ceil(ceil(N / P) / b) full batches and add "mask" bool [b]
+        (True for real examples) so that all processes step together.
     Returns:
       grain.IterDataset of dicts: "image" float32 [b, S, S, 3] (ImageNet-normalised), "tokens" int32
       [b, L], "label" int32 [b] (-1 for unlabelled records). iter() gives an iterator with
@@ -149,12 +164,24 @@ def make_dataset(
         start, stop = process_index * n // process_count, (process_index + 1) * n // process_count
         ds = ds[start:stop]
         ds = ds.map(_DecodeEval(tokenizer, image_size, decoder))
+        if pad_eval:
+            largest = -(-n // process_count)
+            total = -(-largest // batch_size) * batch_size
+            real = ds.map(_WithMask(True))
+            if total > stop - start:
+                # Padding repeats the dataset's first record (every process has that one to read).
+                pad = (grain.MapDataset.source(source)[0:1].repeat(total - (stop - start))
+                       .map(_DecodeEval(tokenizer, image_size, decoder)).map(_WithMask(False)))
+                ds = grain.MapDataset.concatenate([real, pad]) if stop > start else pad
+            else:
+                ds = real
     # Batching on the MapDataset keeps batch composition independent of the worker count (workers take
     # whole batches), so evaluation has exactly one partial batch.
     ds = ds.batch(batch_size, drop_remainder=train)
     ds = ds.map(_Normalize())
     if read_threads is None:
-        read_threads = 2 if worker_count > 0 else min(8, os.cpu_count() or 1)
+        # Worker processes are the parallelism there; more threads would only multiply buffered batches.
+        read_threads = 1 if worker_count > 0 else min(8, os.cpu_count() or 1)
     # Elements are whole float32 batches: a buffer of a few is enough and bounds memory.
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=read_threads))
     if worker_count > 0:
