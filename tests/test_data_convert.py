@@ -91,6 +91,9 @@ def shard_set(tmp_path_factory):
     bad("bad/empty_caption", testing.encode(px(9), quality=90), " \n\t ", "empty_caption")
     bad("bad/no_caption", testing.encode(px(10), quality=90), None, "missing_caption")
     bad("bad/no_image", None, "a caption without image", "missing_image")
+    # The same key again after another key: the first pairing is kept, the second dropped.
+    members.extend(testing.sample_members("bad/odd_caption", testing.encode(px(12), quality=90), "again"))
+    dropped["duplicate_key"] = 1
     members.append(("../evil.jpg", testing.encode(px(11), quality=90)))
     members.append(("../evil.txt", b"escaping caption"))
     dropped["unsafe_member_name"] = 2
@@ -107,6 +110,7 @@ def shard_set(tmp_path_factory):
     raw = testing.write_tar(str(d / "00003.tar"), tmembers)
     cut = raw.index(tkeys[3][2]) + len(tkeys[3][2]) // 2
     testing.write_tar(str(d / "00003.tar"), tmembers, truncate_at=cut)
+    # The cut sample's image member is incomplete: it is not a sample at all (no drop counted for it).
     for key, pixels, jpeg in tkeys[:3]:
         kept[key] = (f"truncated shard sample {int(key)}", pixels, jpeg)
     return d, kept, dropped
@@ -311,3 +315,17 @@ def test_converted_dataset_feeds_the_pipeline(shard_set, tmp_path):
     assert sum(len(b["label"]) for b in batches) == m["num_examples"]
     assert all((b["label"] == -1).all() for b in batches)  # no labels in web data
     assert np.isfinite(np.concatenate([b["image"] for b in batches])).all()
+
+
+def test_sample_cut_by_damage_is_counted_as_such(tmp_path):
+    members, jpegs = [], []
+    for k in range(3):
+        jpegs.append(testing.encode(testing.digit_image(k, 32), quality=90))
+        members += testing.sample_members(f"{k:09d}", jpegs[-1], f"caption number {k}" * 20)
+    raw = testing.write_tar(str(tmp_path / "t.tar"), members)
+    cut = raw.index(b"caption number 2") + 100  # inside the last sample's caption, after its image
+    testing.write_tar(str(tmp_path / "t.tar"), members, truncate_at=cut)
+    m = convert.convert([str(tmp_path / "t.tar")], str(tmp_path / "out"), 1, show_progress=False)
+    assert m["num_examples"] == 2
+    assert m["dropped"] == {"incomplete_at_damage": 1}
+    assert "after member '000000002.jpg'" in m["damaged_inputs"][0]["error"]

@@ -184,7 +184,7 @@ def iter_tar_records(path: str, opts: dict[str, Any], stats: dict[str, Any],
     position = [0]
     kept = 0
 
-    def flush():
+    def flush(after_damage: bool = False):
         nonlocal kept
         if pending_key is None:
             return None
@@ -195,7 +195,9 @@ def iter_tar_records(path: str, opts: dict[str, Any], stats: dict[str, Any],
         try:
             record, why = _sample_record(pending_key, pending, source, opts)
         except Drop as d:
-            dropped[d.reason] += 1
+            # A sample cut short by the damage lacks members through no fault of its own: say so.
+            incomplete = after_damage and d.reason in ("missing_image", "missing_caption")
+            dropped["incomplete_at_damage" if incomplete else d.reason] += 1
             return None
         if why:
             reencoded[why] += 1
@@ -225,8 +227,9 @@ def iter_tar_records(path: str, opts: dict[str, Any], stats: dict[str, Any],
                 on_progress(n_since, position[0])
                 n_since = 0
         pending[ext] = data
-    # The last sample: complete even after damage, since each of its members was read in full.
-    record = flush()
+    # The last sample: each of its members was read in full, so it is kept if it has an image and a caption
+    # even when the archive is damaged after it.
+    record = flush(after_damage=stats.get("damage") is not None)
     if record is not None:
         yield record
     if on_progress is not None:
