@@ -5,8 +5,8 @@ Training order, per epoch e (the same computation on every process, so no commun
     -> the first floor(N / P) * P positions (every process gets the same number of examples per epoch)
     -> process p takes positions p, p + P, p + 2P, ...   (disjoint across processes; together: everything
        but the < P examples left over this epoch, which differ from epoch to epoch)
-    -> RandomResizedCrop drawn from an RNG seeded by (seed, position in the process's stream), so the crops
-       depend only on (seed, epoch, index) and a restored iterator repeats them exactly
+    -> RandomResizedCrop drawn from an RNG seeded by (seed, process, position in the process's stream), so
+       the crops depend only on (seed, epoch, index) and a restored iterator repeats them exactly
     -> decode, crop, tokenize -> batches of batch_size (drop remainder) -> normalise
 Evaluation: process p reads the contiguous block [p N / P, (p+1) N / P) in record order, centre crops, keeps
 the last partial batch. With pad_eval=True every process instead yields the same number of full batches
@@ -127,8 +127,8 @@ def make_dataset(
         (True for real examples) so that all processes step together.
     Returns:
       grain.IterDataset of dicts: "image" float32 [b, S, S, 3] (ImageNet-normalised), "tokens" int32
-      [b, L], "label" int32 [b] (-1 for unlabelled records). iter() gives an iterator with
-      get_state()/set_state().
+      [b, L], "label" int32 [b] (-1 for unlabelled records), and with pad_eval "mask" bool [b]. iter() gives
+      an iterator with get_state()/set_state() (a small JSON-serialisable dict).
     """
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} must be in [0, process_count={process_count})")
@@ -159,7 +159,10 @@ def make_dataset(
         ds = ds[:per_process * process_count]
         ds = ds[process_index::process_count]
         ds = ds.repeat(num_epochs)
-        ds = ds.random_map(_DecodeTrain(tokenizer, image_size, tuple(crop_scale), decoder), seed=seed % 2**32)
+        # The crop RNG is keyed by position in this process's stream: fold the process in, or the k-th example
+        # of every process would draw the same crop parameters.
+        crop_seed = int(np.random.SeedSequence([seed % 2**32, process_index]).generate_state(1)[0])
+        ds = ds.random_map(_DecodeTrain(tokenizer, image_size, tuple(crop_scale), decoder), seed=crop_seed)
     else:
         start, stop = process_index * n // process_count, (process_index + 1) * n // process_count
         ds = ds[start:stop]
