@@ -139,8 +139,12 @@ def test_counts_and_manifest(shard_set, tmp_path):
     assert m["schema_version"] == records.SCHEMA_VERSION
     assert [s["path"] for s in m["shards"]] == [records.shard_name(j, 3) for j in range(3)]
     assert sum(s["num_examples"] for s in m["shards"]) == m["num_examples"]
+    from array_record.python import array_record_module
     for s in m["shards"]:
         assert records.count_records(str(tmp_path / "out" / s["path"])) == s["num_examples"]
+        reader = array_record_module.ArrayRecordReader(str(tmp_path / "out" / s["path"]))
+        assert "group_size:1," in reader.writer_options_string() + ","  # one record per chunk: random access
+        reader.close()
     sizes = [s["num_bytes"] for s in m["shards"]]
     biggest_record = max(len(r) for p in records.shard_paths(str(tmp_path / "out"), m)
                          for r in records.read_records(p))

@@ -1,0 +1,13 @@
+"""Data: CC12M-style tar shards -> ArrayRecord records -> grain batches, plus built-in small datasets.
+
+    records.py          the record schema, dataset manifest and the one shard writer
+    convert.py          webdataset tars -> record dataset (python -m wpce_jax.data.convert)
+    image_check.py      validation / normalisation of one downloaded image (used by convert)
+    image_ops.py        decode + crop + resize + normalise (PIL or simplejpeg)
+    pipeline.py         make_dataset(): the grain input pipeline, dataset_size()
+    tokenizers.py       get_tokenizer(): CLIP BPE and SentencePiece behind one interface
+    train_tokenizer.py  SentencePiece training (python -m wpce_jax.data.train_tokenizer)
+    digits.py           built-in tiny dataset from scikit-learn's digits
+    progress.py         rate / ETA progress line
+    testing.py          real tar shards for tests and benchmarks
+"""
