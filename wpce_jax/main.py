@@ -25,6 +25,8 @@ def main(argv):
     import jax
 
     if FLAGS.distributed or FLAGS.coordinator_address:
+        # Cross-process collectives on the CPU backend (tests, CPU clusters); accelerators ignore this.
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
                                    num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
     from wpce_jax.train import train_and_evaluate

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# One process driving every local accelerator (all GPUs of a host, or the CPU).
+#   launch/single_machine.sh configs/vitb16_cc12m.py /data/runs/wpce_b16 --config.data.train_dir=/data/cc12m ...
+set -euo pipefail
+config=${1:?usage: $0 CONFIG WORKDIR [--config.KEY=VALUE ...]}; workdir=${2:?WORKDIR}; shift 2
+cd "$(dirname "$0")/.."
+exec .venv/bin/python -m wpce_jax.main --config="$config" --workdir="$workdir" "$@"
