@@ -2,7 +2,7 @@
 
     python benchmarks/pipeline.py [--num_images 768] [--side 256] [--batch_size 64]
 
-Prints, for each JPEG decoder (PIL and simplejpeg):
+Every figure is the best of --trials interleaved trials. Prints, for each JPEG decoder (PIL and simplejpeg):
   * decode + RandomResizedCrop(224, scale (0.5, 1), bicubic) + ImageNet normalise of 256-pixel JPEGs,
     images/s in 1 process and in all processes (per core too), the ratio against PIL;
   * the full grain pipeline (record read, decode, crop, tokenize, batch, normalise) with 0 and all workers;
@@ -96,6 +96,7 @@ def main():
     p.add_argument("--num_images", type=int, default=768)
     p.add_argument("--side", type=int, default=256)
     p.add_argument("--batch_size", type=int, default=64)
+    p.add_argument("--trials", type=int, default=3, help="best of this many interleaved trials")
     p.add_argument("--convert_repeat", type=int, default=4, help="converter input = the images this many times")
     args = p.parse_args()
     cores = os.cpu_count() or 1
@@ -114,17 +115,23 @@ def main():
         tok = tokenizers.get_tokenizer(
             "sentencepiece", train_sentencepiece(captions, os.path.join(work, "spm"), 40), 77)
 
-        rows = []
+        # Best of several trials, decoders interleaved inside each trial: on a shared machine a slow moment
+        # then hits both decoders alike instead of deciding the comparison.
+        best = {d: [0.0, 0.0, 0.0, 0.0] for d in image_ops.DECODERS}
+        n_batches = max(2, len(jpegs) // args.batch_size - 2)
         ctx = mp.get_context("spawn")
         with ctx.Pool(cores) as pool:
-            for decoder in image_ops.DECODERS:
-                one = time_single(jpegs, decoder)
-                allp = time_parallel(pool, cores, jpegs, decoder)
-                rows.append((decoder, one, allp))
-        n_batches = max(2, len(jpegs) // args.batch_size - 2)
-        grain_rows = {d: (time_grain(data_dir, tok, d, 0, args.batch_size, n_batches),
-                          time_grain(data_dir, tok, d, cores, args.batch_size, n_batches))
-                      for d in image_ops.DECODERS}
+            for _ in range(args.trials):
+                for d in image_ops.DECODERS:
+                    got = (time_single(jpegs, d, repeats=1), time_parallel(pool, cores, jpegs, d))
+                    best[d][:2] = [max(x, y) for x, y in zip(best[d][:2], got)]
+        for _ in range(args.trials):
+            for d in image_ops.DECODERS:
+                got = (time_grain(data_dir, tok, d, 0, args.batch_size, n_batches),
+                       time_grain(data_dir, tok, d, cores, args.batch_size, n_batches))
+                best[d][2:] = [max(x, y) for x, y in zip(best[d][2:], got)]
+        rows = [(d, best[d][0], best[d][1]) for d in image_ops.DECODERS]
+        grain_rows = {d: (best[d][2], best[d][3]) for d in image_ops.DECODERS}
 
         pil_one = rows[0][1]
         print()
@@ -157,14 +164,17 @@ def main():
         inputs = sorted(os.path.join(tars, f) for f in os.listdir(tars))
         print()
         for workers in sorted({1, cores}):
-            out = os.path.join(work, f"converted-{workers}")
-            t = time.perf_counter()
-            # Through the command line, as users run it (a worker's start-up imports only the converter).
-            subprocess.run([sys.executable, "-m", "wpce_jax.data.convert", "--input", os.path.join(tars, "*.tar"),
-                            "--output", out, "--num_shards", "4", "--workers", str(workers)], check=True,
-                           stderr=subprocess.DEVNULL, cwd=ROOT)
-            dt = time.perf_counter() - t
-            assert records.read_manifest(out)["num_examples"] == n_conv
+            dts = []
+            for trial in range(args.trials):
+                out = os.path.join(work, f"converted-{workers}-{trial}")
+                t = time.perf_counter()
+                # Through the command line, as users run it (a worker's start-up imports only the converter).
+                subprocess.run([sys.executable, "-m", "wpce_jax.data.convert", "--input",
+                                os.path.join(tars, "*.tar"), "--output", out, "--num_shards", "4",
+                                "--workers", str(workers)], check=True, stderr=subprocess.DEVNULL, cwd=ROOT)
+                dts.append(time.perf_counter() - t)
+                assert records.read_manifest(out)["num_examples"] == n_conv
+            dt = min(dts)
             print(f"converter, {workers} worker(s): {n_conv / dt:,.0f} samples/s "
                   f"({n_conv} samples of 256-pixel JPEGs in {dt:.2f}s, including process start-up)")
         print(f"\nload average at the end: {os.getloadavg()[0]:.1f} on {cores} cores")
