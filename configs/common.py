@@ -73,3 +73,11 @@ def base() -> ml_collections.ConfigDict:
     c.eval.batch_size = 256           # global evaluation batch
     c.eval.zeroshot = ml_collections.ConfigDict()  # name -> converted labelled dataset dir with classes.json
     return c
+
+
+def set_similarity(c: ml_collections.ConfigDict, arg: str, config_name: str) -> ml_collections.ConfigDict:
+    """The config argument picks the method: "wpce" (default) or "clip" (the baseline on the same towers)."""
+    if arg not in ("wpce", "clip"):
+        raise ValueError(f"{config_name} takes ':wpce' or ':clip', got {arg!r}")
+    c.model.similarity = arg
+    return c

@@ -9,7 +9,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import base  # noqa: E402
+from common import base, set_similarity  # noqa: E402
 
 
 def get_config(arg: str = "wpce"):
@@ -39,8 +39,4 @@ def get_config(arg: str = "wpce"):
     c.optim.warmup_steps = 50
     c.optim.weight_decay = 0.1
     c.eval.batch_size = 128
-    if arg == "clip":
-        c.model.similarity = "clip"
-    elif arg != "wpce":
-        raise ValueError(f"configs/digits.py takes 'wpce' or 'clip', got {arg!r}")
-    return c
+    return set_similarity(c, arg, "configs/digits.py")

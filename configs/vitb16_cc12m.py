@@ -11,7 +11,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import base  # noqa: E402
+from common import base, set_similarity  # noqa: E402
 
 CC12M_EXAMPLES = 10_000_000  # about what img2dataset retrieves of CC12M's 12.4M urls
 
@@ -34,8 +34,4 @@ def get_config(arg: str = "wpce"):
     c.model.image.variant = "B/16"
     c.model.embed_dim = 512
     c.eval.batch_size = 1024
-    if arg == "clip":
-        c.model.similarity = "clip"
-    elif arg != "wpce":
-        raise ValueError(f"configs/vitb16_cc12m.py takes 'wpce' or 'clip', got {arg!r}")
-    return c
+    return set_similarity(c, arg, "configs/vitb16_cc12m.py")
