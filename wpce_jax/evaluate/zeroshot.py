@@ -4,7 +4,6 @@ A class embedding is the mean of the compared vectors (feature maps, with the ru
 its prompts "template.format(class_name)"; an image is assigned the class of highest dot product. The held-out
 records carry integer labels. Every process reads its own part of the data; counts are summed over the mesh.
 """
-import math
 from typing import Callable, NamedTuple, Sequence
 
 import jax
@@ -50,24 +49,18 @@ def evaluate(task: ZeroShotTask, *, score: Callable, class_features: jax.Array, 
     over the global batch. batch_size is global. Returns {"zeroshot/<name>/top1": ..., ".../top5": ..., count}.
     """
     local = per_process_batch(batch_size, "eval.batch_size")
-    n, processes = dataset_size(task.data_dir), jax.process_count()
-    # Every process runs the same number of steps (they meet in collectives); short ones feed empty batches.
-    steps = math.ceil(math.ceil(n / processes) / local)
+    n = dataset_size(task.data_dir)
+    # pad_eval: every process runs the same number of full batches (they meet in collectives), "mask" marks the
+    # real examples.
     ds = make_dataset(task.data_dir, tokenizer=tokenizer, image_size=image_size, train=False, batch_size=local,
-                      seed=0, process_index=jax.process_index(), process_count=processes,
-                      worker_count=worker_count)
-    it = iter(ds)
+                      seed=0, process_index=jax.process_index(), process_count=jax.process_count(),
+                      worker_count=worker_count, pad_eval=True)
     totals = np.zeros(3)
-    for _ in range(steps):
-        batch = next(it, None)
-        images = np.zeros((local, image_size, image_size, 3), np.float32)
-        labels, valid = np.zeros(local, np.int32), np.zeros(local, bool)
-        if batch is not None:
-            b = len(batch["label"])
-            images[:b], labels[:b], valid[:b] = batch["image"], batch["label"], True
-        if np.any(labels[valid] < 0) or np.any(labels[valid] >= len(task.class_names)):
+    for batch in ds:
+        labels = batch["label"][batch["mask"]]
+        if np.any(labels < 0) or np.any(labels >= len(task.class_names)):
             raise ValueError(f"zero-shot dataset {task.data_dir}: labels must lie in [0, {len(task.class_names)})")
-        arrays = global_batch({"image": images, "label": labels, "valid": valid}, mesh)
+        arrays = global_batch({"image": batch["image"], "label": batch["label"], "valid": batch["mask"]}, mesh)
         hits = score(arrays["image"], arrays["label"], arrays["valid"], class_features)
         totals += np.asarray([float(h) for h in hits])
     if totals[2] != n:
