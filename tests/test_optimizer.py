@@ -1,0 +1,83 @@
+"""AdamW decay mask, the warm-up + cosine schedule, clipping, accumulation, and the logit-scale bound."""
+import math
+import runpy
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from test_train import DIGITS
+from wpce_jax.optimizer import clip_logit_scale, decay_mask, learning_rate_schedule, make_optimizer
+
+
+def config(**optim):
+    c = runpy.run_path(DIGITS)["get_config"]()
+    c.total_steps = 100
+    c.optim.update(dict(lr=1e-3, init_lr=1e-6, end_lr=1e-5, warmup_steps=10, **optim))
+    return c
+
+
+def test_schedule_warmup_then_cosine():
+    schedule = learning_rate_schedule(config())
+    lr = lambda s: float(schedule(s))
+    # optax interpolates in float32 around the peak (1e-3): absolute rounding ~1e-10, hence rel 1e-4 at 1e-6.
+    approx = lambda x: pytest.approx(x, rel=1e-4)
+    assert lr(0) == approx(1e-6) and lr(10) == approx(1e-3)
+    assert lr(5) == approx(1e-6 + 0.5 * (1e-3 - 1e-6))  # linear warm-up
+    # Cosine from step 10 to 100: half-way (step 55) is the mean of peak and end.
+    assert lr(55) == approx((1e-3 + 1e-5) / 2)
+    assert lr(100) == approx(1e-5)
+
+
+def test_decay_mask_matrices_only():
+    params = {"dense": {"kernel": jnp.ones((4, 3)), "bias": jnp.ones(3)}, "ln": {"scale": jnp.ones(3)},
+              "cls": jnp.ones((1, 1, 3)), "pos": jnp.ones((1, 5, 3)), "logit_scale": jnp.ones(()),
+              "embed": jnp.ones((10, 3))}
+    assert decay_mask(params) == {"dense": {"kernel": True, "bias": False}, "ln": {"scale": False},
+                                  "cls": False, "pos": True, "logit_scale": False, "embed": True}
+
+
+def test_weight_decay_touches_only_masked_parameters():
+    params = {"w": jnp.full((3, 2), 2.0), "b": jnp.full((2,), 2.0)}
+    tx = make_optimizer(config(weight_decay=0.5))
+    zero = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = tx.update(zero, tx.init(params), params)
+    # With zero gradients AdamW's update is -lr * wd * param, for decayed leaves only.
+    np.testing.assert_allclose(np.asarray(updates["w"]), -1e-6 * 0.5 * 2.0, rtol=1e-5)  # float32 lr
+    np.testing.assert_array_equal(np.asarray(updates["b"]), 0.0)
+
+
+def test_gradient_clipping():
+    params = {"w": jnp.ones((2, 2))}
+    grads = {"w": jnp.full((2, 2), 100.0)}
+    tx_clip, tx_raw = make_optimizer(config(grad_clip_norm=1.0, weight_decay=0.0)), optax.clip_by_global_norm(1.0)
+    clipped, _ = tx_raw.update(grads, tx_raw.init(params))
+    assert float(optax.tree.norm(clipped)) == pytest.approx(1.0)
+    # Adam normalises, so compare the second moment Adam saw: it must come from the clipped gradient (0.5 each).
+    _, state = tx_clip.update(grads, tx_clip.init(params), params)
+    nu = optax.tree.get(state, "nu")["w"]
+    np.testing.assert_allclose(np.asarray(nu), (1 - 0.98) * 0.5**2, rtol=1e-5)
+
+
+def test_accumulation_updates_every_k_steps_with_the_mean_gradient():
+    params = {"w": jnp.ones((2, 2))}
+    c = config(accum_steps=2, weight_decay=0.0)
+    tx, plain = make_optimizer(c), make_optimizer(config(weight_decay=0.0))
+    g1, g2 = {"w": jnp.full((2, 2), 1.0)}, {"w": jnp.full((2, 2), 3.0)}
+    state = tx.init(params)
+    u1, state = tx.update(g1, state, params)
+    assert not np.any(np.asarray(u1["w"]))  # no update on the first micro-step
+    u2, state = tx.update(g2, state, params)
+    want, _ = plain.update({"w": jnp.full((2, 2), 2.0)}, plain.init(params), params)
+    np.testing.assert_allclose(np.asarray(u2["w"]), np.asarray(want["w"]), rtol=1e-6)
+
+
+@pytest.mark.parametrize("similarity,low,high", [("wpce", 1.0, 100.0), ("clip", 0.0, math.log(100.0))])
+def test_logit_scale_clip(similarity, low, high):
+    for value, want in ((-5.0, low), (500.0, high), ((low + high) / 2, (low + high) / 2)):
+        params = {"logit_scale": jnp.float32(value), "w": jnp.ones(2)}
+        out = clip_logit_scale(params, similarity, 1.0, 100.0)
+        assert float(out["logit_scale"]) == pytest.approx(want, rel=1e-6)
+        assert out["w"] is params["w"]
