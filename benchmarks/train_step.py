@@ -12,19 +12,16 @@ import time
 import jax
 import numpy as np
 
-from wpce_jax.models.towers import init_params, make_model
+from wpce_jax.models.towers import make_model
 from wpce_jax.optimizer import make_optimizer
 from wpce_jax.parallel import global_batch, make_mesh, replicated
-from wpce_jax.similarity import eval_rff
-from wpce_jax.train_step import create_state, make_train_step
+from wpce_jax.train_step import initial_state, make_train_step
 
 
 def seconds_per_step(config, steps: int) -> float:
     mesh = make_mesh()
     model, tx = make_model(config), make_optimizer(config)
-    key = jax.random.key(0)
-    state = jax.device_put(create_state(init_params(model, key, config), tx, key, eval_rff(key, config)),
-                           replicated(mesh))
+    state = jax.device_put(initial_state(model, tx, config, jax.random.key(0)), replicated(mesh))
     rng = np.random.default_rng(0)
     size, length = config.data.image_size, config.model.text.context_length
     batch = global_batch({"image": rng.normal(size=(config.batch_size, size, size, 3)).astype(np.float32),

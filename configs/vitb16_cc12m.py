@@ -1,11 +1,13 @@
 """The paper's setting: ViT-B/16 WPCE on CC12M (Uesaka et al., ICLR 2025); ":clip" gives the CLIP baseline.
 
-    python -m wpce_jax.main --config=configs/vitb16_cc12m.py --workdir=gs://BUCKET/wpce_b16 \
+    python -m wpce_jax.main --config=configs/vitb16_cc12m.py --workdir=/mnt/runs/wpce_b16 \
         --config.data.train_dir=/data/cc12m_arrayrecord \
         --config.data.tokenizer_path=/data/bpe_simple_vocab_16e6.txt.gz
 
 Convert CC12M first with `python -m wpce_jax.data.convert`. 35 epochs of the converted set at global batch 4096,
-one warm-up epoch. Set data.num_examples to the converted manifest's "num_examples" if it differs.
+one warm-up epoch, counted for CC12M_EXAMPLES examples; if the converted manifest's "num_examples" differs, pass
+the example count as the config argument (`--config=configs/vitb16_cc12m.py:wpce,10968539`). The workdir is a local
+or mounted path (a shared file system such as a GCS FUSE mount on pods): metrics are written with plain file I/O.
 """
 import os
 import sys
@@ -17,6 +19,9 @@ CC12M_EXAMPLES = 10_000_000  # about what img2dataset retrieves of CC12M's 12.4M
 
 
 def get_config(arg: str = "wpce"):
+    """arg: "wpce" or "clip", optionally followed by ",NUM_EXAMPLES" (the converted training set's size)."""
+    similarity, _, examples = arg.partition(",")
+    num_examples = int(examples) if examples else CC12M_EXAMPLES
     c = base()
     c.data.kind = "arrayrecord"
     c.data.tokenizer = "clip_bpe"
@@ -24,7 +29,7 @@ def get_config(arg: str = "wpce"):
     c.data.image_size = 224
     c.data.crop_scale = (0.5, 1.0)
     c.batch_size = 4096               # 512 per device on 8 devices
-    steps_per_epoch = CC12M_EXAMPLES // c.batch_size
+    steps_per_epoch = num_examples // c.batch_size
     c.total_steps = 35 * steps_per_epoch
     c.optim.warmup_steps = steps_per_epoch
     c.log_every_steps = 100
@@ -34,4 +39,4 @@ def get_config(arg: str = "wpce"):
     c.model.image.variant = "B/16"
     c.model.embed_dim = 512
     c.eval.batch_size = 1024
-    return set_similarity(c, arg, "configs/vitb16_cc12m.py")
+    return set_similarity(c, similarity, "configs/vitb16_cc12m.py")

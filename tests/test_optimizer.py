@@ -33,20 +33,38 @@ def test_schedule_warmup_then_cosine():
 
 def test_decay_mask_matrices_only():
     params = {"dense": {"kernel": jnp.ones((4, 3)), "bias": jnp.ones(3)}, "ln": {"scale": jnp.ones(3)},
-              "cls": jnp.ones((1, 1, 3)), "pos": jnp.ones((1, 5, 3)), "logit_scale": jnp.ones(()),
-              "embed": jnp.ones((10, 3))}
+              "attn": {"kernel": jnp.ones((3, 2, 4)), "bias": jnp.ones((2, 4))}, "cls_token": jnp.ones((1, 1, 3)),
+              "pos_embed": jnp.ones((1, 5, 3)), "logit_scale": jnp.ones(()), "embed": {"embedding": jnp.ones((10, 3))}}
     assert decay_mask(params) == {"dense": {"kernel": True, "bias": False}, "ln": {"scale": False},
-                                  "cls": False, "pos": True, "logit_scale": False, "embed": True}
+                                  "attn": {"kernel": True, "bias": False}, "cls_token": False, "pos_embed": True,
+                                  "logit_scale": False, "embed": {"embedding": True}}
+
+
+def test_decay_mask_on_the_real_model():
+    from wpce_jax.models.towers import init_params, make_model
+    c = config()
+    c.model.text.vocab_size, c.model.text.eot_id = 50, 49
+    model = make_model(c)
+    params = jax.eval_shape(lambda: init_params(model, jax.random.key(0), c))
+    flat = {jax.tree_util.keystr(p): m for p, m in jax.tree_util.tree_flatten_with_path(decay_mask(params))[0]}
+    decayed = {k for k, m in flat.items() if m}
+    # Attention q/k/v biases are [heads, head_dim]: biases all the same, never decayed.
+    assert not any("bias" in k or "scale" in k or "cls_token" in k or "logit_scale" in k for k in decayed)
+    for must in ("['attn']['query']['kernel']", "['mlp']['fc1']['kernel']", "['token_embed']['embedding']",
+                 "['text_encoder']['pos_embed']", "['image_encoder']['pos_embed']", "['patch_embed']['kernel']",
+                 "['text_head']['weights']['kernel']", "['image_head']['points']['kernel']"):
+        assert any(must in k for k in decayed), must
+    assert any("['attn']['key']['bias']" in k for k in flat)
 
 
 def test_weight_decay_touches_only_masked_parameters():
-    params = {"w": jnp.full((3, 2), 2.0), "b": jnp.full((2,), 2.0)}
+    params = {"w": {"kernel": jnp.full((3, 2), 2.0)}, "b": {"bias": jnp.full((2,), 2.0)}}
     tx = make_optimizer(config(weight_decay=0.5))
     zero = jax.tree.map(jnp.zeros_like, params)
     updates, _ = tx.update(zero, tx.init(params), params)
     # With zero gradients AdamW's update is -lr * wd * param, for decayed leaves only.
-    np.testing.assert_allclose(np.asarray(updates["w"]), -1e-6 * 0.5 * 2.0, rtol=1e-5)  # float32 lr
-    np.testing.assert_array_equal(np.asarray(updates["b"]), 0.0)
+    np.testing.assert_allclose(np.asarray(updates["w"]["kernel"]), -1e-6 * 0.5 * 2.0, rtol=1e-5)  # float32 lr
+    np.testing.assert_array_equal(np.asarray(updates["b"]["bias"]), 0.0)
 
 
 def test_gradient_clipping():

@@ -4,6 +4,7 @@ import io
 import json
 import os
 import runpy
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,11 +18,11 @@ from PIL import Image
 from wpce_jax import checkpoint, datasets, train
 from wpce_jax.data import digits
 from wpce_jax.data.records import decode_record, read_manifest, read_records, shard_paths
-from wpce_jax.models.towers import init_params, make_model
+from wpce_jax.models.towers import make_model
 from wpce_jax.optimizer import make_optimizer
 from wpce_jax.parallel import global_batch, make_mesh, replicated
-from wpce_jax.similarity import eval_rff, train_rff
-from wpce_jax.train_step import create_state, make_loss_fn, make_train_step
+from wpce_jax.similarity import train_rff
+from wpce_jax.train_step import initial_state, make_loss_fn, make_train_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIGITS = os.path.join(ROOT, "configs", "digits.py")
@@ -127,7 +128,7 @@ def test_one_step_on_8_devices_equals_1_device(cache_dir, tmp_path):
     data = datasets.resolve(config, str(tmp_path))
     model, tx = make_model(config), make_optimizer(config)
     key = jax.random.key(3)
-    state0 = create_state(init_params(model, key, config), tx, key, eval_rff(key, config))
+    state0 = initial_state(model, tx, config, key)
     rng = np.random.default_rng(0)
     batch = {"image": rng.normal(size=(32, 32, 32, 3)).astype(np.float32),
              "tokens": data.tokenizer([f"a handwritten {w}" for w in rng.choice(["one", "two", "seven"], 32)])}
@@ -191,8 +192,14 @@ def test_non_finite_guard_keeps_last_good_checkpoint(cache_dir, tmp_path, monkey
     assert max(losses(str(tmp_path))) == 13 and np.isnan(losses(str(tmp_path))[13])
 
 
-def test_load_reproduces_the_logged_zero_shot_accuracy(reference_run):
-    model = checkpoint.load(reference_run)
+def test_load_reproduces_the_logged_zero_shot_accuracy(reference_run, tmp_path):
+    moved = str(tmp_path / "moved")
+    shutil.copytree(reference_run, moved)  # a workdir copied to a notebook machine still loads
+    shutil.rmtree(os.path.join(reference_run, "tokenizer"))
+    try:
+        model = checkpoint.load(moved)
+    finally:
+        shutil.copytree(os.path.join(moved, "tokenizer"), os.path.join(reference_run, "tokenizer"))
     assert model.step == 30 and model.config.model.similarity == "wpce"
     built = digits.prepare(model.config.data.cache_dir, image_side=model.config.data.image_size)
     rows = [decode_record(r) for p in shard_paths(built.test_dir, read_manifest(built.test_dir))

@@ -121,10 +121,9 @@ class LoadedModel:
 
 def load(path: str, step: Optional[int] = None) -> LoadedModel:
     """Loads a run's checkpoint (the latest, or `step`) from its workdir for inference on one device."""
-    from wpce_jax.models.towers import init_params, make_model
+    from wpce_jax.models.towers import make_model
     from wpce_jax.optimizer import make_optimizer
-    from wpce_jax.similarity import eval_rff
-    from wpce_jax.train_step import create_state
+    from wpce_jax.train_step import initial_state
 
     directory = os.path.join(os.path.abspath(path), CHECKPOINT_SUBDIR)
     if not os.path.isdir(directory):
@@ -134,14 +133,13 @@ def load(path: str, step: Optional[int] = None) -> LoadedModel:
     if step is None:
         raise FileNotFoundError(f"{directory} holds no complete checkpoint")
     config = config_from_json(manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"])
+    # The run kept its tokenizer in DIR/tokenizer/; find it there even if DIR was moved or copied since.
+    beside = os.path.join(os.path.abspath(path), "tokenizer", os.path.basename(config.data.tokenizer_path))
+    if os.path.exists(beside):
+        config.data.tokenizer_path = beside
     model = make_model(config)
-    key = jax.random.key(config.seed)
-
-    def abstract_state():
-        return create_state(init_params(model, key, config), make_optimizer(config), key, eval_rff(key, config))
-
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    target = abstract_like(jax.eval_shape(abstract_state), device)
+    abstract = jax.eval_shape(lambda: initial_state(model, make_optimizer(config), config, jax.random.key(config.seed)))
+    target = abstract_like(abstract, jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
     state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
     manager.close()
     return LoadedModel(config, state.params, state.eval_rff, step)

@@ -68,7 +68,7 @@ def validate_config(config: ConfigDict) -> None:
                  "optim.eps"):
         _number(config, path, 0)
     for path in ("optim.b1", "optim.b2"):
-        if not 0 <= config.optim.get(path.split(".")[1]) < 1:
+        if not _number(config, path, 0) < 1:
             raise ValueError(f"config field {path} must lie in [0, 1), got {config.optim.get(path.split('.')[1])!r}")
     if not isinstance(config.optim.warmup_steps, int) or config.optim.warmup_steps < 0:
         raise ValueError(f"config field optim.warmup_steps must be an int >= 0, got {config.optim.warmup_steps!r}")

@@ -1,8 +1,8 @@
 """Entry point: python -m wpce_jax.main --config=configs/NAME.py[:ARG] --workdir=DIR [--config.KEY=VALUE ...]
 
-Initialises multi-process JAX when launched on several hosts (TPU pods find their peers themselves; elsewhere
-pass --coordinator_address, --num_processes and --process_id, or set the usual JAX_* environment variables),
-then trains, evaluates and checkpoints into DIR, resuming from DIR's latest checkpoint when there is one.
+Initialises multi-process JAX when asked: --distributed on TPU pods (the hosts find each other), or
+--coordinator_address, --num_processes and --process_id elsewhere (--distributed alone also reads JAX's own
+environment variables, e.g. under SLURM). Without either, every process trains alone. Then it trains, evaluates and checkpoints into DIR, resuming from DIR's latest checkpoint when there is one.
 """
 from absl import app, flags
 from ml_collections import config_flags

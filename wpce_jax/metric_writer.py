@@ -27,11 +27,18 @@ class MetricWriter:
             self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
     def truncate_after(self, step: int) -> None:
-        """Drops records of steps > `step` (written by a run that died after its last checkpoint)."""
+        """Drops records of steps > `step` (written by a run that died after its last checkpoint), and a last line
+        cut short by a kill in mid-write. TensorBoard shows the rewritten steps twice; the later value is right."""
         if not self.enabled or not os.path.exists(self.path):
             return
+        kept = []
         with open(self.path) as f:
-            kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+            for line in f:
+                try:
+                    if json.loads(line)["step"] <= step:
+                        kept.append(line.rstrip("\n") + "\n")
+                except ValueError:  # a partial line from a killed write
+                    continue
         tmp = self.path + ".tmp"
         with open(tmp, "w") as f:
             f.writelines(kept)

@@ -1,8 +1,9 @@
 """AdamW with the paper's decay mask and schedule, optional clipping and accumulation, and the logit-scale bound.
 
 Schedule: linear warm-up from `optim.init_lr` to `optim.lr` over `optim.warmup_steps`, then cosine to `optim.end_lr`
-at the last update. Weight decay touches matrices only: parameters with at least two axes longer than one (so
-biases, norm scales, the class token [1, 1, w] and the logit scale are not decayed).
+at update `num_updates` (the last update runs just above `optim.end_lr`). Weight decay touches matrices only:
+dense kernels (attention projections included), token and position embeddings; never biases (the attention q/k/v
+biases are [heads, head_dim] but still biases), norm scales, the class token or the logit scale.
 """
 import math
 
@@ -24,8 +25,15 @@ def learning_rate_schedule(config: ConfigDict) -> optax.Schedule:
         init_value=o.init_lr, peak_value=o.lr, warmup_steps=o.warmup_steps, decay_steps=total, end_value=o.end_lr)
 
 
+# Leaf names (Flax's) of the parameters that weight decay applies to.
+DECAYED_NAMES = ("kernel", "embedding", "pos_embed")
+
+
 def decay_mask(params):
-    return jax.tree.map(lambda p: sum(s > 1 for s in p.shape) >= 2, params)
+    def decayed(path, leaf):
+        name = getattr(path[-1], "key", getattr(path[-1], "name", None))
+        return name in DECAYED_NAMES and leaf.ndim >= 2
+    return jax.tree_util.tree_map_with_path(decayed, params)
 
 
 def make_optimizer(config: ConfigDict) -> optax.GradientTransformation:

@@ -13,8 +13,12 @@ from ml_collections import ConfigDict
 from wpce_jax.kernels import RFF, sample_rff
 from wpce_jax.pointcloud import PointCloud, feature_map
 
-# fold_in constant for the evaluation draw: far from any training step, so it never coincides with one.
-EVAL_RFF_SALT = 2**31 - 1
+# Independent key streams off the run's root key: parameter init, per-step RFF draws, the evaluation draw.
+INIT_STREAM, TRAIN_RFF_STREAM, EVAL_RFF_STREAM = 0, 1, 2
+
+
+def init_key(root_key: jax.Array) -> jax.Array:
+    return jax.random.fold_in(root_key, INIT_STREAM)
 
 
 def uses_rff(config: ConfigDict) -> bool:
@@ -31,11 +35,11 @@ def draw_rff(key: jax.Array, config: ConfigDict) -> Optional[RFF]:
 
 def train_rff(root_key: jax.Array, step: jax.Array, config: ConfigDict) -> Optional[RFF]:
     """Fresh frequencies for this step: a function of (seed, step) only, hence identical on every device."""
-    return draw_rff(jax.random.fold_in(root_key, step), config)
+    return draw_rff(jax.random.fold_in(jax.random.fold_in(root_key, TRAIN_RFF_STREAM), step), config)
 
 
 def eval_rff(root_key: jax.Array, config: ConfigDict) -> Optional[RFF]:
-    return draw_rff(jax.random.fold_in(root_key, EVAL_RFF_SALT), config)
+    return draw_rff(jax.random.fold_in(root_key, EVAL_RFF_STREAM), config)
 
 
 def embed(cloud: PointCloud, rff: Optional[RFF], config: ConfigDict) -> jax.Array:

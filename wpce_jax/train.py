@@ -8,10 +8,10 @@ SIGTERM (preemption) finishes the current step, writes a checkpoint and returns.
 import os
 import signal
 import time
-from typing import Optional
+from functools import partial
 
 import jax
-import jax.numpy as jnp
+from jax.experimental import multihost_utils
 from ml_collections import ConfigDict
 
 from wpce_jax import datasets
@@ -20,11 +20,11 @@ from wpce_jax.config_validation import validate_config
 from wpce_jax.data.pipeline import make_dataset
 from wpce_jax.evaluate import zeroshot
 from wpce_jax.metric_writer import MetricWriter, Progress
-from wpce_jax.models.towers import init_params, make_model, validate_model_config
+from wpce_jax.models.towers import make_model, validate_model_config
 from wpce_jax.optimizer import make_optimizer
 from wpce_jax.parallel import global_batch, make_mesh, per_process_batch, replicated, to_host
-from wpce_jax.similarity import embed, eval_rff
-from wpce_jax.train_step import TrainState, create_state, make_train_step
+from wpce_jax.similarity import embed
+from wpce_jax.train_step import TrainState, initial_state, make_train_step
 
 
 class NonFiniteError(FloatingPointError):
@@ -32,26 +32,44 @@ class NonFiniteError(FloatingPointError):
 
 
 class _Preemption:
-    """Turns SIGTERM into a flag the loop checks after each step (the handler itself must not do work)."""
+    """When to stop for preemption, agreed by every process.
+
+    One process: SIGTERM sets a flag that the loop reads after each step (a signal handler must not do work).
+    Several: each host may get the notice at a different step, and a host that saves while another steps would
+    deadlock their collectives; JAX's preemption sync manager (it catches SIGTERM itself) picks one step for all.
+    """
 
     def __init__(self):
         self.requested = False
+        self._multiprocess = jax.process_count() > 1
         self._previous = None
 
     def __enter__(self):
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        if not self._multiprocess:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
         return self
 
     def _handle(self, signum, frame):
         self.requested = True
 
+    def reached(self, step: int) -> bool:
+        """Call at every step on every process; True at the step where all should save and stop."""
+        if self._multiprocess:
+            try:
+                self.requested = multihost_utils.reached_preemption_sync_point(step)
+            except RuntimeError:  # the preemption service is disabled: no notice can arrive
+                self.requested = False
+        return self.requested
+
     def __exit__(self, *exc):
-        signal.signal(signal.SIGTERM, self._previous)
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
 
 
 def _check_finite(state: TrainState, checkpointer: Checkpointer, workdir: str) -> None:
     bad = int(jax.device_get(state.bad_step))
     if bad >= 0:
+        checkpointer.wait()  # the newest checkpoint may still be in flight
         last = checkpointer.latest_step()
         raise NonFiniteError(
             f"non-finite loss or gradient at step {bad + 1}; no update was applied from that step on. "
@@ -90,9 +108,20 @@ class Evaluator:
         return results
 
 
+def _validate(config: ConfigDict) -> None:
+    """Every field, before any data is prepared or compute runs. The vocabulary fields come from the tokenizer
+    later; a stand-in lets the model's other fields be checked now."""
+    validate_config(config)
+    probe = config.copy_and_resolve_references()
+    with probe.unlocked():
+        if probe.model.text.vocab_size is None:
+            probe.model.text.vocab_size, probe.model.text.eot_id = 2, 1
+    validate_model_config(probe)
+
+
 def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, float]:
     """Trains per `config` in `workdir` (resuming from its latest checkpoint). Returns the last evaluation."""
-    validate_config(config)
+    _validate(config)
     workdir = os.path.abspath(workdir)
     is_main = jax.process_index() == 0
     if is_main:
@@ -103,12 +132,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, float]:
 
     mesh = make_mesh()
     model, tx = make_model(config), make_optimizer(config)
-    root_key = jax.random.key(config.seed)
-
-    def init():
-        params = init_params(model, jax.random.fold_in(root_key, 1), config)
-        return create_state(params, tx, root_key, eval_rff(root_key, config))
-
+    init = partial(initial_state, model, tx, config, jax.random.key(config.seed))
     state_sharding = replicated(mesh)
     train_ds = make_dataset(data.train_dir, tokenizer=data.tokenizer, image_size=config.data.image_size,
                             train=True, batch_size=local_batch, seed=config.seed,
@@ -117,23 +141,29 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, float]:
     iterator = iter(train_ds)
     checkpointer = Checkpointer(workdir, config.keep_checkpoints, config.async_checkpoints)
     writer = MetricWriter(workdir, enabled=is_main)
-    start = checkpointer.latest_step()
-    if start is None:
-        state = jax.jit(init, out_shardings=state_sharding)()
-        start = 0
-    else:
-        state = checkpointer.restore(start, abstract_like(jax.eval_shape(init), state_sharding), iterator)
-        writer.truncate_after(start)
-        if is_main:
-            print(f"resumed from the step-{start} checkpoint in {workdir}", flush=True)
+    try:
+        start = checkpointer.latest_step() or 0
+        if start:
+            state = checkpointer.restore(start, abstract_like(jax.eval_shape(init), state_sharding), iterator)
+            if is_main:
+                print(f"resumed from the step-{start} checkpoint in {workdir}", flush=True)
+        else:
+            state = jax.jit(init, out_shardings=state_sharding)()
+        writer.truncate_after(start)  # lines a killed run wrote after its last checkpoint (or before its first)
+        return _loop(config, workdir, mesh, model, tx, state, iterator, data, checkpointer, writer, start)
+    finally:
+        checkpointer.wait()
+        checkpointer.close()
+        writer.close()
 
+
+def _loop(config, workdir, mesh, model, tx, state, iterator, data, checkpointer, writer, start):
+    is_main = jax.process_index() == 0
     train_step = jax.jit(make_train_step(model, config, mesh, tx), donate_argnums=0,
-                         out_shardings=(state_sharding, replicated(mesh)))
+                         out_shardings=(replicated(mesh), replicated(mesh)))
     evaluator = Evaluator(model, config, mesh, data.zeroshot, data.tokenizer)
     progress = Progress(config.total_steps, start, config.batch_size, enabled=is_main)
     last_eval: dict[str, float] = {}
-    metrics: Optional[dict] = None
-
     with _Preemption() as preemption:
         for step in range(start + 1, config.total_steps + 1):
             batch = global_batch(next(iterator), mesh)
@@ -153,15 +183,13 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, float]:
                     shown = "  ".join(f"{k} {v:.4f}" for k, v in last_eval.items())
                     print(f"eval at step {step} ({time.perf_counter() - started:.1f}s): {shown}", flush=True)
                 progress.rates(step)  # evaluation time is not training time
-            if step % config.checkpoint_every_steps == 0 or final or preemption.requested:
+            preempted = preemption.reached(step)
+            if step % config.checkpoint_every_steps == 0 or final or preempted:
                 _check_finite(state, checkpointer, workdir)
                 checkpointer.save(step, state, iterator, config)
-            if preemption.requested:
+            if preempted:
                 if is_main:
                     print(f"SIGTERM: saved the step-{step} checkpoint; restart with the same --workdir to resume",
                           flush=True)
                 break
-    checkpointer.wait()
-    checkpointer.close()
-    writer.close()
     return last_eval

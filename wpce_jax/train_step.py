@@ -16,10 +16,10 @@ from ml_collections import ConfigDict
 
 from wpce_jax.kernels import RFF
 from wpce_jax.losses import infonce_and_accuracy
-from wpce_jax.models.towers import logit_scale_value
+from wpce_jax.models.towers import init_params, logit_scale_value
 from wpce_jax.optimizer import clip_logit_scale, learning_rate_schedule
 from wpce_jax.parallel import DATA_AXIS
-from wpce_jax.similarity import embed, train_rff
+from wpce_jax.similarity import embed, eval_rff, init_key, train_rff
 
 
 class TrainState(NamedTuple):
@@ -31,9 +31,12 @@ class TrainState(NamedTuple):
     eval_rff: Optional[RFF]  # the fixed RFF draw used for evaluation (None for the CLIP baseline)
 
 
-def create_state(params, tx: optax.GradientTransformation, root_key: jax.Array, eval_rff) -> TrainState:
+def initial_state(model, tx: optax.GradientTransformation, config: ConfigDict, root_key: jax.Array) -> TrainState:
+    """Step 0 of a run: fresh parameters and optimiser state, and the run's fixed evaluation RFF draw."""
+    params = init_params(model, init_key(root_key), config)
     return TrainState(params=params, opt_state=tx.init(params), step=jnp.zeros((), jnp.int32),
-                      rng=jax.random.key_data(root_key), bad_step=jnp.full((), -1, jnp.int32), eval_rff=eval_rff)
+                      rng=jax.random.key_data(root_key), bad_step=jnp.full((), -1, jnp.int32),
+                      eval_rff=eval_rff(root_key, config))
 
 
 def make_loss_fn(model, config: ConfigDict, mesh):

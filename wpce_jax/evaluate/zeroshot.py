@@ -66,7 +66,10 @@ def evaluate(task: ZeroShotTask, *, score: Callable, class_features: jax.Array, 
     if totals[2] != n:
         raise RuntimeError(f"zero-shot {task.name}: scored {int(totals[2])} images, the dataset holds {n}")
     prefix = f"zeroshot/{task.name}"
-    return {f"{prefix}/top1": totals[0] / n, f"{prefix}/top5": totals[1] / n}
+    results = {f"{prefix}/top1": totals[0] / n}
+    if len(task.class_names) > 5:  # with 5 classes or fewer top-5 is always 1
+        results[f"{prefix}/top5"] = totals[1] / n
+    return results
 
 
 def hits(features: jax.Array, class_features: jax.Array, labels: jax.Array, valid: jax.Array):
