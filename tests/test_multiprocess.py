@@ -2,6 +2,7 @@
 per-process data-iterator states, and resume exactly."""
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import jax
 import numpy as np
 
 from wpce_jax import checkpoint
-from test_train import DIGITS, TINY, losses
+from test_train import DIGITS, TINY, losses, wait_for
 
 STEPS = {"total_steps": 12, "checkpoint_every_steps": 6, "eval_every_steps": 12}
 
@@ -21,14 +22,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_two_processes(workdir, cache_dir):
+def start_two_processes(workdir, cache_dir, **overrides):
     port = free_port()
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
-    flags = [f"--config.{k}={v}" for k, v in {**TINY, **STEPS, "data.cache_dir": cache_dir}.items()]
-    procs = [subprocess.Popen([sys.executable, "-m", "wpce_jax.main", f"--config={DIGITS}", f"--workdir={workdir}",
-                               f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}",
-                               *flags], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i in range(2)]
+    flags = [f"--config.{k}={v}" for k, v in {**TINY, **STEPS, "data.cache_dir": cache_dir, **overrides}.items()]
+    return [subprocess.Popen([sys.executable, "-m", "wpce_jax.main", f"--config={DIGITS}", f"--workdir={workdir}",
+                              f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}",
+                              *flags], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for i in range(2)]
+
+
+def run_two_processes(workdir, cache_dir):
+    procs = start_two_processes(workdir, cache_dir)
     outs = [p.communicate(timeout=600) for p in procs]
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
@@ -52,3 +57,19 @@ def test_two_processes_train_and_resume_exactly(tmp_path):
     assert losses(workdir) == want_losses
     jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, checkpoint.load(workdir).params),
                  want_params)
+
+
+def test_sigterm_to_one_process_stops_both_at_one_checkpoint(tmp_path):
+    workdir = str(tmp_path / "run")
+    procs = start_two_processes(workdir, str(tmp_path / "cache"), total_steps=400, checkpoint_every_steps=1000,
+                                eval_every_steps=1000)
+    metrics = os.path.join(workdir, "metrics.jsonl")
+    wait_for(lambda: os.path.exists(metrics) and len(open(metrics).readlines()) >= 5, procs[0])
+    procs[1].send_signal(signal.SIGTERM)  # a preemption notice reaching one host only
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    saved = [int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit()]
+    assert len(saved) == 1 and 5 <= saved[0] < 400, saved
+    assert f"SIGTERM: saved the step-{saved[0]} checkpoint" in outs[0][0]
+    assert max(losses(workdir)) == saved[0]
