@@ -126,8 +126,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, float]:
     is_main = jax.process_index() == 0
     if is_main:
         os.makedirs(workdir, exist_ok=True)
-    data = datasets.resolve(config, workdir, is_main)
-    validate_model_config(config)
+    data = datasets.resolve(config, workdir, is_main)  # fills in the vocabulary; make_model re-validates
     local_batch = per_process_batch(config.batch_size)
 
     mesh = make_mesh()
