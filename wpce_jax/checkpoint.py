@@ -24,10 +24,6 @@ def config_to_json(config: ConfigDict) -> dict:
     return json.loads(config.to_json_best_effort())
 
 
-def config_from_json(d: dict) -> ConfigDict:
-    return ConfigDict(d)
-
-
 class Checkpointer:
     """The run's CheckpointManager: keeps the last `max_to_keep` checkpoints under DIR/checkpoints."""
 
@@ -75,19 +71,15 @@ class LoadedModel:
                    without the logit scale.
     """
 
-    def __init__(self, config: ConfigDict, params, eval_rff, step: int):
+    def __init__(self, config: ConfigDict, model, params, eval_rff, step: int):
         from wpce_jax.data.tokenizers import get_tokenizer
-        from wpce_jax.models.towers import make_model
-        from wpce_jax.similarity import embed
+        from wpce_jax.similarity import encoders
 
         self.config, self.params, self.eval_rff, self.step = config, params, eval_rff, step
-        self.model = make_model(config)
         self.tokenizer = get_tokenizer(config.data.tokenizer, config.data.tokenizer_path,
                                        config.model.text.context_length)
-        self._image = jax.jit(lambda p, x, r: embed(self.model.apply({"params": p}, x,
-                                                                     method="encode_image"), r, config))
-        self._text = jax.jit(lambda p, t, r: embed(self.model.apply({"params": p}, t,
-                                                                    method="encode_text"), r, config))
+        image_features, text_features = encoders(model, config)
+        self._image, self._text = jax.jit(image_features), jax.jit(text_features)
 
     def preprocess(self, images: np.ndarray) -> np.ndarray:
         from PIL import Image
@@ -132,7 +124,7 @@ def load(path: str, step: Optional[int] = None) -> LoadedModel:
     step = manager.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f"{directory} holds no complete checkpoint")
-    config = config_from_json(manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"])
+    config = ConfigDict(manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"])
     # The run kept its tokenizer in DIR/tokenizer/; find it there even if DIR was moved or copied since.
     beside = os.path.join(os.path.abspath(path), "tokenizer", os.path.basename(config.data.tokenizer_path))
     if os.path.exists(beside):
@@ -142,4 +134,4 @@ def load(path: str, step: Optional[int] = None) -> LoadedModel:
     target = abstract_like(abstract, jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
     state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
     manager.close()
-    return LoadedModel(config, state.params, state.eval_rff, step)
+    return LoadedModel(config, model, state.params, state.eval_rff, step)

@@ -6,7 +6,7 @@ file holds each step once, as an uninterrupted run would have written it.
 import json
 import os
 import time
-from typing import Mapping, Optional
+from typing import Mapping
 
 import numpy as np
 
@@ -74,11 +74,11 @@ class Progress:
         self._last_step, self._last_time = step, now
         return steps_per_s, steps_per_s * self.batch_size
 
-    def report(self, step: int, steps_per_s: float, metrics: Mapping[str, float], extra: Optional[str] = None):
+    def report(self, step: int, steps_per_s: float, metrics: Mapping[str, float]):
         if not self.enabled:
             return
         eta = _format_eta((self.total - step) / steps_per_s) if steps_per_s > 0 else "?"
         shown = "  ".join(f"{k.split('/')[-1]} {float(v):.4g}" for k, v in metrics.items()
                           if k in ("train/loss", "train/logit_scale", "train/learning_rate"))
         print(f"step {step}/{self.total}  {shown}  {steps_per_s:.2f} steps/s  "
-              f"{steps_per_s * self.batch_size:.0f} ex/s  ETA {eta}" + (f"  {extra}" if extra else ""), flush=True)
+              f"{steps_per_s * self.batch_size:.0f} ex/s  ETA {eta}", flush=True)

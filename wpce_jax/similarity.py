@@ -49,5 +49,13 @@ def embed(cloud: PointCloud, rff: Optional[RFF], config: ConfigDict) -> jax.Arra
     return feature_map(cloud, rff, config.wpce.a_lin, config.wpce.a_rff)
 
 
-def feature_dim(config: ConfigDict) -> int:
-    return config.model.embed_dim + (config.wpce.num_features if uses_rff(config) else 0)
+def encoders(model, config: ConfigDict):
+    """(image_features(params, images, rff), text_features(params, tokens, rff)) -> [B, F]: the towers of a
+    DualEncoder followed by `embed`, as pure functions to jit."""
+    def image_features(params, images, rff):
+        return embed(model.apply({"params": params}, images, method="encode_image"), rff, config)
+
+    def text_features(params, tokens, rff):
+        return embed(model.apply({"params": params}, tokens, method="encode_text"), rff, config)
+
+    return image_features, text_features

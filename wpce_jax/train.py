@@ -23,7 +23,7 @@ from wpce_jax.metric_writer import MetricWriter, Progress
 from wpce_jax.models.towers import make_model, validate_model_config
 from wpce_jax.optimizer import make_optimizer
 from wpce_jax.parallel import global_batch, make_mesh, per_process_batch, replicated, to_host
-from wpce_jax.similarity import embed
+from wpce_jax.similarity import encoders
 from wpce_jax.train_step import TrainState, initial_state, make_train_step
 
 
@@ -83,12 +83,7 @@ class Evaluator:
     def __init__(self, model, config: ConfigDict, mesh, tasks, tokenizer):
         self.config, self.mesh, self.tasks, self.tokenizer = config, mesh, tasks, tokenizer
         out = replicated(mesh)
-
-        def image_features(params, images, rff):
-            return embed(model.apply({"params": params}, images, method="encode_image"), rff, config)
-
-        def text_features(params, tokens, rff):
-            return embed(model.apply({"params": params}, tokens, method="encode_text"), rff, config)
+        image_features, text_features = encoders(model, config)
 
         def score(params, rff, images, labels, valid, class_features):
             return zeroshot.hits(image_features(params, images, rff), class_features, labels, valid)

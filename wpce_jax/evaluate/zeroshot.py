@@ -43,10 +43,10 @@ def class_embeddings(encode_tokens: Callable, tokenizer, task: ZeroShotTask, chu
 
 def evaluate(task: ZeroShotTask, *, score: Callable, class_features: jax.Array, tokenizer, image_size: int,
              batch_size: int, mesh: Mesh, worker_count: int = 0) -> dict[str, float]:
-    """Top-1 and top-5 accuracy of `task`.
+    """Top-1 (and, with more than 5 classes, top-5) accuracy of `task`.
 
     score(images [B,S,S,3], labels [B], valid [B], class_features [C,F]) -> (top1 hits, top5 hits, count), summed
-    over the global batch. batch_size is global. Returns {"zeroshot/<name>/top1": ..., ".../top5": ..., count}.
+    over the global batch. batch_size is global. Returns {"zeroshot/<name>/top1": ..., ".../top5": ...}.
     """
     local = per_process_batch(batch_size, "eval.batch_size")
     n = dataset_size(task.data_dir)
