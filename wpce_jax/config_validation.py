@@ -1,33 +1,12 @@
 """Checks a training config before any compute; every error names the field and what was expected."""
-from numbers import Real
-
 import jax
 from ml_collections import ConfigDict
 
+from wpce_jax.config_fields import number as _number, positive_int as _positive_int
 from wpce_jax.kernels import KINDS
 
 DATA_KINDS = ("digits", "arrayrecord")
 TOKENIZERS = ("clip_bpe", "sentencepiece")
-
-
-def _positive_int(config: ConfigDict, path: str) -> int:
-    value = config
-    for key in path.split("."):
-        value = value.get(key) if hasattr(value, "get") else None
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"config field {path} must be a positive int, got {value!r}")
-    return value
-
-
-def _number(config: ConfigDict, path: str, low: float, low_inclusive: bool = True) -> float:
-    value = config
-    for key in path.split("."):
-        value = value.get(key) if hasattr(value, "get") else None
-    ok = isinstance(value, Real) and not isinstance(value, bool) and (value >= low if low_inclusive else value > low)
-    if not ok:
-        raise ValueError(f"config field {path} must be a number {'>=' if low_inclusive else '>'} {low}, "
-                         f"got {value!r}")
-    return value
 
 
 def validate_config(config: ConfigDict) -> None:
@@ -68,8 +47,9 @@ def validate_config(config: ConfigDict) -> None:
                  "optim.eps"):
         _number(config, path, 0)
     for path in ("optim.b1", "optim.b2"):
-        if not _number(config, path, 0) < 1:
-            raise ValueError(f"config field {path} must lie in [0, 1), got {config.optim.get(path.split('.')[1])!r}")
+        beta = _number(config, path, 0)
+        if not beta < 1:
+            raise ValueError(f"config field {path} must lie in [0, 1), got {beta!r}")
     if not isinstance(config.optim.warmup_steps, int) or config.optim.warmup_steps < 0:
         raise ValueError(f"config field optim.warmup_steps must be an int >= 0, got {config.optim.warmup_steps!r}")
     if not 0 < _number(config, "logit_scale_min", 0, False) < _number(config, "logit_scale_max", 0, False):

@@ -49,12 +49,12 @@ import jax.numpy as jnp
 from wpce_jax.models.heads import PointCloudHead
 from wpce_jax.models.text import TextTransformer, end_positions
 from wpce_jax.models.vit import VIT_SIZES, VisionTransformer, ViTDims, parse_variant
+from wpce_jax.config_fields import get as _get, positive_int as _positive_int
 from wpce_jax.pointcloud import PointCloud
 
 SIMILARITIES = ("wpce", "clip")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 INIT_TEMPERATURE = 0.07
-_REQUIRED = object()
 
 
 class DualEncoder(nn.Module):
@@ -114,25 +114,6 @@ def logit_scale_value(params: Any, similarity: str) -> jax.Array:
 
 
 # ----------------------------------------------------------------------------------------------------- config
-
-def _get(config, path: str, default: Any = _REQUIRED) -> Any:
-    """config value at dotted `path`; `default` when absent or None, ValueError naming the field if required."""
-    node = config
-    for key in path.split("."):
-        node = node.get(key) if hasattr(node, "get") else None
-        if node is None:
-            if default is _REQUIRED:
-                raise ValueError(f"config field {path} is required but missing")
-            return default
-    return node
-
-
-def _positive_int(config, path: str, default: Any = _REQUIRED) -> int:
-    value = _get(config, path, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"config field {path} must be a positive int, got {value!r}")
-    return value
-
 
 def _image_dims(config) -> tuple[ViTDims, int]:
     """(ViTDims, patch size) from model.image.*; ValueError naming the field on any inconsistency."""
