@@ -333,3 +333,18 @@ def test_sample_cut_by_damage_is_counted_as_such(tmp_path):
     assert m["num_examples"] == 2
     assert m["dropped"] == {"incomplete_at_damage": 1}
     assert "after member '000000002.jpg'" in m["damaged_inputs"][0]["error"]
+
+
+def test_webdataset_cls_becomes_the_label(tmp_path):
+    members = []
+    for k, cls in enumerate([b"3", b" 7\n", b"dog", None]):
+        members += testing.sample_members(f"{k:09d}", testing.encode(testing.digit_image(k, 32), quality=90),
+                                          f"caption {k}")
+        if cls is not None:
+            members.append((f"{k:09d}.cls", cls))
+    (tmp_path / "in").mkdir()
+    testing.write_tar(str(tmp_path / "in" / "t.tar"), members)
+    m = convert.convert([str(tmp_path / "in" / "t.tar")], str(tmp_path / "out"), 1, show_progress=False)
+    assert m["num_examples"] == 3 and m["dropped"] == {"bad_label": 1}
+    _, recs = _read_all(tmp_path / "out")
+    assert {r["key"]: r.get("label") for r in recs} == {"000000000": 3, "000000001": 7, "000000003": None}

@@ -7,7 +7,8 @@ Two phases, both parallel over worker processes and both resumable:
  1. Per input tar (sorted by path): stream its members from memory (nothing is extracted; member names never
     reach the file system), group them by webdataset key (name up to the first dot of the file name), keep a
     sample only when it has an image that decodes and a caption that is non-empty after whitespace
-    normalisation; write the kept records, in tar order, to OUT/_staging/input-IIIII.array_record with a JSON
+    normalisation (a ".cls" member, when present, becomes the record's integer "label"; one that is not a
+    non-negative integer drops the sample as "bad_label"); write the kept records, in tar order, to OUT/_staging/input-IIIII.array_record with a JSON
     sidecar (counts, drop reasons, record sizes, damage). A truncated or unreadable tar keeps every sample
     read before the damage and reports it.
  2. Split the concatenation of all staged records (input order, then tar order: deterministic) into N
@@ -50,6 +51,7 @@ from wpce_jax.data.progress import Progress
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")  # first one present is the sample's image
 CAPTION_EXT = "txt"
 META_EXT = "json"
+LABEL_EXT = "cls"  # webdataset's class label: a decimal integer (labelled sets such as ImageNet shards)
 STAGING = "_staging"
 _PROGRESS_EVERY = 64  # samples between progress messages from a worker
 _TAIL = 1 << 16  # bytes of the tar stream kept to check the end-of-archive block
@@ -162,6 +164,11 @@ def _sample_record(key: str, files: dict[str, bytes], source: str, opts: dict[st
                                            max_image_side=opts["max_image_side"],
                                            jpeg_quality=opts["jpeg_quality"])
     meta: dict[str, Any] = {"key": key, "source": source, "width": width, "height": height}
+    if LABEL_EXT in files:
+        text = files[LABEL_EXT].decode("utf-8", errors="replace").strip()
+        if not text.isdigit():  # a broken label would silently join the wrong class: drop the sample
+            raise Drop("bad_label")
+        meta["label"] = int(text)
     if META_EXT in files:
         try:
             info = json.loads(files[META_EXT].decode("utf-8", errors="replace"))
