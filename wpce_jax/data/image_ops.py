@@ -130,8 +130,15 @@ def train_crop(data: bytes, size: int, rng: np.random.Generator, scale: tuple[fl
     return _impl(decoder)(data, lambda w, h: random_resized_crop_box(w, h, rng, scale), size)
 
 
-def eval_crop(data: bytes, size: int, decoder: str = DEFAULT_DECODER) -> np.ndarray:
-    """Resize (short side to size, bicubic) + centre crop. Returns uint8 [size, size, 3]."""
+def eval_crop(data, size: int, decoder: str = DEFAULT_DECODER) -> np.ndarray:
+    """Resize (short side to size, bicubic) + centre crop of an encoded image (bytes) or of decoded pixels
+    (uint8 [H, W], [H, W, 1] or [H, W, 3]). Returns uint8 [size, size, 3]."""
+    if isinstance(data, np.ndarray):
+        if data.dtype != np.uint8 or not (data.ndim == 2 or (data.ndim == 3 and data.shape[-1] in (1, 3))):
+            raise ValueError(f"pixels must be uint8 [H, W], [H, W, 1] or [H, W, 3], got {data.dtype} "
+                             f"{data.shape}")
+        img = Image.fromarray(data[..., 0] if data.ndim == 3 and data.shape[-1] == 1 else data)
+        return _resize_box(img, center_crop_box(*img.size), 1.0, 1.0, size)
     return _impl(decoder)(data, center_crop_box, size)
 
 

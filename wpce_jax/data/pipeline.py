@@ -8,9 +8,10 @@ Training order, per epoch e (the same computation on every process, so no commun
     -> RandomResizedCrop drawn from an RNG seeded by (seed, process, position in the process's stream), so
        the crops depend only on (seed, epoch, index) and a restored iterator repeats them exactly
     -> decode, crop, tokenize -> batches of batch_size (drop remainder) -> normalise
-Evaluation: process p reads the contiguous block [p N / P, (p+1) N / P) in record order, centre crops, keeps
-the last partial batch. With pad_eval=True every process instead yields the same number of full batches
-(what a multi-process jit step needs), padded with copies of a real record and a "mask" that is False on them.
+Evaluation (`make_eval_dataset`, any random-access source: records, TFDS, class folders, caption sets): process p
+reads the contiguous block [p N / P, (p+1) N / P) in order, centre crops, keeps the last partial batch. With
+padding every process instead yields the same number of full batches (what a multi-process jit step needs),
+padded with copies of a real item and a "mask" that is False on them (and on images that do not decode).
 
 The iterator's get_state()/set_state() are grain's: a small dict that goes into the training checkpoint and
 restores the exact remaining sequence of batches (with or without worker processes; the worker count must
@@ -52,16 +53,32 @@ class _DecodeTrain(grain.transforms.RandomMap):
 
 @dataclasses.dataclass(frozen=True)
 class _DecodeEval(grain.transforms.Map):
-    """record bytes -> {"image": uint8 [S, S, 3], "tokens": int32 [L], "label": int32 []} (centre crop)."""
+    """A record (bytes) or an evaluation source's item ({"image": encoded bytes or uint8 [H, W, C], "label"})
+    -> {"image": uint8 [S, S, 3] (resize + centre crop), "label": int32, "mask": bool, "corrupt": bool, and with
+    a tokenizer "tokens"}. An image that does not decode becomes black with mask False and corrupt True, so an
+    evaluation counts and skips it instead of stopping."""
 
     tokenizer: Any
     image_size: int
     decoder: str
+    real: bool = True  # False for the padding copies
 
-    def map(self, element: bytes) -> dict[str, np.ndarray]:
-        header, offset = records.decode_header(element)
-        image = image_ops.eval_crop(memoryview(element)[offset:].tobytes(), self.image_size, self.decoder)
-        return _example(image, header, self.tokenizer)
+    def map(self, element) -> dict[str, np.ndarray]:
+        if isinstance(element, bytes):
+            header, offset = records.decode_header(element)
+            image, label = memoryview(element)[offset:].tobytes(), header.get("label", -1)
+        else:
+            header, image, label = element, element["image"], element.get("label", -1)
+        try:
+            pixels = image_ops.eval_crop(image, self.image_size, self.decoder)
+            ok = True
+        except (OSError, ValueError, SyntaxError):  # what PIL and simplejpeg raise on a broken file
+            pixels, ok = np.zeros((self.image_size, self.image_size, 3), np.uint8), False
+        out = {"image": pixels, "label": np.int32(label), "mask": np.bool_(self.real and ok),
+               "corrupt": np.bool_(self.real and not ok)}
+        if self.tokenizer is not None:
+            out["tokens"] = self.tokenizer([header["caption"]])[0]
+        return out
 
 
 def _example(image: np.ndarray, header: dict[str, Any], tokenizer) -> dict[str, np.ndarray]:
@@ -72,21 +89,38 @@ def _example(image: np.ndarray, header: dict[str, Any], tokenizer) -> dict[str, 
     }
 
 
-@dataclasses.dataclass(frozen=True)
-class _WithMask(grain.transforms.Map):
-    """Marks an example as real (True) or padding (False)."""
-
-    value: bool
-
-    def map(self, element: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(element, mask=np.bool_(self.value))
-
-
 class _Normalize(grain.transforms.Map):
     """Batch-level so the float conversion is one vectorised pass; keeps uint8 through decode and batch."""
 
     def map(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(batch, image=image_ops.normalize(batch["image"]))
+
+
+def make_eval_dataset(source, *, image_size: int, batch_size: int, process_index: int = 0,
+                      process_count: int = 1, worker_count: int = 0, decoder: str = image_ops.DEFAULT_DECODER,
+                      read_threads: int | None = None, pad: bool = True, tokenizer=None) -> grain.IterDataset:
+    """One pass over a random-access evaluation source, this process's contiguous share, centre crops.
+
+    source: len() and [i] -> record bytes or {"image": encoded bytes or uint8 [H, W, C], "label": int}
+      (wpce_jax.data.eval_sources). Process p reads [p N / P, (p + 1) N / P) in order.
+    pad: every process yields ceil(ceil(N / P) / b) full batches (what a multi-process jit step needs), the
+      missing rows copies of item 0 with "mask" False; otherwise the last batch is partial.
+    Returns batches {"image": float32 [b, S, S, 3] normalised, "label": int32 [b], "mask": bool [b] (real and
+    decodable), "corrupt": bool [b] (real but undecodable), "tokens" int32 [b, L] with a tokenizer}.
+    """
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} must be in [0, process_count={process_count})")
+    n = len(source)
+    start, stop = process_index * n // process_count, (process_index + 1) * n // process_count
+    ds = grain.MapDataset.source(source)
+    real = ds[start:stop].map(_DecodeEval(tokenizer, image_size, decoder))
+    if pad:
+        total = -(-(-(-n // process_count)) // batch_size) * batch_size
+        if total > stop - start:
+            # Padding repeats the dataset's first item (every process can read that one).
+            fill = ds[0:1].repeat(total - (stop - start)).map(_DecodeEval(tokenizer, image_size, decoder, False))
+            real = grain.MapDataset.concatenate([real, fill]) if stop > start else fill
+    return _batched(real, batch_size, False, worker_count, read_threads)
 
 
 def make_dataset(
@@ -127,7 +161,8 @@ def make_dataset(
         (True for real examples) so that all processes step together.
     Returns:
       grain.IterDataset of dicts: "image" float32 [b, S, S, 3] (ImageNet-normalised), "tokens" int32
-      [b, L], "label" int32 [b] (-1 for unlabelled records), and with pad_eval "mask" bool [b]. iter() gives
+      [b, L], "label" int32 [b] (-1 for unlabelled records); evaluation adds "mask" and "corrupt" bool [b]
+      (make_eval_dataset). iter() gives
       an iterator with get_state()/set_state() (a small JSON-serialisable dict).
     """
     if not 0 <= process_index < process_count:
@@ -149,38 +184,32 @@ def make_dataset(
             f"{data_dir}: the shards hold {len(source)} records but manifest.json says num_examples={n}; "
             f"the dataset was modified after conversion (re-run the converter)")
 
+    if not train:
+        return make_eval_dataset(source, image_size=image_size, batch_size=batch_size,
+                                 process_index=process_index, process_count=process_count,
+                                 worker_count=worker_count, decoder=decoder, read_threads=read_threads,
+                                 pad=pad_eval, tokenizer=tokenizer)
     ds = grain.MapDataset.source(source)
-    if train:
-        per_process = n // process_count
-        if per_process < batch_size:
-            raise ValueError(f"{data_dir}: {n} examples give {per_process} per process, fewer than one batch "
-                             f"of {batch_size}")
-        ds = ds.shuffle(seed=seed % 2**32)
-        ds = ds[:per_process * process_count]
-        ds = ds[process_index::process_count]
-        ds = ds.repeat(num_epochs)
-        # The crop RNG is keyed by position in this process's stream: fold the process in, or the k-th example
-        # of every process would draw the same crop parameters.
-        crop_seed = int(np.random.SeedSequence([seed % 2**32, process_index]).generate_state(1)[0])
-        ds = ds.random_map(_DecodeTrain(tokenizer, image_size, tuple(crop_scale), decoder), seed=crop_seed)
-    else:
-        start, stop = process_index * n // process_count, (process_index + 1) * n // process_count
-        ds = ds[start:stop]
-        ds = ds.map(_DecodeEval(tokenizer, image_size, decoder))
-        if pad_eval:
-            largest = -(-n // process_count)
-            total = -(-largest // batch_size) * batch_size
-            real = ds.map(_WithMask(True))
-            if total > stop - start:
-                # Padding repeats the dataset's first record (every process has that one to read).
-                pad = (grain.MapDataset.source(source)[0:1].repeat(total - (stop - start))
-                       .map(_DecodeEval(tokenizer, image_size, decoder)).map(_WithMask(False)))
-                ds = grain.MapDataset.concatenate([real, pad]) if stop > start else pad
-            else:
-                ds = real
+    per_process = n // process_count
+    if per_process < batch_size:
+        raise ValueError(f"{data_dir}: {n} examples give {per_process} per process, fewer than one batch "
+                         f"of {batch_size}")
+    ds = ds.shuffle(seed=seed % 2**32)
+    ds = ds[:per_process * process_count]
+    ds = ds[process_index::process_count]
+    ds = ds.repeat(num_epochs)
+    # The crop RNG is keyed by position in this process's stream: fold the process in, or the k-th example
+    # of every process would draw the same crop parameters.
+    crop_seed = int(np.random.SeedSequence([seed % 2**32, process_index]).generate_state(1)[0])
+    ds = ds.random_map(_DecodeTrain(tokenizer, image_size, tuple(crop_scale), decoder), seed=crop_seed)
+    return _batched(ds, batch_size, True, worker_count, read_threads)
+
+
+def _batched(ds: grain.MapDataset, batch_size: int, drop_remainder: bool, worker_count: int,
+             read_threads: int | None) -> grain.IterDataset:
     # Batching on the MapDataset keeps batch composition independent of the worker count (workers take
     # whole batches), so evaluation has exactly one partial batch.
-    ds = ds.batch(batch_size, drop_remainder=train)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     ds = ds.map(_Normalize())
     if read_threads is None:
         # Worker processes are the parallelism there; more threads would only multiply buffered batches.
