@@ -71,7 +71,17 @@ def base() -> ml_collections.ConfigDict:
 
     c.eval = ml_collections.ConfigDict()
     c.eval.batch_size = 256           # global evaluation batch
-    c.eval.zeroshot = ml_collections.ConfigDict()  # name -> converted labelled dataset dir with classes.json
+    # Datasets per evaluation: comma-separated specs, NAME (registry) or NAME=KIND:LOCATION with KIND tfds,
+    # folder, arrayrecord, karpathy (see wpce_jax/evaluate/registry.py); "" evaluates nothing.
+    c.eval.zeroshot = ""              # zero-shot classification sets
+    c.eval.linear_probe = ""          # linear-probe sets (need a train split)
+    c.eval.retrieval = ""             # image-caption retrieval sets
+    c.eval.tfds_data_dir = placeholder(str)   # TFDS data_dir holding the prepared (array_record) eval datasets
+    c.eval.aircraft_dir = placeholder(str)    # FGVC-Aircraft class folders: DIR/{train,test}/<variant>/*.jpg
+    c.eval.flickr30k_dir = placeholder(str)   # DIR/dataset_flickr30k.json (Karpathy) and the images
+    c.eval.rff_draws = 1              # evaluation RFF draws averaged (the first is the checkpoint's own)
+    c.eval.probe_features = "pooled"  # linear probe on "pooled" tokens or the "compared" vector x sqrt(scale)
+    c.eval.cache_features = True      # python -m wpce_jax.evaluate keeps image features under DIR/eval/features
     return c
 
 

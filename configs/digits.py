@@ -3,7 +3,8 @@
     python -m wpce_jax.main --config=configs/digits.py --workdir=/tmp/digits
     python -m wpce_jax.main --config=configs/digits.py:clip --workdir=/tmp/digits_clip   # CLIP baseline
 
-Zero-shot top-1 on the held-out 20% of the digits is logged as "zeroshot/digits/top1".
+Evaluated on the held-out 20% of the digits: zero-shot ("zeroshot/digits/top1"), retrieval by digit
+("retrieval/digits/i2t_recall@1", ...) and a linear probe ("linear_probe/digits/top1").
 """
 import os
 import sys
@@ -39,4 +40,7 @@ def get_config(arg: str = "wpce"):
     c.optim.warmup_steps = 50
     c.optim.weight_decay = 0.1
     c.eval.batch_size = 128
+    c.eval.zeroshot = "digits"
+    c.eval.linear_probe = "digits"
+    c.eval.retrieval = "digits"
     return set_similarity(c, arg, "configs/digits.py")

@@ -2,7 +2,9 @@
 
     python -m wpce_jax.main --config=configs/vitb16_cc12m.py --workdir=/mnt/runs/wpce_b16 \
         --config.data.train_dir=/data/cc12m_arrayrecord \
-        --config.data.tokenizer_path=/data/bpe_simple_vocab_16e6.txt.gz
+        --config.data.tokenizer_path=/data/bpe_simple_vocab_16e6.txt.gz \
+        --config.eval.tfds_data_dir=/data/tensorflow_datasets --config.eval.aircraft_dir=/data/fgvc_aircraft \
+        --config.eval.flickr30k_dir=/data/flickr30k
 
 Convert CC12M first with `python -m wpce_jax.data.convert`. 35 epochs of the converted set at global batch 4096,
 one warm-up epoch, counted for CC12M_EXAMPLES examples; if the converted manifest's "num_examples" differs, pass
@@ -39,4 +41,11 @@ def get_config(arg: str = "wpce"):
     c.model.image.variant = "B/16"
     c.model.embed_dim = 512
     c.eval.batch_size = 1024
+    # The paper's evaluation: the reference release's 13 zero-shot sets and their linear probes (TFDS sets from
+    # --config.eval.tfds_data_dir, FGVC-Aircraft from --config.eval.aircraft_dir), COCO and Flickr30k retrieval.
+    # A set whose data is missing is skipped with one warning line.
+    paper_sets = "cifar10,cifar100,imagenet,stl10,food101,cars,eurosat,caltech101,pets,flowers,dtd,aircraft,sun397"
+    c.eval.zeroshot = paper_sets
+    c.eval.linear_probe = paper_sets
+    c.eval.retrieval = "coco,flickr30k"
     return set_similarity(c, similarity, "configs/vitb16_cc12m.py")

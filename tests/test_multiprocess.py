@@ -11,7 +11,8 @@ import jax
 import numpy as np
 
 from wpce_jax import checkpoint
-from test_train import DIGITS, TINY, losses, wait_for
+from runs import DIGITS, TINY, losses
+from test_train import wait_for
 
 STEPS = {"total_steps": 12, "checkpoint_every_steps": 6, "eval_every_steps": 12}
 

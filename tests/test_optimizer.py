@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from test_train import DIGITS
+from runs import DIGITS
 from wpce_jax.optimizer import clip_logit_scale, decay_mask, learning_rate_schedule, make_optimizer
 
 

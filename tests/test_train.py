@@ -3,11 +3,9 @@ non-finite guard, and loading a checkpoint the way a notebook does."""
 import io
 import json
 import os
-import runpy
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import jax
@@ -23,53 +21,7 @@ from wpce_jax.optimizer import make_optimizer
 from wpce_jax.parallel import global_batch, make_mesh, replicated
 from wpce_jax.similarity import train_rff
 from wpce_jax.train_step import initial_state, make_loss_fn, make_train_step
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DIGITS = os.path.join(ROOT, "configs", "digits.py")
-
-# A model small enough that a subprocess run of 30 steps takes seconds.
-TINY = {"total_steps": 30, "batch_size": 32, "log_every_steps": 1, "eval_every_steps": 30,
-        "checkpoint_every_steps": 10, "eval.batch_size": 64, "model.embed_dim": 16, "model.image.width": 32,
-        "model.image.depth": 1, "model.image.heads": 2, "model.image.mlp_dim": 64, "model.text.width": 32,
-        "model.text.depth": 1, "model.text.heads": 2, "model.text.mlp_dim": 64, "wpce.num_features": 32,
-        "optim.warmup_steps": 5}
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("cache"))
-
-
-def tiny_config(cache_dir, **overrides):
-    config = runpy.run_path(DIGITS)["get_config"]()
-    for key, value in {**TINY, "data.cache_dir": cache_dir, **overrides}.items():
-        node = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return config
-
-
-def cli(workdir, cache_dir, **overrides):
-    flags = [f"--config.{k}={v}" for k, v in {**TINY, "data.cache_dir": cache_dir, **overrides}.items()]
-    return [sys.executable, "-m", "wpce_jax.main", f"--config={DIGITS}", f"--workdir={workdir}", *flags]
-
-
-def run_cli(workdir, cache_dir, **overrides):
-    out = subprocess.run(cli(workdir, cache_dir, **overrides), capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return out
-
-
-def losses(workdir):
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        records = [json.loads(line) for line in f]
-    return {r["step"]: r["train/loss"] for r in records if "train/loss" in r}
-
-
-def final_params(workdir):
-    return jax.tree.map(np.asarray, checkpoint.load(workdir).params)
+from runs import cli, final_params, losses, run_cli, tiny_config
 
 
 def wait_for(predicate, proc, timeout=300):
@@ -80,13 +32,6 @@ def wait_for(predicate, proc, timeout=300):
         time.sleep(0.2)
 
 
-@pytest.fixture(scope="module")
-def reference_run(tmp_path_factory, cache_dir):
-    workdir = str(tmp_path_factory.mktemp("uninterrupted"))
-    run_cli(workdir, cache_dir)
-    return workdir
-
-
 def assert_same_run(workdir, reference):
     want, got = losses(reference), losses(workdir)
     assert sorted(got) == list(range(1, 31))
@@ -94,7 +39,7 @@ def assert_same_run(workdir, reference):
     jax.tree.map(np.testing.assert_array_equal, final_params(workdir), final_params(reference))
 
 
-def test_resume_after_sigkill_is_exact(tmp_path, cache_dir, reference_run):
+def test_resume_after_sigkill_is_exact(tmp_path, cache_dir, digits_run):
     workdir = str(tmp_path)
     proc = subprocess.Popen(cli(workdir, cache_dir), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wait_for(lambda: os.path.isdir(os.path.join(workdir, "checkpoints", "20")), proc)
@@ -103,10 +48,10 @@ def test_resume_after_sigkill_is_exact(tmp_path, cache_dir, reference_run):
     assert max(losses(workdir)) >= 20
     out = run_cli(workdir, cache_dir)
     assert "resumed from the step-20 checkpoint" in out.stdout
-    assert_same_run(workdir, reference_run)
+    assert_same_run(workdir, digits_run)
 
 
-def test_sigterm_saves_and_resumes_exactly(tmp_path, cache_dir, reference_run):
+def test_sigterm_saves_and_resumes_exactly(tmp_path, cache_dir, digits_run):
     workdir = str(tmp_path)
     proc = subprocess.Popen(cli(workdir, cache_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = os.path.join(workdir, "metrics.jsonl")
@@ -119,7 +64,7 @@ def test_sigterm_saves_and_resumes_exactly(tmp_path, cache_dir, reference_run):
     assert os.path.isdir(os.path.join(workdir, "checkpoints", str(stopped)))
     out = run_cli(workdir, cache_dir)
     assert f"resumed from the step-{stopped} checkpoint" in out.stdout
-    assert_same_run(workdir, reference_run)
+    assert_same_run(workdir, digits_run)
 
 
 def test_one_step_on_8_devices_equals_1_device(cache_dir, tmp_path):
@@ -192,14 +137,14 @@ def test_non_finite_guard_keeps_last_good_checkpoint(cache_dir, tmp_path, monkey
     assert max(losses(str(tmp_path))) == 13 and np.isnan(losses(str(tmp_path))[13])
 
 
-def test_load_reproduces_the_logged_zero_shot_accuracy(reference_run, tmp_path):
+def test_load_reproduces_the_logged_zero_shot_accuracy(digits_run, tmp_path):
     moved = str(tmp_path / "moved")
-    shutil.copytree(reference_run, moved)  # a workdir copied to a notebook machine still loads
-    shutil.rmtree(os.path.join(reference_run, "tokenizer"))
+    shutil.copytree(digits_run, moved)  # a workdir copied to a notebook machine still loads
+    shutil.rmtree(os.path.join(digits_run, "tokenizer"))
     try:
         model = checkpoint.load(moved)
     finally:
-        shutil.copytree(os.path.join(moved, "tokenizer"), os.path.join(reference_run, "tokenizer"))
+        shutil.copytree(os.path.join(moved, "tokenizer"), os.path.join(digits_run, "tokenizer"))
     assert model.step == 30 and model.config.model.similarity == "wpce"
     built = digits.prepare(model.config.data.cache_dir, image_side=model.config.data.image_size)
     rows = [decode_record(r) for p in shard_paths(built.test_dir, read_manifest(built.test_dir))
@@ -210,7 +155,7 @@ def test_load_reproduces_the_logged_zero_shot_accuracy(reference_run, tmp_path):
     prompts = [t.format(c) for c in built.class_names for t in built.zeroshot_templates]
     text = np.asarray(model.encode_texts(prompts)).reshape(10, len(built.zeroshot_templates), -1).mean(1)
     top1 = np.mean(np.asarray(model.similarity(feats, text)).argmax(1) == labels)
-    with open(os.path.join(reference_run, "metrics.jsonl")) as f:
+    with open(os.path.join(digits_run, "metrics.jsonl")) as f:
         logged = [json.loads(l) for l in f if "zeroshot/digits/top1" in l][-1]["zeroshot/digits/top1"]
     # PIL and the pipeline's decoder may round a few pixels differently: allow two images of 359 to flip.
     assert abs(top1 - logged) <= 2 / len(labels) + 1e-9, (top1, logged)

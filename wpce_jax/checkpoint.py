@@ -9,7 +9,7 @@ saving leaves the previous checkpoint intact.
 """
 import json
 import os
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import grain
 import jax
@@ -82,18 +82,13 @@ class LoadedModel:
         self._image, self._text = jax.jit(image_features), jax.jit(text_features)
 
     def preprocess(self, images: np.ndarray) -> np.ndarray:
-        from PIL import Image
-
-        from wpce_jax.data.image_ops import center_crop_box, normalize
+        from wpce_jax.data.image_ops import eval_crop, normalize
         images = np.asarray(images)
         if images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"images must be [N, H, W, 3], got shape {images.shape}")
         size = self.config.data.image_size
         if images.dtype == np.uint8:  # the evaluation transform: short side to `size` (bicubic), centre crop
-            crops = [np.asarray(Image.fromarray(im).resize((size, size), Image.Resampling.BICUBIC,
-                                                           box=center_crop_box(im.shape[1], im.shape[0])))
-                     for im in images]
-            return normalize(np.stack(crops))
+            return normalize(np.stack([eval_crop(im, size) for im in images]))
         if images.shape[1:3] != (size, size):
             raise ValueError(f"float images must be normalised [N, {size}, {size}, 3]; pass uint8 images to have "
                              f"them resized, got shape {images.shape}")
@@ -111,8 +106,15 @@ class LoadedModel:
         return jax.numpy.asarray(a) @ jax.numpy.asarray(b).T
 
 
-def load(path: str, step: Optional[int] = None) -> LoadedModel:
-    """Loads a run's checkpoint (the latest, or `step`) from its workdir for inference on one device."""
+class Restored(NamedTuple):
+    config: ConfigDict
+    model: Any
+    state: Any      # the TrainState (parameters, step, root key, evaluation RFF draw, ...) on one device
+    step: int
+
+
+def restore(path: str, step: Optional[int] = None) -> Restored:
+    """A run's checkpoint (the latest, or `step`) from its workdir, on this process's first device."""
     from wpce_jax.models.towers import make_model
     from wpce_jax.optimizer import make_optimizer
     from wpce_jax.train_step import initial_state
@@ -121,17 +123,30 @@ def load(path: str, step: Optional[int] = None) -> LoadedModel:
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"no checkpoints under {directory}: is {path!r} a training workdir?")
     manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))
-    step = manager.latest_step() if step is None else step
-    if step is None:
-        raise FileNotFoundError(f"{directory} holds no complete checkpoint")
-    config = ConfigDict(manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"])
-    # The run kept its tokenizer in DIR/tokenizer/; find it there even if DIR was moved or copied since.
-    beside = os.path.join(os.path.abspath(path), "tokenizer", os.path.basename(config.data.tokenizer_path))
-    if os.path.exists(beside):
-        config.data.tokenizer_path = beside
-    model = make_model(config)
-    abstract = jax.eval_shape(lambda: initial_state(model, make_optimizer(config), config, jax.random.key(config.seed)))
-    target = abstract_like(abstract, jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
-    state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
-    manager.close()
+    try:
+        steps = manager.all_steps()
+        if step is None:
+            step = manager.latest_step()
+        elif step not in steps:
+            raise FileNotFoundError(f"{directory} has no step-{step} checkpoint; it has steps {sorted(steps)}")
+        if step is None:
+            raise FileNotFoundError(f"{directory} holds no complete checkpoint")
+        config = ConfigDict(manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"])
+        # The run kept its tokenizer in DIR/tokenizer/; find it there even if DIR was moved or copied since.
+        beside = os.path.join(os.path.abspath(path), "tokenizer", os.path.basename(config.data.tokenizer_path))
+        if os.path.exists(beside):
+            config.data.tokenizer_path = beside
+        model = make_model(config)
+        abstract = jax.eval_shape(lambda: initial_state(model, make_optimizer(config), config,
+                                                        jax.random.key(config.seed)))
+        target = abstract_like(abstract, jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
+        state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+    finally:
+        manager.close()
+    return Restored(config, model, state, step)
+
+
+def load(path: str, step: Optional[int] = None) -> LoadedModel:
+    """Loads a run's checkpoint (the latest, or `step`) from its workdir for inference on one device."""
+    config, model, state, step = restore(path, step)
     return LoadedModel(config, model, state.params, state.eval_rff, step)

@@ -7,15 +7,12 @@ environment variables, e.g. under SLURM). Without either, every process trains a
 from absl import app, flags
 from ml_collections import config_flags
 
+from wpce_jax import distributed
+
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl and TensorBoard events; "
                                      "a run restarted with the same workdir resumes.", required=True)
 config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. configs/digits.py[:clip].",
                                 lock_config=True)
-flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs off TPU.")
-flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
-flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
-flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (implied by --coordinator_address; "
-                                        "on TPU pods it needs no other argument).")
 FLAGS = flags.FLAGS
 
 
@@ -24,11 +21,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     import jax
 
-    if FLAGS.distributed or FLAGS.coordinator_address:
-        # Cross-process collectives on the CPU backend (tests, CPU clusters); accelerators ignore this.
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
-                                   num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+    distributed.initialize()
     from wpce_jax.train import train_and_evaluate
 
     if FLAGS.config is None:

@@ -82,3 +82,14 @@ class Progress:
                           if k in ("train/loss", "train/logit_scale", "train/learning_rate"))
         print(f"step {step}/{self.total}  {shown}  {steps_per_s:.2f} steps/s  "
               f"{steps_per_s * self.batch_size:.0f} ex/s  ETA {eta}", flush=True)
+
+
+def write_eval_json(workdir: str, step: int, results: Mapping[str, float], enabled: bool = True) -> str:
+    """DIR/eval/step_<step>.json: one flat object, metric name -> number (written whole, then renamed)."""
+    path = os.path.join(workdir, "eval", f"step_{int(step)}.json")
+    if enabled:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path + ".tmp", "w") as f:
+            json.dump({k: float(v) for k, v in sorted(results.items())}, f, indent=1)
+        os.replace(path + ".tmp", path)
+    return path

@@ -45,3 +45,15 @@ def per_process_batch(global_size: int, what: str = "batch_size") -> int:
 def to_host(tree: Any) -> Any:
     """Fully replicated (or fully addressable) arrays -> numpy, on every process."""
     return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """A tree of host or single-device arrays (the same values on every process) -> global arrays replicated
+    over `mesh`; works across processes, where device_put onto other hosts' devices cannot."""
+    sharding = replicated(mesh)
+
+    def put(x):
+        host = np.asarray(jax.device_get(x))
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(put, tree)

@@ -8,6 +8,7 @@ the step's key; evaluation uses one fixed draw that is saved with the checkpoint
 from typing import Optional
 
 import jax
+import jax.numpy as jnp
 from ml_collections import ConfigDict
 
 from wpce_jax.kernels import RFF, sample_rff
@@ -40,6 +41,16 @@ def train_rff(root_key: jax.Array, step: jax.Array, config: ConfigDict) -> Optio
 
 def eval_rff(root_key: jax.Array, config: ConfigDict) -> Optional[RFF]:
     return draw_rff(jax.random.fold_in(root_key, EVAL_RFF_STREAM), config)
+
+
+def eval_rff_draws(root_key: jax.Array, saved: Optional[RFF], config: ConfigDict, count: int) -> Optional[RFF]:
+    """`count` evaluation draws stacked on a leading axis ([count, D, d] frequencies): the checkpoint's saved
+    draw first (so that one draw reproduces the run's numbers), then fresh ones from the evaluation key stream."""
+    if saved is None:
+        return None
+    stream = jax.random.fold_in(root_key, EVAL_RFF_STREAM)
+    extra = [draw_rff(jax.random.fold_in(stream, r), config) for r in range(1, count)]
+    return jax.tree.map(lambda *xs: jnp.stack(xs), saved, *extra)
 
 
 def embed(cloud: PointCloud, rff: Optional[RFF], config: ConfigDict) -> jax.Array:

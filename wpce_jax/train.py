@@ -18,12 +18,11 @@ from wpce_jax import datasets
 from wpce_jax.checkpoint import Checkpointer, abstract_like
 from wpce_jax.config_validation import validate_config
 from wpce_jax.data.pipeline import make_dataset
-from wpce_jax.evaluate import zeroshot
-from wpce_jax.metric_writer import MetricWriter, Progress
+from wpce_jax.evaluate.evaluator import Evaluator, validate_eval_config
+from wpce_jax.metric_writer import MetricWriter, Progress, write_eval_json
 from wpce_jax.models.towers import make_model, validate_model_config
 from wpce_jax.optimizer import make_optimizer
 from wpce_jax.parallel import global_batch, make_mesh, per_process_batch, replicated, to_host
-from wpce_jax.similarity import encoders
 from wpce_jax.train_step import TrainState, initial_state, make_train_step
 
 
@@ -77,36 +76,11 @@ def _check_finite(state: TrainState, checkpointer: Checkpointer, workdir: str) -
             f"set optim.grad_clip_norm, or check the data, then restart from that checkpoint.")
 
 
-class Evaluator:
-    """Zero-shot evaluation of the current parameters with the run's fixed RFF draw."""
-
-    def __init__(self, model, config: ConfigDict, mesh, tasks, tokenizer):
-        self.config, self.mesh, self.tasks, self.tokenizer = config, mesh, tasks, tokenizer
-        out = replicated(mesh)
-        image_features, text_features = encoders(model, config)
-
-        def score(params, rff, images, labels, valid, class_features):
-            return zeroshot.hits(image_features(params, images, rff), class_features, labels, valid)
-
-        self._text = jax.jit(text_features, out_shardings=out)
-        self._score = jax.jit(score, out_shardings=out)
-
-    def __call__(self, state: TrainState) -> dict[str, float]:
-        results = {}
-        for task in self.tasks:
-            classes = zeroshot.class_embeddings(lambda t: self._text(state.params, t, state.eval_rff),
-                                                self.tokenizer, task, self.config.eval.batch_size, self.mesh)
-            results.update(zeroshot.evaluate(
-                task, score=lambda *a: self._score(state.params, state.eval_rff, *a), class_features=classes,
-                tokenizer=self.tokenizer, image_size=self.config.data.image_size,
-                batch_size=self.config.eval.batch_size, mesh=self.mesh, worker_count=self.config.data.worker_count))
-        return results
-
-
 def _validate(config: ConfigDict) -> None:
     """Every field, before any data is prepared or compute runs. The vocabulary fields come from the tokenizer
     later; a stand-in lets the model's other fields be checked now."""
     validate_config(config)
+    validate_eval_config(config)
     probe = config.copy_and_resolve_references()
     with probe.unlocked():
         if probe.model.text.vocab_size is None:
@@ -155,7 +129,7 @@ def _loop(config, workdir, mesh, model, tx, state, iterator, data, checkpointer,
     is_main = jax.process_index() == 0
     train_step = jax.jit(make_train_step(model, config, mesh, tx), donate_argnums=0,
                          out_shardings=(replicated(mesh), replicated(mesh)))
-    evaluator = Evaluator(model, config, mesh, data.zeroshot, data.tokenizer)
+    evaluator = Evaluator(model, config, mesh, data.tokenizer, digits_data=data.digits)
     progress = Progress(config.total_steps, start, config.batch_size, enabled=is_main)
     last_eval: dict[str, float] = {}
     with _Preemption() as preemption:
@@ -169,13 +143,15 @@ def _loop(config, workdir, mesh, model, tx, state, iterator, data, checkpointer,
                 writer.write(step, logged)
                 progress.report(step, steps_per_s, logged)
                 _check_finite(state, checkpointer, workdir)  # after logging, so the bad loss is on record
-            if data.zeroshot and (step % config.eval_every_steps == 0 or final):
+            if evaluator and (step % config.eval_every_steps == 0 or final):
                 started = time.perf_counter()
-                last_eval = evaluator(state)
-                writer.write(step, last_eval)
                 if is_main:
-                    shown = "  ".join(f"{k} {v:.4f}" for k, v in last_eval.items())
-                    print(f"eval at step {step} ({time.perf_counter() - started:.1f}s): {shown}", flush=True)
+                    print(f"evaluating at step {step}", flush=True)
+                last_eval = evaluator(state.params, state.rng, state.eval_rff)
+                writer.write(step, last_eval)
+                write_eval_json(workdir, step, last_eval, enabled=is_main)
+                if is_main:
+                    print(f"eval at step {step} done in {time.perf_counter() - started:.1f}s", flush=True)
                 progress.rates(step)  # evaluation time is not training time
             preempted = preemption.reached(step)
             if step % config.checkpoint_every_steps == 0 or final or preempted:

@@ -1,1 +1,2 @@
-"""Evaluators: zero-shot classification (retrieval and linear probe are yet to come)."""
+"""Evaluation: zero-shot classification, linear probe, image<->text retrieval and the ranking metrics behind them;
+`python -m wpce_jax.evaluate --workdir=DIR` runs them on a checkpoint (see evaluator.py and registry.py)."""

@@ -1,82 +1,79 @@
-"""Zero-shot classification: images scored against class embeddings built from prompt templates.
+"""Zero-shot classification: images scored against class vectors built from prompt templates.
 
-A class embedding is the mean of the compared vectors (feature maps, with the run's fixed evaluation RFF draw) of
-its prompts "template.format(class_name)"; an image is assigned the class of highest dot product. The held-out
-records carry integer labels. Every process reads its own part of the data; counts are summed over the mesh.
+Each class's prompts "template.format(class_name)" are encoded to compared vectors. The class vector follows the
+reference implementations: for the CLIP baseline the unit prompt vectors are averaged and the mean re-normalised
+(open_clip); for WPCE the prompts' feature maps are averaged and left as they are (the WPCE release), so that
+image . class is the mean WPCE similarity to the class's prompts. An image goes to the class of highest logit.
+
+With R evaluation RFF draws (eval.rff_draws) the logits are averaged over the draws (the reference redraws at
+every evaluation; averaging removes most of that noise), and each draw's own top-1 gives the spread.
+Metrics: top-1, top-5 (more than 5 classes), mean per-class recall, and with R > 1 the standard deviation of the
+per-draw top-1.
 """
-from typing import Callable, NamedTuple, Sequence
+from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh
 
-from wpce_jax.data.pipeline import dataset_size, make_dataset
-from wpce_jax.parallel import batch_sharding, global_batch, per_process_batch
+from wpce_jax.data.eval_sources import ClassificationSet
+from wpce_jax.evaluate import metrics
 
-
-class ZeroShotTask(NamedTuple):
-    name: str
-    data_dir: str  # a converted dataset whose records carry "label"
-    class_names: Sequence[str]
-    templates: Sequence[str]  # each with one "{}" for the class name
+_BLOCK = 4096  # images scored at a time: a [block, C] logit matrix on device
 
 
-def _sharded_rows(rows: np.ndarray, mesh: Mesh) -> jax.Array:
-    """The same host array on every process -> a global array split over the data axis."""
-    return jax.make_array_from_callback(rows.shape, batch_sharding(mesh), lambda idx: rows[idx])
+def class_vectors(prompt_features: np.ndarray, num_classes: int, similarity: str) -> np.ndarray:
+    """[C * T, R, F] prompt vectors, class-major -> [C, R, F] class vectors (see the module docstring)."""
+    per_class = prompt_features.reshape(num_classes, -1, *prompt_features.shape[1:]).mean(axis=1)
+    if similarity == "clip":
+        per_class = per_class / np.linalg.norm(per_class, axis=-1, keepdims=True)
+    return per_class.astype(np.float32)
 
 
-def class_embeddings(encode_tokens: Callable, tokenizer, task: ZeroShotTask, chunk: int, mesh: Mesh) -> jax.Array:
-    """[C, F]: per class, the mean over templates of the prompts' vectors. `chunk` prompts are encoded at a time
-    (a multiple of the device count); `encode_tokens(tokens [chunk, L]) -> [chunk, F]`."""
-    prompts = [t.format(c) for c in task.class_names for t in task.templates]
-    tokens = tokenizer(prompts)
-    outputs = []
-    for start in range(0, len(prompts), chunk):
-        part = tokens[start:start + chunk]
-        padded = np.concatenate([part, np.repeat(part[-1:], chunk - len(part), 0)])
-        outputs.append(np.asarray(jax.device_get(encode_tokens(_sharded_rows(padded, mesh))))[:len(part)])
-    features = np.concatenate(outputs)
-    return jnp.asarray(features.reshape(len(task.class_names), len(task.templates), -1).mean(1))
+@jax.jit
+def _predict(images: jax.Array, classes: jax.Array):
+    """images [b, R, F], classes [C, R, F] -> (top-k classes of the draw-averaged logits [b, min(5, C)],
+    each draw's top-1 [b, R])."""
+    per_draw = jnp.einsum("brf,crf->brc", images, classes)
+    top = jax.lax.top_k(per_draw.mean(axis=1), min(5, classes.shape[0]))[1]
+    return top, jnp.argmax(per_draw, axis=-1)
 
 
-def evaluate(task: ZeroShotTask, *, score: Callable, class_features: jax.Array, tokenizer, image_size: int,
-             batch_size: int, mesh: Mesh, worker_count: int = 0) -> dict[str, float]:
-    """Top-1 (and, with more than 5 classes, top-5) accuracy of `task`.
-
-    score(images [B,S,S,3], labels [B], valid [B], class_features [C,F]) -> (top1 hits, top5 hits, count), summed
-    over the global batch. batch_size is global. Returns {"zeroshot/<name>/top1": ..., ".../top5": ...}.
-    """
-    local = per_process_batch(batch_size, "eval.batch_size")
-    n = dataset_size(task.data_dir)
-    # pad_eval: every process runs the same number of full batches (they meet in collectives), "mask" marks the
-    # real examples.
-    ds = make_dataset(task.data_dir, tokenizer=tokenizer, image_size=image_size, train=False, batch_size=local,
-                      seed=0, process_index=jax.process_index(), process_count=jax.process_count(),
-                      worker_count=worker_count, pad_eval=True)
-    totals = np.zeros(3)
-    for batch in ds:
-        labels = batch["label"][batch["mask"]]
-        if np.any(labels < 0) or np.any(labels >= len(task.class_names)):
-            raise ValueError(f"zero-shot dataset {task.data_dir}: labels must lie in [0, {len(task.class_names)})")
-        arrays = global_batch({"image": batch["image"], "label": batch["label"], "valid": batch["mask"]}, mesh)
-        hits = score(arrays["image"], arrays["label"], arrays["valid"], class_features)
-        totals += np.asarray([float(h) for h in hits])
-    if totals[2] != n:
-        raise RuntimeError(f"zero-shot {task.name}: scored {int(totals[2])} images, the dataset holds {n}")
-    prefix = f"zeroshot/{task.name}"
-    results = {f"{prefix}/top1": totals[0] / n}
-    if len(task.class_names) > 5:  # with 5 classes or fewer top-5 is always 1
-        results[f"{prefix}/top5"] = totals[1] / n
-    return results
+def predict(images: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[N, R, F] image vectors, [C, R, F] class vectors -> (top-5 [N, min(5, C)], per-draw top-1 [N, R]),
+    computed on device a block of images at a time (the last block padded, so one compile)."""
+    device_classes = jnp.asarray(classes)
+    tops, draws = [], []
+    for start in range(0, len(images), _BLOCK):
+        block = images[start:start + _BLOCK]
+        padded = np.concatenate([block, np.zeros((_BLOCK - len(block),) + block.shape[1:], block.dtype)])
+        top, per_draw = _predict(jnp.asarray(padded), device_classes)
+        tops.append(np.asarray(top)[:len(block)])
+        draws.append(np.asarray(per_draw)[:len(block)])
+    return np.concatenate(tops), np.concatenate(draws)
 
 
-def hits(features: jax.Array, class_features: jax.Array, labels: jax.Array, valid: jax.Array):
-    """(top-1 hits, top-5 hits, valid count) of features [B, F] against class_features [C, F]."""
-    logits = features @ class_features.T
-    k = min(5, class_features.shape[0])
-    top = jax.lax.top_k(logits, k)[1]
-    top1 = (top[:, 0] == labels) & valid
-    top5 = jnp.any(top == labels[:, None], axis=1) & valid
-    return jnp.sum(top1), jnp.sum(top5), jnp.sum(valid)
+def scores(top: np.ndarray, per_draw: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, float]:
+    """Metric name (without prefix) -> value, from `predict`'s outputs and the true labels [N]."""
+    out = {"top1": float(np.mean(top[:, 0] == labels)),
+           "mean_per_class_recall": float(metrics.mean_per_class_recall(top[:, 0], labels, num_classes))}
+    if num_classes > 5:  # with 5 classes or fewer top-5 is always 1
+        out["top5"] = float(np.mean(np.any(top == labels[:, None], axis=1)))
+    if per_draw.shape[1] > 1:
+        out["top1_draw_std"] = float(np.std(np.mean(per_draw == labels[:, None], axis=0)))
+    return out
+
+
+def evaluate(name: str, data: ClassificationSet, *, encoders, params, rffs, tokenizer, similarity: str,
+             images=None) -> dict[str, float]:
+    """zeroshot/<name>/<metric> of one labelled set. `images`: its already computed encode.ImageFeatures."""
+    prompts = [t.format(c) for c in data.class_names for t in data.templates]
+    classes = class_vectors(encoders.texts(params, rffs, tokenizer(prompts)), len(data.class_names), similarity)
+    if images is None:
+        images = encoders.images(params, rffs, data.source, f"zero-shot {name}")
+    if len(images.labels) and (images.labels.min() < 0 or images.labels.max() >= len(data.class_names)):
+        raise ValueError(f"zero-shot {name}: labels must lie in [0, {len(data.class_names)}), got "
+                         f"[{images.labels.min()}, {images.labels.max()}]")
+    top, per_draw = predict(images.compared, classes)
+    results = scores(top, per_draw, images.labels, len(data.class_names))
+    return {f"zeroshot/{name}/{k}": v for k, v in results.items()}

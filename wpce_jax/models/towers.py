@@ -82,10 +82,17 @@ class DualEncoder(nn.Module):
     def encode_image(self, images: jax.Array) -> PointCloud:
         """images [B, H, W, 3] float -> PointCloud, points [B, M, d] f32, weights [B, M] f32, mask None;
         M = 1 + (H/p)(W/p) for "wpce" (class token first), 1 (class token) for "clip"."""
+        return self.encode_image_and_pool(images)[0]
+
+    def encode_image_and_pool(self, images: jax.Array) -> tuple[PointCloud, jax.Array]:
+        """(the PointCloud of `encode_image`, pooled [B, width] f32): the mean over points of weight x final-normed
+        token, before the point projection (the linear-probe feature of the reference; for "clip" the class
+        token). Under jit the pooled output costs nothing when unused."""
         tokens = self.image_encoder(images)
         if self.similarity == "clip":
             tokens = tokens[:, :1]
-        return self.image_head(tokens)
+        cloud = self.image_head(tokens)
+        return cloud, jnp.mean(cloud.weights[..., None] * tokens.astype(jnp.float32), axis=1)
 
     def encode_text(self, tokens: jax.Array) -> PointCloud:
         """tokens [B, L] int32 -> PointCloud, points [B, M, d] f32, weights [B, M] f32, mask None;

@@ -1,0 +1,53 @@
+"""Tiny digits runs for tests: a model small enough that a subprocess run of 30 steps takes seconds."""
+import json
+import os
+import runpy
+import subprocess
+import sys
+
+import jax
+import numpy as np
+
+from wpce_jax import checkpoint
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DIGITS = os.path.join(ROOT, "configs", "digits.py")
+
+# The linear probe is left to the evaluation tests (python -m wpce_jax.evaluate on the shared run).
+TINY = {"total_steps": 30, "batch_size": 32, "log_every_steps": 1, "eval_every_steps": 30,
+        "checkpoint_every_steps": 10, "eval.batch_size": 64, "model.embed_dim": 16, "model.image.width": 32,
+        "model.image.depth": 1, "model.image.heads": 2, "model.image.mlp_dim": 64, "model.text.width": 32,
+        "model.text.depth": 1, "model.text.heads": 2, "model.text.mlp_dim": 64, "wpce.num_features": 32,
+        "optim.warmup_steps": 5, "eval.linear_probe": ""}
+
+
+def tiny_config(cache_dir, **overrides):
+    config = runpy.run_path(DIGITS)["get_config"]()
+    for key, value in {**TINY, "data.cache_dir": cache_dir, **overrides}.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return config
+
+
+def cli(workdir, cache_dir, **overrides):
+    flags = [f"--config.{k}={v}" for k, v in {**TINY, "data.cache_dir": cache_dir, **overrides}.items()]
+    return [sys.executable, "-m", "wpce_jax.main", f"--config={DIGITS}", f"--workdir={workdir}", *flags]
+
+
+def run_cli(workdir, cache_dir, **overrides):
+    out = subprocess.run(cli(workdir, cache_dir, **overrides), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+def losses(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    return {r["step"]: r["train/loss"] for r in records if "train/loss" in r}
+
+
+def final_params(workdir):
+    return jax.tree.map(np.asarray, checkpoint.load(workdir).params)

@@ -1,0 +1,158 @@
+"""The evaluation suite: class vectors (CLIP vs WPCE), draw-averaged zero-shot scores, retrieval over several
+draws, and `python -m wpce_jax.evaluate` end to end on the shared digits run: contract names, the feature cache,
+overrides, 8 devices against 1, and two processes against one."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from wpce_jax import checkpoint
+from wpce_jax.data.tokenizers import get_tokenizer
+from wpce_jax.evaluate import retrieval, zeroshot
+from wpce_jax.evaluate.__main__ import apply_overrides, format_table
+from wpce_jax.evaluate.evaluator import Evaluator
+from wpce_jax.parallel import make_mesh, replicate
+from test_multiprocess import free_port
+
+
+def test_class_vectors_clip_renormalised_wpce_averaged():
+    rng = np.random.default_rng(0)
+    prompts = rng.normal(size=(3 * 4, 2, 5))  # 3 classes x 4 templates, 2 draws, F = 5
+    unit = prompts / np.linalg.norm(prompts, axis=-1, keepdims=True)
+    mean = unit.reshape(3, 4, 2, 5).mean(1)
+    np.testing.assert_allclose(zeroshot.class_vectors(unit, 3, "clip"),
+                               mean / np.linalg.norm(mean, axis=-1, keepdims=True), rtol=1e-6)
+    np.testing.assert_allclose(zeroshot.class_vectors(prompts, 3, "wpce"), prompts.reshape(3, 4, 2, 5).mean(1),
+                               rtol=1e-6)
+    assert not np.allclose(np.linalg.norm(zeroshot.class_vectors(unit, 3, "clip"), axis=-1), np.linalg.norm(mean, axis=-1))
+
+
+def test_zero_shot_scores_average_the_draws():
+    rng = np.random.default_rng(1)
+    images, classes = rng.normal(size=(5000, 3, 6)).astype(np.float32), rng.normal(size=(7, 3, 6)).astype(np.float32)
+    labels = rng.integers(0, 7, 5000)
+    top, per_draw = zeroshot.predict(images, classes)  # 5000 > one block: the padded last block is exercised
+    logits = np.einsum("nrf,crf->nrc", images.astype(np.float64), classes)
+    np.testing.assert_array_equal(top, np.argsort(-logits.mean(1), axis=1, kind="stable")[:, :5])
+    np.testing.assert_array_equal(per_draw, logits.argmax(-1))
+    got = zeroshot.scores(top, per_draw, labels, 7)
+    pred = logits.mean(1).argmax(1)
+    assert got["top1"] == pytest.approx(np.mean(pred == labels))
+    recalls = [np.mean(pred[labels == c] == c) for c in range(7)]
+    assert got["mean_per_class_recall"] == pytest.approx(np.mean(recalls))
+    assert got["top1_draw_std"] == pytest.approx(np.std([np.mean(logits[:, r].argmax(1) == labels) for r in range(3)]))
+
+
+def test_retrieval_over_draws_is_the_mean_similarity():
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(size=(9, 4, 5)), rng.normal(size=(11, 4, 5))
+    flat = retrieval._flatten_draws(a) @ retrieval._flatten_draws(b).T
+    np.testing.assert_allclose(flat, np.einsum("nrf,krf->nk", a, b) / 4, rtol=1e-5)
+
+
+def _evaluate_cli(workdir, *args, env=None):
+    return subprocess.run([sys.executable, "-m", "wpce_jax.evaluate", f"--workdir={workdir}", *args],
+                          capture_output=True, text=True, timeout=600, env=env)
+
+
+CONTRACT = [f"zeroshot/digits/{m}" for m in ("top1", "top5", "mean_per_class_recall")] + \
+    [f"retrieval/digits/{d}_{m}" for d in ("i2t", "t2i") for m in ("recall@1", "recall@5", "recall@10", "ndcg@10",
+                                                                   "map")] + ["linear_probe/digits/top1"]
+
+
+@pytest.fixture(scope="module")
+def evaluated(digits_run, tmp_path_factory):
+    """The CLI on a copy of the shared run (it writes eval/ into the workdir)."""
+    import shutil
+
+    workdir = str(tmp_path_factory.mktemp("evaluated") / "run")
+    shutil.copytree(digits_run, workdir)
+    out = _evaluate_cli(workdir, "--config.eval.linear_probe=digits")
+    assert out.returncode == 0, out.stderr[-3000:]
+    with open(os.path.join(workdir, "eval", "step_30.json")) as f:
+        return workdir, out.stdout, json.load(f)
+
+
+def test_cli_writes_every_contract_metric(evaluated, digits_run):
+    workdir, stdout, results = evaluated
+    assert set(CONTRACT) <= set(results)
+    assert all(0 <= results[k] <= 1 for k in CONTRACT)
+    assert "zeroshot/digits" in stdout and "retrieval/digits" in stdout and "wrote" in stdout
+    with open(os.path.join(digits_run, "metrics.jsonl")) as f:
+        logged = [json.loads(line) for line in f if "zeroshot/digits/top1" in line][-1]
+    for name in ("zeroshot/digits/top1", "retrieval/digits/i2t_recall@1", "retrieval/digits/t2i_map"):
+        assert results[name] == pytest.approx(logged[name], abs=1e-6), name  # the trainer ran the same evaluator
+
+
+def test_cli_reuses_cached_features_and_checks_overrides(evaluated):
+    workdir, _, results = evaluated
+    out = _evaluate_cli(workdir, "--config.eval.linear_probe=digits", "--config.eval.retrieval=")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "features of digits-train: read from" in out.stdout and "features of digits-test: read from" in out.stdout
+    with open(os.path.join(workdir, "eval", "step_30.json")) as f:
+        again = json.load(f)
+    for name in ("zeroshot/digits/top1", "linear_probe/digits/top1"):
+        assert again[name] == results[name]
+    bad = _evaluate_cli(workdir, "--config.model.embed_dim=8")
+    assert bad.returncode != 0 and "only eval." in bad.stderr
+    bad = _evaluate_cli(workdir, "--step=7")
+    assert bad.returncode != 0 and "no step-7 checkpoint" in bad.stderr
+    skipped = _evaluate_cli(workdir, "--config.eval.zeroshot=cifar10", "--config.eval.retrieval=")
+    assert skipped.returncode == 1 and "skipping zeroshot on cifar10: cifar10: config field eval.tfds_data_dir" \
+        in skipped.stdout
+
+
+def test_overrides_take_the_fields_type():
+    from ml_collections import ConfigDict
+
+    config = ConfigDict({"eval": {"rff_draws": 1, "zeroshot": "", "cache_features": True, "tfds_data_dir": None}})
+    changes = apply_overrides(config, {"eval.rff_draws": "3", "eval.zeroshot": "cifar10,digits",
+                                       "eval.cache_features": "false", "eval.tfds_data_dir": "gs://b/tfds"})
+    assert config.eval.to_dict() == {"rff_draws": 3, "zeroshot": "cifar10,digits", "cache_features": False,
+                                     "tfds_data_dir": "gs://b/tfds"}
+    assert len(changes) == 4
+    for bad in ({"eval.rff_draws": "many"}, {"eval.nope": "1"}, {"seed": "3"}):
+        with pytest.raises(ValueError):
+            apply_overrides(config, bad)
+    table = format_table({"zeroshot/a/top1": 0.5, "zeroshot/a/top5": 0.75, "retrieval/b/i2t_map": 0.25})
+    assert "zeroshot/a" in table and "0.7500" in table and "retrieval/b" in table
+
+
+def _in_process(workdir, devices, **overrides):
+    config, model, state, _ = checkpoint.restore(workdir)
+    with config.unlocked():
+        config.eval.update(overrides)
+    mesh = make_mesh(devices)
+    state = replicate(state, mesh)
+    tokenizer = get_tokenizer(config.data.tokenizer, config.data.tokenizer_path, config.model.text.context_length)
+    return Evaluator(model, config, mesh, tokenizer, log=lambda line: None)(state.params, state.rng, state.eval_rff)
+
+
+def test_eight_devices_equal_one(digits_run):
+    overrides = {"rff_draws": 2, "linear_probe": ""}
+    eight, one = _in_process(digits_run, jax.devices(), **overrides), _in_process(digits_run, jax.devices()[:1],
+                                                                                  **overrides)
+    assert set(eight) == set(one) and "zeroshot/digits/top1_draw_std" in eight
+    for name in eight:
+        assert eight[name] == pytest.approx(one[name], abs=1e-6), name
+
+
+def test_two_processes_equal_one(evaluated, tmp_path):
+    workdir, _, results = evaluated
+    port = free_port()
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    args = ["--config.eval.linear_probe=digits", "--config.eval.cache_features=false"]
+    procs = [subprocess.Popen([sys.executable, "-m", "wpce_jax.evaluate", f"--workdir={workdir}", *args,
+                               f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    with open(os.path.join(workdir, "eval", "step_30.json")) as f:
+        two = json.load(f)
+    for name in CONTRACT:
+        assert two[name] == pytest.approx(results[name], abs=1e-6), name

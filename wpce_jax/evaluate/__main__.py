@@ -1,0 +1,139 @@
+"""Evaluates a run's checkpoint: python -m wpce_jax.evaluate --workdir=DIR [--step=N] [--config.KEY=VALUE ...]
+
+Restores the checkpoint (the latest by default) with the config the run saved, applies the overrides, runs the
+evaluations it names (eval.zeroshot, eval.linear_probe, eval.retrieval; dataset specs as in
+wpce_jax/evaluate/registry.py), prints a table, and writes DIR/eval/step_<N>.json. For example, add sets the run
+did not name:
+
+    python -m wpce_jax.evaluate --workdir=runs/b16 --config.eval.tfds_data_dir=/data/tfds \\
+        --config.eval.zeroshot=cifar10,imagenet,aircraft=folder:/data/fgvc --config.eval.rff_draws=5
+
+Only evaluation fields (eval.*) and data.worker_count / data.cache_dir may be overridden: the rest describes the
+trained model. Multi-host: the same flags as training (--distributed, or --coordinator_address, --num_processes,
+--process_id); each process reads its part of the data and every process computes the same numbers.
+"""
+import ast
+import sys
+
+from absl import app, flags
+
+from wpce_jax import distributed
+
+flags.DEFINE_string("workdir", None, "A training run's directory (holds checkpoints/).", required=True)
+flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the latest).")
+FLAGS = flags.FLAGS
+
+OVERRIDABLE = ("eval.", "data.worker_count", "data.cache_dir")
+
+
+def split_overrides(argv: list[str]) -> tuple[list[str], dict[str, str]]:
+    """(the other arguments, {"eval.rff_draws": "5", ...}) from --config.KEY=VALUE arguments."""
+    rest, overrides = [], {}
+    for arg in argv:
+        if arg.startswith("--config."):
+            key, sep, value = arg[len("--config."):].partition("=")
+            if not sep:
+                raise app.UsageError(f"{arg}: expected --config.KEY=VALUE")
+            overrides[key] = value
+        else:
+            rest.append(arg)
+    return rest, overrides
+
+
+def _parse(text: str, old):
+    """`text` as the type of the field's current value (a literal when the field is unset)."""
+    if isinstance(old, bool):
+        if text.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"expected a bool, got {text!r}")
+        return text.lower() in ("true", "1")
+    if isinstance(old, str):
+        return text
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        value = text
+    if old is not None and isinstance(old, (int, float)) and not isinstance(value, (int, float)):
+        raise ValueError(f"expected a number, got {text!r}")
+    return float(value) if isinstance(old, float) else value
+
+
+def apply_overrides(config, overrides: dict[str, str]) -> list[str]:
+    """Sets each KEY=VALUE in `config`; returns the lines saying what changed. ValueError for a key that does
+    not exist or may not change."""
+    changes = []
+    for key, text in overrides.items():
+        if not key.startswith(OVERRIDABLE):
+            raise ValueError(f"--config.{key}: only {', '.join(OVERRIDABLE)} fields can change when evaluating a "
+                             f"trained model")
+        *parents, leaf = key.split(".")
+        node = config
+        for p in parents:
+            node = node.get(p) if hasattr(node, "get") else None
+        if node is None or leaf not in node:
+            raise ValueError(f"--config.{key}: no such field in the run's config")
+        try:
+            value = _parse(text, node[leaf])
+        except ValueError as e:
+            raise ValueError(f"--config.{key}: {e}") from None
+        with config.unlocked():
+            node[leaf] = value
+        changes.append(f"{key} = {value!r}")
+    return changes
+
+
+def format_table(results: dict[str, float]) -> str:
+    """Rows "task / dataset", columns metric names."""
+    rows: dict[str, dict[str, float]] = {}
+    for name, value in results.items():
+        task, dataset, metric = name.split("/", 2)
+        rows.setdefault(f"{task}/{dataset}", {})[metric] = value
+    columns = sorted({m for r in rows.values() for m in r})
+    width = max([len(r) for r in rows] + [10])
+    lines = [" " * width + "  " + "  ".join(f"{c:>13}" for c in columns)]
+    for row, values in rows.items():
+        lines.append(f"{row:<{width}}  " + "  ".join(f"{values[c]:13.4f}" if c in values else " " * 13
+                                                    for c in columns))
+    return "\n".join(lines)
+
+
+def main(argv, overrides):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    import jax
+
+    distributed.initialize()
+    from wpce_jax.checkpoint import restore
+    from wpce_jax.data.tokenizers import get_tokenizer
+    from wpce_jax.evaluate.evaluator import Evaluator
+    from wpce_jax.metric_writer import write_eval_json
+    from wpce_jax.parallel import make_mesh, replicate
+
+    is_main = jax.process_index() == 0
+    config, model, state, step = restore(FLAGS.workdir, FLAGS.step)
+    try:
+        changes = apply_overrides(config, overrides)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
+    if is_main:
+        print(f"evaluating the step-{step} checkpoint of {FLAGS.workdir}"
+              + (f" with {'; '.join(changes)}" if changes else ""), flush=True)
+    mesh = make_mesh()
+    state = replicate(state, mesh)
+    tokenizer = get_tokenizer(config.data.tokenizer, config.data.tokenizer_path, config.model.text.context_length)
+    cache = f"{FLAGS.workdir}/eval/features/step_{step}" if config.eval.cache_features else None
+    evaluator = Evaluator(model, config, mesh, tokenizer, cache_dir=cache)
+    if not evaluator:
+        raise app.UsageError("the config names no evaluation: set --config.eval.zeroshot, "
+                             "--config.eval.linear_probe or --config.eval.retrieval")
+    results = evaluator(state.params, state.rng, state.eval_rff)
+    path = write_eval_json(FLAGS.workdir, step, results, enabled=is_main)
+    if is_main:
+        print(format_table(results) if results else "no evaluation ran (every dataset was skipped)", flush=True)
+        print(f"wrote {path}", flush=True)
+    if not results:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    remaining, config_overrides = split_overrides(sys.argv)
+    app.run(lambda argv: main(argv, config_overrides), argv=remaining)

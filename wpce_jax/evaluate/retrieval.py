@@ -1,0 +1,46 @@
+"""Image <-> text retrieval with several captions per image: recall@1/5/10, NDCG@10 and mAP in both directions.
+
+Image->text: each image queries every caption; the relevant ones are its own captions (COCO: 5 each; the built-in
+digits: every caption of the same digit). Text->image: each caption queries every image; the relevant one is its
+image. A query is a hit at k when any relevant item is among its top k. The similarity is the compared vectors'
+dot product; with R evaluation RFF draws it is their mean, i.e. the dot product of the draws' vectors concatenated
+and divided by sqrt(R). Scores never leave the device as a whole matrix (metrics.retrieval_metrics works in
+blocks of queries).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from wpce_jax.data.eval_sources import CaptionSet
+from wpce_jax.evaluate import metrics
+
+KS = (1, 5, 10)
+NDCG_K = 10
+
+
+def _flatten_draws(features: np.ndarray) -> np.ndarray:
+    """[N, R, F] -> [N, R * F] / sqrt(R): dot products become the mean over draws."""
+    return (features.reshape(len(features), -1) / np.sqrt(features.shape[1])).astype(np.float32)
+
+
+def direction_scores(queries, candidates, query_groups, candidate_groups) -> dict[str, float]:
+    """Mean over queries of recall@{1,5,10}, ndcg@10 and map for one direction."""
+    per_query = metrics.retrieval_metrics(queries, candidates, query_groups, candidate_groups, ks=KS,
+                                          ndcg_k=NDCG_K)
+    names = [f"recall@{k}" for k in KS] + [f"ndcg@{NDCG_K}", "map"]
+    return {n: float(np.mean(per_query[n])) for n in names}
+
+
+def evaluate(name: str, data: CaptionSet, *, encoders, params, rffs, tokenizer, images=None) -> dict[str, float]:
+    """retrieval/<name>/{i2t,t2i}_<metric> of one image-caption set. `images`: its already computed
+    encode.ImageFeatures."""
+    if images is None:
+        images = encoders.images(params, rffs, data.images, f"retrieval {name}")
+    texts = encoders.texts(params, rffs, tokenizer(list(data.captions)))
+    image_vectors, text_vectors = _flatten_draws(images.compared), _flatten_draws(texts)
+    results = {}
+    for direction, args in (("i2t", (image_vectors, text_vectors, images.labels, data.caption_groups)),
+                            ("t2i", (text_vectors, image_vectors, data.caption_groups, images.labels))):
+        for metric, value in direction_scores(*args).items():
+            results[f"retrieval/{name}/{direction}_{metric}"] = value
+    return results
