@@ -81,7 +81,8 @@ def test_cli_writes_every_contract_metric(evaluated, digits_run):
     workdir, stdout, results = evaluated
     assert set(CONTRACT) <= set(results)
     assert all(0 <= results[k] <= 1 for k in CONTRACT)
-    assert "zeroshot/digits" in stdout and "retrieval/digits" in stdout and "wrote" in stdout
+    assert "zeroshot/digits/top1" in stdout and "retrieval  " in stdout and "wrote" in stdout
+    assert "linear probe, C spacing 16" in stdout  # the command shows the C search
     with open(os.path.join(digits_run, "metrics.jsonl")) as f:
         logged = [json.loads(line) for line in f if "zeroshot/digits/top1" in line][-1]
     for name in ("zeroshot/digits/top1", "retrieval/digits/i2t_recall@1", "retrieval/digits/t2i_map"):
@@ -119,7 +120,8 @@ def test_overrides_take_the_fields_type():
         with pytest.raises(ValueError):
             apply_overrides(config, bad)
     table = format_table({"zeroshot/a/top1": 0.5, "zeroshot/a/top5": 0.75, "retrieval/b/i2t_map": 0.25})
-    assert "zeroshot/a" in table and "0.7500" in table and "retrieval/b" in table
+    assert table.splitlines() == ["zeroshot      top1      top5", "a           0.5000    0.7500", "",
+                                  "retrieval   i2t_map", "b            0.2500"]
 
 
 def _in_process(workdir, devices, **overrides):

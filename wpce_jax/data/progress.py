@@ -21,14 +21,16 @@ class Progress:
     """
 
     def __init__(self, desc: str, unit: str = "samples", stream=None, interval: float = 0.5,
-                 enabled: bool = True):
+                 enabled: bool = True, delay: float = 0.0):
+        """delay: seconds before the first line; work that ends sooner prints nothing at all."""
         self.desc, self.unit = desc, unit
         self.stream = stream if stream is not None else sys.stderr
         self.interval = interval
         self.enabled = enabled
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.start = time.monotonic()
-        self.last_print = 0.0
+        self.delay = delay
+        self.last_print = None  # when the last line was written
         self.count = 0
         self.fraction = 0.0
         if not self.tty:
@@ -39,7 +41,8 @@ class Progress:
         if fraction is not None:
             self.fraction = min(max(fraction, 0.0), 1.0)
         now = time.monotonic()
-        if self.enabled and (force or now - self.last_print >= self.interval):
+        due = now - (self.start + self.delay if self.last_print is None else self.last_print + self.interval) >= 0
+        if self.enabled and (force or due):
             self.last_print = now
             self.stream.write(("\r" if self.tty else "") + self.line() + ("" if self.tty else "\n"))
             self.stream.flush()
@@ -54,6 +57,8 @@ class Progress:
                 f"{100 * self.fraction:5.1f}%, elapsed {format_duration(elapsed)}, ETA {format_duration(eta)}")
 
     def close(self) -> None:
+        if self.last_print is None and time.monotonic() - self.start < self.delay:
+            return  # short work stays silent
         self.update(fraction=self.fraction, force=True)
         if self.enabled and self.tty:
             self.stream.write("\n")

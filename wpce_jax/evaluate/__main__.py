@@ -82,18 +82,22 @@ def apply_overrides(config, overrides: dict[str, str]) -> list[str]:
 
 
 def format_table(results: dict[str, float]) -> str:
-    """Rows "task / dataset", columns metric names."""
-    rows: dict[str, dict[str, float]] = {}
+    """One table per task: rows are datasets, columns that task's metrics."""
+    tables: dict[str, dict[str, dict[str, float]]] = {}
     for name, value in results.items():
         task, dataset, metric = name.split("/", 2)
-        rows.setdefault(f"{task}/{dataset}", {})[metric] = value
-    columns = sorted({m for r in rows.values() for m in r})
-    width = max([len(r) for r in rows] + [10])
-    lines = [" " * width + "  " + "  ".join(f"{c:>13}" for c in columns)]
-    for row, values in rows.items():
-        lines.append(f"{row:<{width}}  " + "  ".join(f"{values[c]:13.4f}" if c in values else " " * 13
-                                                    for c in columns))
-    return "\n".join(lines)
+        tables.setdefault(task, {}).setdefault(dataset, {})[metric] = value
+    lines = []
+    for task, rows in tables.items():
+        columns = sorted({m for r in rows.values() for m in r})
+        width = max(len(r) for r in list(rows) + [task])
+        sizes = [max(len(c), 8) for c in columns]
+        lines.append(f"{task:<{width}}  " + "  ".join(f"{c:>{n}}" for c, n in zip(columns, sizes)))
+        for dataset, values in rows.items():
+            lines.append(f"{dataset:<{width}}  " + "  ".join(
+                f"{values[c]:>{n}.4f}" if c in values else " " * n for c, n in zip(columns, sizes)))
+        lines.append("")
+    return "\n".join(lines).rstrip()
 
 
 def main(argv, overrides):
@@ -121,7 +125,7 @@ def main(argv, overrides):
     state = replicate(state, mesh)
     tokenizer = get_tokenizer(config.data.tokenizer, config.data.tokenizer_path, config.model.text.context_length)
     cache = f"{FLAGS.workdir}/eval/features/step_{step}" if config.eval.cache_features else None
-    evaluator = Evaluator(model, config, mesh, tokenizer, cache_dir=cache)
+    evaluator = Evaluator(model, config, mesh, tokenizer, cache_dir=cache, verbose=True)
     if not evaluator:
         raise app.UsageError("the config names no evaluation: set --config.eval.zeroshot, "
                              "--config.eval.linear_probe or --config.eval.retrieval")

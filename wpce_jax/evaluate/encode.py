@@ -65,7 +65,7 @@ class Encoders:
                                     process_index=jax.process_index(), process_count=jax.process_count(),
                                     worker_count=c.data.worker_count)
         n = len(source)
-        progress = Progress(desc, unit="images", enabled=jax.process_index() == 0)
+        progress = Progress(desc, unit="images", enabled=jax.process_index() == 0, delay=5.0)
         parts, pending, seen = [], None, 0
         for batch in batches:
             arrays = global_batch({k: batch[k] for k in ("image", "label", "mask", "corrupt")}, self.mesh)

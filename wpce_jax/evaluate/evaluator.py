@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import time
+from functools import partial
 from typing import Callable, Optional
 
 import jax
@@ -43,12 +44,13 @@ class Evaluator:
     """evaluator(params, root_key_data, eval_rff) -> {metric name: value}, identical on every process."""
 
     def __init__(self, model, config: ConfigDict, mesh, tokenizer, *, digits_data=None,
-                 cache_dir: Optional[str] = None, log: Callable[[str], None] = print):
+                 cache_dir: Optional[str] = None, log: Callable[[str], None] = partial(print, flush=True), verbose: bool = False):
+        """verbose: also log each stage of the linear probe's C search (the trainer keeps one line a dataset)."""
         validate_eval_config(config)
         self.config, self.tokenizer, self.digits_data, self.cache_dir = config, tokenizer, digits_data, cache_dir
         self.encoders = Encoders(model, config, mesh)
         self.is_main = jax.process_index() == 0
-        self._log = log
+        self._log, self.verbose = log, verbose
         self._resolved: dict = {}  # (task, name, split) -> resolved set, or None once skipped
         self.tasks = {task: registry.parse_specs(config.eval.get(task) or "")
                       for task in ("zeroshot", "linear_probe", "retrieval")}
@@ -137,7 +139,7 @@ class Evaluator:
             scale = np.sqrt(float(logit_scale_value(params, self.config.model.similarity)))
             train_x, test_x = train.compared[:, 0] * scale, test.compared[:, 0] * scale
         out = linear_probe.evaluate(train_x, train.labels, test_x, test.labels, num_classes, balanced=balanced,
-                                    log=self.log)
+                                    log=self.log if self.verbose else lambda line: None)
         return {f"linear_probe/{name}/top1": out["top1"],
                 f"linear_probe/{name}/mean_per_class_recall": out["mean_per_class_recall"],
                 f"linear_probe/{name}/C": out["C"]}
