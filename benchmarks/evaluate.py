@@ -146,7 +146,7 @@ def bench_zeroshot(args) -> None:
     config = runpy.run_path(os.path.join(ROOT, "configs", "digits.py"))["get_config"]()
     with config.unlocked():
         config.model.text.vocab_size, config.model.text.eot_id = 128, 2
-        config.eval.batch_size = 8 * jax.device_count()
+        config.eval.batch_size = 32 * jax.device_count()
         config.eval.rff_draws = args.rff_draws
     model, mesh = make_model(config), make_mesh()
     params = init_params(model, jax.random.key(0), config)

@@ -16,6 +16,7 @@ def base() -> ml_collections.ConfigDict:
     c.async_checkpoints = True        # write checkpoints in the background while training goes on
     c.logit_scale_min = 1.0           # the logit scale is clipped to [min, max] after every update
     c.logit_scale_max = 100.0
+    c.objective = "infonce"           # image-text loss: "infonce" | "sigmoid" (SigLIP, learned bias) | "nce"
 
     c.data = ml_collections.ConfigDict()
     c.data.kind = "arrayrecord"       # "digits" (built-in) or "arrayrecord" (a converted dataset, e.g. CC12M)

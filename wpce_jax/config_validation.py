@@ -2,8 +2,9 @@
 import jax
 from ml_collections import ConfigDict
 
-from wpce_jax.config_fields import number as _number, positive_int as _positive_int
+from wpce_jax.config_fields import get as _get, number as _number, positive_int as _positive_int
 from wpce_jax.kernels import KINDS
+from wpce_jax.models.towers import OBJECTIVES
 
 DATA_KINDS = ("digits", "arrayrecord")
 TOKENIZERS = ("clip_bpe", "sentencepiece")
@@ -15,6 +16,9 @@ def validate_config(config: ConfigDict) -> None:
                  "keep_checkpoints", "eval.batch_size", "optim.accum_steps", "wpce.num_features",
                  "data.image_size"):
         _positive_int(config, path)
+    objective = _get(config, "objective", "infonce")  # absent in configs saved before the field existed
+    if objective not in OBJECTIVES:
+        raise ValueError(f"config field objective must be one of {OBJECTIVES}, got {objective!r}")
     if not isinstance(config.seed, int):
         raise ValueError(f"config field seed must be an int, got {config.seed!r}")
     devices = jax.device_count()

@@ -1,9 +1,10 @@
 """The training state and the jit-compiled, data-parallel training step.
 
-The towers run under jit on a batch sharded over the "data" axis; the symmetric InfoNCE runs in shard_map over the
-global batch (each device gathers the other side's features). A step whose loss or gradient is not finite changes
-nothing and records its number in `bad_step`; every later step is a no-op too, so the state (and any checkpoint
-written from it) stays the last good one until the host notices and stops the run.
+The towers run under jit on a batch sharded over the "data" axis; the objective (`config.objective`, held by the
+model as `model.objective`: symmetric InfoNCE, SigLIP's sigmoid loss with the learned "logit_bias", or NCE) runs in
+shard_map over the global batch (each device gathers the other side's features). A step whose loss or gradient is
+not finite changes nothing and records its number in `bad_step`; every later step is a no-op too, so the state (and
+any checkpoint written from it) stays the last good one until the host notices and stops the run.
 """
 from functools import partial
 from typing import Any, NamedTuple, Optional
@@ -15,7 +16,7 @@ from jax.sharding import PartitionSpec as P
 from ml_collections import ConfigDict
 
 from wpce_jax.kernels import RFF
-from wpce_jax.losses import infonce_and_accuracy
+from wpce_jax.losses import infonce_and_accuracy, nce_loss, sigmoid_loss
 from wpce_jax.models.towers import init_params, logit_scale_value
 from wpce_jax.optimizer import clip_logit_scale, learning_rate_schedule
 from wpce_jax.parallel import DATA_AXIS
@@ -39,19 +40,42 @@ def initial_state(model, tx: optax.GradientTransformation, config: ConfigDict, r
                       eval_rff=eval_rff(root_key, config))
 
 
+def _loss_and_accuracy(objective: str, x, y, scale, *bias):
+    """The objective and the top-1 accuracies of local shards x, y inside shard_map over the data axis.
+
+    The accuracies are those of `infonce_and_accuracy`: the argmax of scale * x @ y.T, which a bias or any
+    positive scale leaves where it is, so they are the top-1 of the sigmoid and NCE logits too (computed on
+    stopped gradients: a metric, not part of the loss)."""
+    if objective == "infonce":
+        return infonce_and_accuracy(x, y, scale, DATA_AXIS)
+    _, accuracy = infonce_and_accuracy(*map(jax.lax.stop_gradient, (x, y, scale)), axis_name=DATA_AXIS)
+    if objective == "sigmoid":
+        return sigmoid_loss(x, y, scale, *bias, axis_name=DATA_AXIS), accuracy
+    return nce_loss(x, y, scale, axis_name=DATA_AXIS), accuracy
+
+
 def make_loss_fn(model, config: ConfigDict, mesh):
-    """loss_fn(params, batch, rff) -> (loss, (accuracies, logit scale)): the towers, the compared vectors, and the
-    symmetric InfoNCE over the global batch in shard_map."""
+    """loss_fn(params, batch, rff) -> (loss, metrics): the towers, the compared vectors, and the model's objective
+    over the global batch in shard_map. metrics: "train/logit_scale", "train/i2t_top1", "train/t2i_top1", and
+    "train/logit_bias" for the sigmoid objective."""
     similarity = config.model.similarity
-    sharded_loss = jax.shard_map(partial(infonce_and_accuracy, axis_name=DATA_AXIS), mesh=mesh,
-                                 in_specs=(P(DATA_AXIS), P(DATA_AXIS), P()), out_specs=(P(), P()))
+    objective = model.objective
+    sigmoid = objective == "sigmoid"
+    sharded_loss = jax.shard_map(partial(_loss_and_accuracy, objective), mesh=mesh,
+                                 in_specs=(P(DATA_AXIS), P(DATA_AXIS), P()) + ((P(),) if sigmoid else ()),
+                                 out_specs=(P(), P()))
 
     def loss_fn(params, batch, rff):
         image_cloud, text_cloud = model.apply({"params": params}, batch["image"], batch["tokens"])
         x, y = embed(image_cloud, rff, config), embed(text_cloud, rff, config)
         scale = logit_scale_value(params, similarity)
-        loss, accuracy = sharded_loss(x, y, scale)
-        return loss, (accuracy, scale)
+        bias = (params["logit_bias"],) if sigmoid else ()
+        loss, accuracy = sharded_loss(x, y, scale, *bias)
+        metrics = {"train/logit_scale": scale, "train/i2t_top1": accuracy["i2t_top1"],
+                   "train/t2i_top1": accuracy["t2i_top1"]}
+        if sigmoid:
+            metrics["train/logit_bias"] = bias[0]
+        return loss, metrics
 
     return loss_fn
 
@@ -64,7 +88,7 @@ def make_train_step(model, config: ConfigDict, mesh, tx: optax.GradientTransform
 
     def step(state: TrainState, batch):
         rff = train_rff(jax.random.wrap_key_data(state.rng), state.step, config)
-        (loss, (accuracy, scale)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rff)
+        (loss, loss_metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rff)
         grad_norm = optax.tree.norm(grads)
         ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & (state.bad_step < 0)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -74,8 +98,7 @@ def make_train_step(model, config: ConfigDict, mesh, tx: optax.GradientTransform
         bad_step = jnp.where((state.bad_step < 0) & ~ok, state.step, state.bad_step)
         new_state = state._replace(params=keep(params, state.params), opt_state=keep(opt_state, state.opt_state),
                                    step=state.step + 1, bad_step=bad_step)
-        metrics = {"train/loss": loss, "train/grad_norm": grad_norm, "train/logit_scale": scale,
-                   "train/i2t_top1": accuracy["i2t_top1"], "train/t2i_top1": accuracy["t2i_top1"],
+        metrics = {"train/loss": loss, "train/grad_norm": grad_norm, **loss_metrics,
                    "train/learning_rate": schedule(state.step // config.optim.accum_steps)}
         return new_state, metrics
 

@@ -31,6 +31,8 @@ raises ValueError naming the bad field; "optional" fields take the default shown
                                    parameters are float32 either way.
     model.remat              bool  optional, default False: rematerialise each transformer block.
     model.weight_alpha       float optional, default 100.0: bound of the soft-clipped point weights.
+    objective                str   optional, default "infonce": the training objective, "infonce" | "sigmoid" |
+                                   "nce" (top level, not under model: it picks the logit parameters below).
 
 The image size is not a model attribute: the ViT sizes its position table from the input it is initialised with,
 so `init_params` reads `data.image_size` to build that input.
@@ -38,6 +40,10 @@ so `init_params` reads `data.image_size` to build that input.
 Logit scale: the model owns the scalar parameter "logit_scale". For "wpce" it is the scale itself (initialised to
 1/0.07; the trainer clips it to [1, 100] after each update); for "clip" it is the log of the scale (initialised to
 log(1/0.07)). `logit_scale_value` turns the parameter into the multiplier for either mode.
+
+Objective "sigmoid" (SigLIP) initialises the scale to 10 instead (log(10) for "clip") and adds the scalar parameter
+"logit_bias", initialised to -10, as SigLIP does. The other objectives have no "logit_bias", so the parameter trees
+of their runs (and their checkpoints) are unchanged.
 """
 import math
 from typing import Any
@@ -55,6 +61,9 @@ from wpce_jax.pointcloud import PointCloud
 SIMILARITIES = ("wpce", "clip")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 INIT_TEMPERATURE = 0.07
+OBJECTIVES = ("infonce", "sigmoid", "nce")
+SIGMOID_INIT_SCALE = 10.0   # SigLIP's initialisation: t' = log 10 ...
+SIGMOID_INIT_BIAS = -10.0   # ... and b = -10
 
 
 class DualEncoder(nn.Module):
@@ -68,16 +77,22 @@ class DualEncoder(nn.Module):
     embed_dim: int
     similarity: str = "wpce"
     weight_alpha: float = 100.0
+    objective: str = "infonce"
 
     def setup(self):
         if self.similarity not in SIMILARITIES:
             raise ValueError(f"similarity must be one of {SIMILARITIES}, got {self.similarity!r}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         with_weights = self.similarity == "wpce"
         self.image_head = PointCloudHead(self.embed_dim, self.weight_alpha, with_weights)
         self.text_head = PointCloudHead(self.embed_dim, self.weight_alpha, with_weights)
-        init_scale = 1.0 / INIT_TEMPERATURE
+        sigmoid = self.objective == "sigmoid"
+        init_scale = SIGMOID_INIT_SCALE if sigmoid else 1.0 / INIT_TEMPERATURE
         init_value = init_scale if self.similarity == "wpce" else math.log(init_scale)
         self.logit_scale = self.param("logit_scale", nn.initializers.constant(init_value), (), jnp.float32)
+        if sigmoid:
+            self.logit_bias = self.param("logit_bias", nn.initializers.constant(SIGMOID_INIT_BIAS), (), jnp.float32)
 
     def encode_image(self, images: jax.Array) -> PointCloud:
         """images [B, H, W, 3] float -> PointCloud, points [B, M, d] f32, weights [B, M] f32, mask None;
@@ -189,6 +204,9 @@ def validate_model_config(config) -> None:
     remat = _get(config, "model.remat", False)
     if not isinstance(remat, bool):
         raise ValueError(f"config field model.remat must be a bool, got {remat!r}")
+    objective = _get(config, "objective", "infonce")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"config field objective must be one of {OBJECTIVES}, got {objective!r}")
 
 
 def make_model(config) -> DualEncoder:
@@ -209,7 +227,8 @@ def make_model(config) -> DualEncoder:
         ln_eps=ln_eps, dtype=dtype, remat=remat)
     return DualEncoder(image_encoder=image_encoder, text_encoder=text_encoder,
                        embed_dim=_get(config, "model.embed_dim"), similarity=_get(config, "model.similarity"),
-                       weight_alpha=float(_get(config, "model.weight_alpha", 100.0)))
+                       weight_alpha=float(_get(config, "model.weight_alpha", 100.0)),
+                       objective=_get(config, "objective", "infonce"))
 
 
 def dummy_inputs(config, batch_size: int = 1) -> tuple[jax.Array, jax.Array]:
@@ -229,4 +248,4 @@ def init_params(model: DualEncoder, rng: jax.Array, config) -> dict:
 
 
 __all__ = ["DualEncoder", "make_model", "init_params", "dummy_inputs", "validate_model_config",
-           "logit_scale_value", "SIMILARITIES", "DTYPES"]
+           "logit_scale_value", "SIMILARITIES", "DTYPES", "OBJECTIVES"]
