@@ -3,8 +3,9 @@
     python -m wpce_jax.main --config=configs/digits.py --workdir=/tmp/digits
     python -m wpce_jax.main --config=configs/digits.py:clip --workdir=/tmp/digits_clip   # CLIP baseline
 
-Evaluated on the held-out 20% of the digits: zero-shot ("zeroshot/digits/top1"), retrieval by digit
-("retrieval/digits/i2t_recall@1", ...) and a linear probe ("linear_probe/digits/top1").
+Evaluated on the held-out 20% of the digits: zero-shot ("zeroshot/digits/top1"), image<->text retrieval by digit
+("retrieval/digits/i2t_recall@1", ...), a linear probe ("linear_probe/digits/top1") and image->image retrieval by
+digit ("image_retrieval/digits/map@r").
 """
 import os
 import sys
@@ -43,4 +44,5 @@ def get_config(arg: str = "wpce"):
     c.eval.zeroshot = "digits"
     c.eval.linear_probe = "digits"
     c.eval.retrieval = "digits"
+    c.eval.image_retrieval = "digits"
     return set_similarity(c, arg, "configs/digits.py")

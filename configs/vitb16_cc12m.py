@@ -48,4 +48,5 @@ def get_config(arg: str = "wpce"):
     c.eval.zeroshot = paper_sets
     c.eval.linear_probe = paper_sets
     c.eval.retrieval = "coco,flickr30k"
+    c.eval.linear_probe_in_training = False  # 13 probes (ImageNet: 1.28M images) are for python -m wpce_jax.evaluate
     return set_similarity(c, similarity, "configs/vitb16_cc12m.py")

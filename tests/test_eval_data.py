@@ -164,12 +164,31 @@ def test_tfds_caption_sets(monkeypatch):
 
 
 def test_specs():
-    specs = registry.parse_specs(" cifar10, mine=folder:/data/x ,digits,c=karpathy:gs://b/d.json")
+    specs = registry.parse_specs(" cifar10, mine=folder:/data/x ,digits,c=arrayrecord:gs://b/d")
     assert specs == [registry.Spec("cifar10", "registry", ""), registry.Spec("mine", "folder", "/data/x"),
-                     registry.Spec("digits", "digits", ""), registry.Spec("c", "karpathy", "gs://b/d.json")]
+                     registry.Spec("digits", "digits", ""), registry.Spec("c", "arrayrecord", "gs://b/d")]
     assert registry.parse_specs("") == []
-    for bad in ("x=nope:/a", "x=folder:", "a,a"):
+    for bad in ("x=nope:/a", "x=folder:", "a,a", "cifar11", "coco", "x=karpathy:/d.json"):
         with pytest.raises(ValueError):
-            registry.parse_specs(bad)
+            registry.parse_specs(bad, "zeroshot")
+    for bad in ("cifar10", "x=folder:/a"):
+        with pytest.raises(ValueError, match="eval.retrieval"):
+            registry.parse_specs(bad, "retrieval")
+    assert [s.name for s in registry.parse_specs("coco,flickr30k,digits", "retrieval")] == ["coco", "flickr30k",
+                                                                                             "digits"]
     with pytest.raises(ValueError, match="unknown evaluation dataset"):
         registry.resolve_classification(registry.Spec("cifar11", "registry", ""), "test", _eval_config())
+
+
+def test_index_restores_source_order_across_processes():
+    """Global batches stack every process's slice, which interleaves their blocks; "index" undoes it."""
+    source = [{"image": testing.digit_image(i, 20), "label": i} for i in range(11)]
+    per_process = [list(pipeline.make_eval_dataset(source, image_size=SIZE, batch_size=2, process_index=p,
+                                                   process_count=3)) for p in range(3)]
+    stacked = {k: np.concatenate([b[k] for step in zip(*per_process) for b in step]) for k in ("label", "index",
+                                                                                               "mask")}
+    assert not np.array_equal(stacked["label"][stacked["mask"]], np.arange(11))  # interleaved
+    keep = np.flatnonzero(stacked["mask"])
+    order = keep[np.argsort(stacked["index"][keep])]
+    np.testing.assert_array_equal(stacked["label"][order], np.arange(11))
+    assert (stacked["index"][~stacked["mask"]] == -1).all()

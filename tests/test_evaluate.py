@@ -93,7 +93,7 @@ def test_cli_reuses_cached_features_and_checks_overrides(evaluated):
     workdir, _, results = evaluated
     out = _evaluate_cli(workdir, "--config.eval.linear_probe=digits", "--config.eval.retrieval=")
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "features of digits-train: read from" in out.stdout and "features of digits-test: read from" in out.stdout
+    assert "features of digits (train): read from" in out.stdout and "features of digits (test): read from" in out.stdout
     with open(os.path.join(workdir, "eval", "step_30.json")) as f:
         again = json.load(f)
     for name in ("zeroshot/digits/top1", "linear_probe/digits/top1"):
@@ -102,9 +102,14 @@ def test_cli_reuses_cached_features_and_checks_overrides(evaluated):
     assert bad.returncode != 0 and "only eval." in bad.stderr
     bad = _evaluate_cli(workdir, "--step=7")
     assert bad.returncode != 0 and "no step-7 checkpoint" in bad.stderr
-    skipped = _evaluate_cli(workdir, "--config.eval.zeroshot=cifar10", "--config.eval.retrieval=")
-    assert skipped.returncode == 1 and "skipping zeroshot on cifar10: cifar10: config field eval.tfds_data_dir" \
+    skipped = _evaluate_cli(workdir, "--config.eval.zeroshot=cifar10", "--config.eval.retrieval=",
+                            "--config.eval.image_retrieval=")
+    assert skipped.returncode == 1 and "skipping zeroshot on cifar10 (test): cifar10: config field eval.tfds_data_dir" \
         in skipped.stdout
+    with open(os.path.join(workdir, "eval", "step_30.json")) as f:
+        assert json.load(f) == again  # a run that evaluated nothing leaves the results as they were
+    bad = _evaluate_cli(workdir, "--config.eval.zeroshot=cifar11")
+    assert bad.returncode != 0 and "unknown dataset 'cifar11'" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_overrides_take_the_fields_type():
@@ -116,7 +121,7 @@ def test_overrides_take_the_fields_type():
     assert config.eval.to_dict() == {"rff_draws": 3, "zeroshot": "cifar10,digits", "cache_features": False,
                                      "tfds_data_dir": "gs://b/tfds"}
     assert len(changes) == 4
-    for bad in ({"eval.rff_draws": "many"}, {"eval.nope": "1"}, {"seed": "3"}):
+    for bad in ({"eval.rff_draws": "many"}, {"eval.rff_draws": "2.5"}, {"eval.nope": "1"}, {"seed": "3"}):
         with pytest.raises(ValueError):
             apply_overrides(config, bad)
     table = format_table({"zeroshot/a/top1": 0.5, "zeroshot/a/top5": 0.75, "retrieval/b/i2t_map": 0.25})
@@ -158,3 +163,57 @@ def test_two_processes_equal_one(evaluated, tmp_path):
         two = json.load(f)
     for name in CONTRACT:
         assert two[name] == pytest.approx(results[name], abs=1e-6), name
+
+
+def _numpy_image_retrieval(compared: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Brute force in float64: each image ranks the others (its own column deleted) by the draw-averaged
+    similarity, stable descending (ties to the lower index); the metrics' means over the queries."""
+    n, draws = compared.shape[:2]
+    v = compared.astype(np.float64)
+    scores = np.einsum("nrf,mrf->nm", v, v) / draws
+    p1, rp, mapr = [], [], []
+    for i in range(n):
+        keep = np.arange(n) != i
+        rel = (labels[keep] == labels[i])[np.argsort(-scores[i, keep], kind="stable")]
+        r = int(rel.sum())
+        hits = np.cumsum(rel)
+        p1.append(float(rel[0]))
+        rp.append(hits[r - 1] / r if r else 0.0)
+        mapr.append(np.sum((hits / np.arange(1, n))[:r] * rel[:r]) / r if r else 0.0)
+    return {"precision@1": np.mean(p1), "recall@1": np.mean(p1), "r_precision": np.mean(rp), "map@r": np.mean(mapr)}
+
+
+def test_image_retrieval_by_class_matches_numpy(digits_run, monkeypatch):
+    from wpce_jax.datasets import prepare_digits
+    from wpce_jax.evaluate import registry
+    from wpce_jax.evaluate.encode import Encoders
+    from wpce_jax.similarity import eval_rff_draws
+
+    encoded = []  # the descriptions of every image pass: the digits test images must be encoded once
+    original = Encoders.images
+    monkeypatch.setattr(Encoders, "images", lambda self, *a: encoded.append(a[-1]) or original(self, *a))
+    overrides = {"rff_draws": 2, "zeroshot": "digits", "linear_probe": "", "retrieval": "",
+                 "image_retrieval": "digits"}
+    one = _in_process(digits_run, jax.devices()[:1], **overrides)
+    assert encoded == ["digits (test)"]  # image retrieval reused the zero-shot features
+    eight = _in_process(digits_run, jax.devices(), **overrides)
+    names = [f"image_retrieval/digits/{m}" for m in ("precision@1", "r_precision", "map@r", "recall@1")]
+    assert set(names) <= set(one) and set(one) == set(eight)
+    for name in one:
+        assert eight[name] == pytest.approx(one[name], abs=1e-6), name
+
+    # The same features, encoded on their own: the digits test images under both evaluation draws.
+    config, model, state, _ = checkpoint.restore(digits_run)
+    with config.unlocked():
+        config.eval.rff_draws = 2
+    data, _ = registry.resolve_classification(registry.Spec("digits", "digits", ""), "test", config.eval,
+                                              prepare_digits(config))
+    rffs = eval_rff_draws(jax.random.wrap_key_data(state.rng), state.eval_rff, config, 2)
+    features = Encoders(model, config, make_mesh(jax.devices()[:1])).images(state.params, rffs, data.source, "test")
+    assert features.compared.shape[:2] == (len(data.source), 2) and len(set(features.labels.tolist())) == 10
+    # float64 ranks against the device's float32 ones: scores 1e-8 apart could swap; none do on this run.
+    want = _numpy_image_retrieval(features.compared, features.labels)
+    for metric, value in want.items():
+        assert one[f"image_retrieval/digits/{metric}"] == pytest.approx(value, abs=1e-6), metric
+    # The shared run is short (near chance: about 0.1 precision@1); MAP@R is the strictest of the metrics.
+    assert 0 < want["map@r"] < want["r_precision"] < 1 and 0 < want["precision@1"] < 1

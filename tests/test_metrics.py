@@ -328,3 +328,79 @@ def test_shape_errors():
         retrieval_metrics(np.ones((4, 3)), np.ones((5, 2)), np.arange(4), np.arange(5))
     with pytest.raises(ValueError, match="groups must be"):
         retrieval_metrics(np.ones((4, 3)), np.ones((5, 3)), np.arange(3), np.arange(5))
+
+
+# ---------------------------------------------------------------------------- leave-one-out (exclude_self)
+
+
+def reference_excluding_self(x, groups, ks, ndcg_k):
+    """The float64 references on each query's row with its own column deleted (not merely made irrelevant)."""
+    scores = x.astype(np.float64) @ x.astype(np.float64).T
+    rows = []
+    for i in range(len(x)):
+        keep = np.arange(len(x)) != i
+        row = reference_metrics_from_scores(scores[i:i + 1, keep], groups[i:i + 1, None] == groups[None, keep], ks,
+                                            ndcg_k)
+        rows.append(row)
+    return {name: np.concatenate([r[name] for r in rows]) for name in rows[0]}
+
+
+def reference_metrics_from_scores(scores, rel, ks, ndcg_k):
+    out = {f"recall@{k}": ref_recall(scores, rel, k) for k in ks}
+    out[f"ndcg@{ndcg_k}"] = ref_ndcg(scores, rel.astype(np.float64), ndcg_k)
+    out["map"] = ref_average_precision(scores, rel)
+    out["r_precision"], out["map@r"] = ref_r_metrics(scores, rel)
+    out["precision@1"] = ref_precision_at_1(scores, rel)
+    return out
+
+
+def one_set_with_ties(rng, n=30, dim=4, classes=4):
+    """Features on a 0.5 grid (every dot product exact in float32: many ties), with exact duplicates so that some
+    query ties with its own score; class 99 holds a single image (no other relevant item)."""
+    labels = rng.integers(0, classes, n)
+    x = np.round(2 * (labels[:, None] == np.arange(dim)[None, :] % classes) + rng.normal(size=(n, dim))) / 2
+    x[[3, 11, 20]] = x[[2, 10, 19]]  # duplicates: a tie with the self score, at the top of the row
+    labels[7] = 99
+    return x.astype(np.float32), labels
+
+
+@pytest.mark.parametrize("block_size", [7, 30, 64])  # 7 does not divide 30
+def test_retrieval_metrics_exclude_self_matches_deleting_the_column(block_size, path):
+    ks, ndcg_k = (1, 3, 40), 5  # 40 > N - 1
+    x, labels = one_set_with_ties(np.random.default_rng(11))
+    got = retrieval_metrics(x, x, labels, labels, ks=ks, ndcg_k=ndcg_k, block_size=block_size, exclude_self=True)
+    want = reference_excluding_self(x, labels, ks, ndcg_k)
+    assert_metrics_close(got, want)
+    scores = x.astype(np.float64) @ x.T.astype(np.float64)
+    assert np.mean([len(set(row)) for row in scores]) < 20  # many ties among 30 candidates
+    assert 0.2 < want["precision@1"].mean() < 1 and 0 < want["map@r"].mean() < want["r_precision"].mean() < 1
+    for name in got:
+        assert got[name][7] == 0, name  # alone in its class
+    # Leaving the query in (even as an irrelevant item) gives other numbers: the self score tops most rows.
+    kept = reference_metrics_from_scores(scores, (labels[:, None] == labels[None, :]) & ~np.eye(30, dtype=bool),
+                                         ks, ndcg_k)
+    assert not np.allclose(kept["map@r"], want["map@r"], atol=1e-3)
+
+
+def test_retrieval_metrics_exclude_self_sharded(path):
+    assert jax.device_count() == 8
+    x, labels = one_set_with_ties(np.random.default_rng(12), n=48)
+    want = reference_excluding_self(x, labels, (1, 5), 10)
+    xs = jax.device_put(x, NamedSharding(jax.make_mesh((8,), ("data",)), P("data")))
+    # Blocks of 36 rounded up to 40 rows (5 a device): the second block is padded.
+    got = retrieval_metrics(xs, xs, labels, labels, ks=(1, 5), block_size=36, exclude_self=True)
+    assert_metrics_close(got, want)
+
+
+def test_retrieval_metrics_exclude_self_edge_cases():
+    # Every class a singleton: no query has a relevant item.
+    x = np.eye(3, dtype=np.float32)
+    got = retrieval_metrics(x, x, np.arange(3), np.arange(3), ks=(1,), exclude_self=True)
+    assert all(np.all(v == 0) for v in got.values())
+    # One image: no candidate at all.
+    got = retrieval_metrics(x[:1], x[:1], np.zeros(1), np.zeros(1), ks=(1,), exclude_self=True)
+    assert all(np.all(v == 0) for v in got.values())
+    with pytest.raises(ValueError, match="same set on both sides"):
+        retrieval_metrics(np.ones((4, 3)), np.ones((5, 3)), np.arange(4), np.arange(5), exclude_self=True)
+    with pytest.raises(ValueError, match="same set on both sides"):
+        retrieval_metrics(np.ones((4, 3)), np.ones((4, 3)), np.arange(4), np.arange(4) + 1, exclude_self=True)

@@ -85,11 +85,17 @@ class Progress:
 
 
 def write_eval_json(workdir: str, step: int, results: Mapping[str, float], enabled: bool = True) -> str:
-    """DIR/eval/step_<step>.json: one flat object, metric name -> number (written whole, then renamed)."""
+    """DIR/eval/step_<step>.json: one flat object, metric name -> number. New values join (and replace) those
+    already in the file, so evaluating one more dataset keeps the others' numbers. Written whole, then renamed."""
     path = os.path.join(workdir, "eval", f"step_{int(step)}.json")
     if enabled:
         os.makedirs(os.path.dirname(path), exist_ok=True)
+        merged = {}
+        if os.path.exists(path):
+            with open(path) as f:
+                merged = json.load(f)
+        merged.update({k: float(v) for k, v in results.items()})
         with open(path + ".tmp", "w") as f:
-            json.dump({k: float(v) for k, v in sorted(results.items())}, f, indent=1)
+            json.dump(dict(sorted(merged.items())), f, indent=1)
         os.replace(path + ".tmp", path)
     return path

@@ -54,16 +54,19 @@ def _tfds_builder(name: str, data_dir: Optional[str]):
 
 def _tfds_data_source(name: str, split: str, data_dir: Optional[str]):
     """builder.as_data_source(split), or MissingDataError with the command that prepares it."""
-    builder = _tfds_builder(name, data_dir)
+    try:
+        builder = _tfds_builder(name, data_dir)
+    except Exception as e:  # an unknown name, or a builder whose code needs TensorFlow
+        raise MissingDataError(f"TFDS cannot build {name!r}: {str(e).splitlines()[0]}") from None
     try:
         return builder, builder.as_data_source(split)
-    except Exception as e:  # TFDS raises several types for "not there" and "wrong format"
+    except Exception:  # TFDS raises several types for "not there" and "wrong format"
         manual = " --manual_dir=DIR_WITH_THE_DOWNLOADED_ARCHIVES" if name.startswith("imagenet") else ""
         command = f"tfds build {name} --data_dir={data_dir or '~/tensorflow_datasets'} " \
                   f"--file_format=array_record{manual}"
         state = "is prepared in another file format" if builder.is_prepared() else "is not prepared"
-        raise MissingDataError(f"TFDS dataset {name!r} (split {split!r}) {state} under {data_dir}: nothing is "
-                               f"downloaded at evaluation time. Prepare it once with: {command}  ({e})") from None
+        raise MissingDataError(f"TFDS dataset {name!r} (split {split!r}) {state} under {data_dir}; nothing is "
+                               f"downloaded at evaluation time. Prepare it once with: {command}") from None
 
 
 class _TFDSItems:

@@ -52,7 +52,9 @@ def _parse(text: str, old):
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError):
         value = text
-    if old is not None and isinstance(old, (int, float)) and not isinstance(value, (int, float)):
+    if isinstance(old, int) and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ValueError(f"expected an int, got {text!r}")
+    if isinstance(old, float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
         raise ValueError(f"expected a number, got {text!r}")
     return float(value) if isinstance(old, float) else value
 
@@ -79,6 +81,21 @@ def apply_overrides(config, overrides: dict[str, str]) -> list[str]:
             node[leaf] = value
         changes.append(f"{key} = {value!r}")
     return changes
+
+
+# Evaluation fields of checkpoints saved before they existed (their eval.zeroshot was a dict of directories).
+EVAL_DEFAULTS = {"zeroshot": "", "linear_probe": "", "retrieval": "", "image_retrieval": "", "tfds_data_dir": None,
+                 "aircraft_dir": None, "flickr30k_dir": None, "rff_draws": 1, "probe_features": "pooled",
+                 "linear_probe_in_training": True, "cache_features": True}
+
+
+def with_eval_defaults(config):
+    """`config` with any missing evaluation field at its default, so that older checkpoints can be evaluated."""
+    with config.unlocked():
+        for key, value in EVAL_DEFAULTS.items():
+            if key not in config.eval or (key == "zeroshot" and not isinstance(config.eval[key], str)):
+                config.eval[key] = value
+    return config
 
 
 def format_table(results: dict[str, float]) -> str:
@@ -108,15 +125,16 @@ def main(argv, overrides):
     distributed.initialize()
     from wpce_jax.checkpoint import restore
     from wpce_jax.data.tokenizers import get_tokenizer
-    from wpce_jax.evaluate.evaluator import Evaluator
+    from wpce_jax.evaluate.evaluator import Evaluator, validate_eval_config
     from wpce_jax.metric_writer import write_eval_json
     from wpce_jax.parallel import make_mesh, replicate
 
     is_main = jax.process_index() == 0
-    config, model, state, step = restore(FLAGS.workdir, FLAGS.step)
     try:
-        changes = apply_overrides(config, overrides)
-    except ValueError as e:
+        config, model, state, step = restore(FLAGS.workdir, FLAGS.step)
+        changes = apply_overrides(with_eval_defaults(config), overrides)
+        validate_eval_config(config)
+    except (ValueError, FileNotFoundError) as e:
         raise app.UsageError(str(e)) from None
     if is_main:
         print(f"evaluating the step-{step} checkpoint of {FLAGS.workdir}"
@@ -125,17 +143,19 @@ def main(argv, overrides):
     state = replicate(state, mesh)
     tokenizer = get_tokenizer(config.data.tokenizer, config.data.tokenizer_path, config.model.text.context_length)
     cache = f"{FLAGS.workdir}/eval/features/step_{step}" if config.eval.cache_features else None
-    evaluator = Evaluator(model, config, mesh, tokenizer, cache_dir=cache, verbose=True)
+    evaluator = Evaluator(model, config, mesh, tokenizer, cache_dir=cache, training=False, verbose=True)
     if not evaluator:
-        raise app.UsageError("the config names no evaluation: set --config.eval.zeroshot, "
-                             "--config.eval.linear_probe or --config.eval.retrieval")
+        raise app.UsageError("the config names no evaluation: set --config.eval.zeroshot, --config.eval.linear_probe, "
+                             "--config.eval.retrieval or --config.eval.image_retrieval")
     results = evaluator(state.params, state.rng, state.eval_rff)
+    if not results:
+        if is_main:
+            print("no evaluation ran (every dataset was skipped)", flush=True)
+        sys.exit(1)
     path = write_eval_json(FLAGS.workdir, step, results, enabled=is_main)
     if is_main:
-        print(format_table(results) if results else "no evaluation ran (every dataset was skipped)", flush=True)
+        print(format_table(results), flush=True)
         print(f"wrote {path}", flush=True)
-    if not results:
-        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Encoding whole evaluation sets on the mesh: image features of a source, text features of a list of strings.
 
 Every process reads its share of the images (pipeline.make_eval_dataset); the jitted encoders return replicated
-outputs, so every process ends with the same full feature arrays in the same order, and whatever is computed from
-them (metrics, a linear probe) is the same on every process and equal to a one-process run.
+outputs, put back in source order, so every process ends with the same full feature arrays in the same order as a
+one-process run, and whatever is computed from them (metrics, a linear probe) is the same too.
 
 Per image: "compared" [R, F], the vector the similarity compares, under each of R evaluation RFF draws (F = d + D
 for WPCE, d for the CLIP baseline); "pooled" [W], the weighted mean of the tower's tokens before the point
@@ -49,7 +49,7 @@ class Encoders:
             cloud, pooled = model.apply({"params": params}, batch["image"], method="encode_image_and_pool")
             # The labels and masks ride along so that they come back in the same (global) row order.
             return {"compared": embed_draws(cloud, rffs, config), "pooled": pooled, "labels": batch["label"],
-                    "mask": batch["mask"], "corrupt": batch["corrupt"]}
+                    "mask": batch["mask"], "corrupt": batch["corrupt"], "index": batch["index"]}
 
         def texts(params, tokens, rffs):
             return embed_draws(model.apply({"params": params}, tokens, method="encode_text"), rffs, config)
@@ -68,7 +68,7 @@ class Encoders:
         progress = Progress(desc, unit="images", enabled=jax.process_index() == 0, delay=5.0)
         parts, pending, seen = [], None, 0
         for batch in batches:
-            arrays = global_batch({k: batch[k] for k in ("image", "label", "mask", "corrupt")}, self.mesh)
+            arrays = global_batch({k: batch[k] for k in ("image", "label", "mask", "corrupt", "index")}, self.mesh)
             out = self._images(params, arrays, rffs)
             if pending is not None:  # copy the previous batch while this one computes
                 parts.append(jax.tree.map(np.asarray, pending))
@@ -79,7 +79,9 @@ class Encoders:
         parts.append(jax.tree.map(np.asarray, pending))
         progress.close()
         full = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-        keep = full["mask"]
+        # Source order: each global batch stacks every process's slice, which interleaves the processes' blocks.
+        keep = np.flatnonzero(full["mask"])
+        keep = keep[np.argsort(full["index"][keep], kind="stable")]
         return ImageFeatures(full["compared"][keep], full["pooled"][keep], full["labels"][keep].astype(np.int64),
                              int(full["corrupt"].sum()))
 

@@ -1,14 +1,18 @@
-"""The evaluations a config names (eval.zeroshot, eval.linear_probe, eval.retrieval), run on a set of parameters.
+"""The evaluations a config names (eval.zeroshot, eval.linear_probe, eval.retrieval, eval.image_retrieval), run
+on a set of parameters.
 
-Used by the trainer on its schedule and by `python -m wpce_jax.evaluate` on a checkpoint. Datasets are resolved
-once (registry.py); one that is not on disk is skipped with one warning line, so a long run is never stopped by a
-missing evaluation set. Images of a (dataset, split) are encoded once per evaluation and shared by the zero-shot
-and linear-probe evaluations; with a cache directory the features are also written to disk, so a second
-evaluation of the same checkpoint does not encode again.
+Used by the trainer on its schedule and by `python -m wpce_jax.evaluate` on a checkpoint. Dataset names are checked
+when the evaluator is made; the data itself is resolved at the first evaluation (registry.py), and a set that is
+not on disk, is empty, or is not the same on every process is skipped with one warning line, so a long run is never
+stopped by a missing evaluation set. Images of a dataset split are encoded once per evaluation and shared by the
+zero-shot, linear-probe and image-retrieval evaluations; with a cache directory the features are also written to
+disk, so a second evaluation of the same checkpoint does not encode again. During training the linear probes run
+only when eval.linear_probe_in_training is set (a probe of a large set, e.g. ImageNet's 1.28M training images, is
+work for `python -m wpce_jax.evaluate`).
 """
 from __future__ import annotations
 
-import io
+import json
 import time
 from functools import partial
 from typing import Callable, Optional
@@ -20,40 +24,55 @@ from jax.experimental import multihost_utils
 from ml_collections import ConfigDict
 
 from wpce_jax.data.eval_sources import MissingDataError
-from wpce_jax.evaluate import linear_probe, registry, retrieval, zeroshot
+from wpce_jax.evaluate import image_retrieval, linear_probe, registry, retrieval, zeroshot
 from wpce_jax.evaluate.encode import Encoders, ImageFeatures
 from wpce_jax.models.towers import logit_scale_value
 from wpce_jax.similarity import eval_rff_draws
 
 PROBE_FEATURES = ("pooled", "compared")
+TASKS = ("zeroshot", "linear_probe", "retrieval", "image_retrieval")  # the eval.<task> fields naming datasets
+_CACHE_VERSION = 1  # bump when the cached arrays change meaning
 
 
 def validate_eval_config(config: ConfigDict) -> None:
-    """The eval fields, before any compute: ValueError naming the field."""
+    """The eval fields, before any compute: ValueError naming the field (dataset names included; whether their
+    data is on disk is found out when it is read)."""
     e = config.eval
-    for field in ("zeroshot", "linear_probe", "retrieval"):
-        registry.parse_specs(e.get(field) or "")
-    if not isinstance(e.rff_draws, int) or e.rff_draws < 1:
+    for task in TASKS:
+        registry.parse_specs(e.get(task) or "", task)
+    if isinstance(e.rff_draws, bool) or not isinstance(e.rff_draws, int) or e.rff_draws < 1:
         raise ValueError(f"config field eval.rff_draws must be an int >= 1, got {e.rff_draws!r}")
     if e.probe_features not in PROBE_FEATURES:
         raise ValueError(f"config field eval.probe_features must be one of {PROBE_FEATURES}, "
                          f"got {e.probe_features!r}")
 
 
+def _same_everywhere(found: bool, size: int) -> bool:
+    """Whether every process found the data with the same size (else some would wait in collectives forever)."""
+    if jax.process_count() == 1:
+        return found
+    seen = multihost_utils.process_allgather(np.asarray([int(found), size]))
+    return bool(np.all(seen[:, 0] == 1) and np.all(seen[:, 1] == size))
+
+
 class Evaluator:
-    """evaluator(params, root_key_data, eval_rff) -> {metric name: value}, identical on every process."""
+    """evaluator(params, root_key_data, eval_rff) -> {metric name: value}, identical on every process.
+
+    training: the trainer's evaluator (linear probes only with eval.linear_probe_in_training); verbose: also log
+    each stage of the linear probe's C search."""
 
     def __init__(self, model, config: ConfigDict, mesh, tokenizer, *, digits_data=None,
-                 cache_dir: Optional[str] = None, log: Callable[[str], None] = partial(print, flush=True), verbose: bool = False):
-        """verbose: also log each stage of the linear probe's C search (the trainer keeps one line a dataset)."""
+                 cache_dir: Optional[str] = None, log: Callable[[str], None] = partial(print, flush=True),
+                 training: bool = True, verbose: bool = False):
         validate_eval_config(config)
         self.config, self.tokenizer, self.digits_data, self.cache_dir = config, tokenizer, digits_data, cache_dir
         self.encoders = Encoders(model, config, mesh)
         self.is_main = jax.process_index() == 0
         self._log, self.verbose = log, verbose
-        self._resolved: dict = {}  # (task, name, split) -> resolved set, or None once skipped
-        self.tasks = {task: registry.parse_specs(config.eval.get(task) or "")
-                      for task in ("zeroshot", "linear_probe", "retrieval")}
+        self._resolved: dict = {}  # (task, spec, split) -> resolved set, or None once skipped
+        self.tasks = {task: registry.parse_specs(config.eval.get(task) or "", task) for task in TASKS}
+        if training and not config.eval.get("linear_probe_in_training", True):
+            self.tasks["linear_probe"] = []
 
     def __bool__(self) -> bool:
         return any(self.tasks.values())
@@ -63,75 +82,93 @@ class Evaluator:
             self._log(line)
 
     def _resolve(self, task: str, spec: registry.Spec, split: str):
-        key = (task, spec.name, split)
+        """The resolved set, or None (skipped, with one warning line the first time)."""
+        key = (task, spec, split)
         if key not in self._resolved:
             if spec.kind == "digits" and self.digits_data is None:
                 from wpce_jax.datasets import prepare_digits
 
                 self.digits_data = prepare_digits(self.config)
+            data, problem = None, ""
             try:
                 if task == "retrieval":
-                    self._resolved[key] = registry.resolve_captions(spec, self.config.eval, self.digits_data)
+                    data = registry.resolve_captions(spec, self.config.eval, self.digits_data)
                 else:
-                    self._resolved[key] = registry.resolve_classification(spec, split, self.config.eval,
-                                                                          self.digits_data)
+                    data = registry.resolve_classification(spec, split, self.config.eval, self.digits_data)
             except MissingDataError as e:
-                self.log(f"warning: skipping {task} on {spec.name}: {e}")
-                self._resolved[key] = None
+                problem = str(e)
+            size = len(data.images if task == "retrieval" else data[0].source) if data is not None else 0
+            if data is not None and size == 0:
+                data, problem = None, "it holds no images"
+            if not _same_everywhere(data is not None, size) and data is not None:
+                data, problem = None, "the processes do not all see the same data (each needs it at the same path)"
+            if data is None:
+                self.log(f"warning: skipping {task} on {spec.name} ({split}): {problem}")
+            self._resolved[key] = data
         return self._resolved[key]
 
     def __call__(self, params, root_key_data, eval_rff) -> dict[str, float]:
         rffs = eval_rff_draws(jax.random.wrap_key_data(root_key_data), eval_rff, self.config,
                               self.config.eval.rff_draws)
         args = dict(encoders=self.encoders, params=params, rffs=rffs, tokenizer=self.tokenizer)
-        features: dict = {}  # (name, split) -> ImageFeatures, shared by zero-shot and linear probe
+        features: dict = {}  # (spec, split) -> ImageFeatures, shared by zero-shot, probe and image retrieval
 
-        def images(name, split, source, desc):
-            if (name, split) not in features:
-                features[(name, split)] = self._cached(f"{name}-{split}", lambda: self.encoders.images(
-                    params, rffs, source, desc))
-                if features[(name, split)].corrupt:
-                    self.log(f"warning: {name} ({split}): {features[(name, split)].corrupt} images do not decode "
-                             f"and are left out")
-            return features[(name, split)]
+        def images(spec, split, source) -> Optional[ImageFeatures]:
+            """The split's features, or None (with a warning) when none of its images decodes."""
+            if (spec, split) not in features:
+                feats = self._cached(spec, split, source, lambda: self.encoders.images(
+                    params, rffs, source, f"{spec.name} ({split})"))
+                if feats.corrupt:
+                    self.log(f"warning: {spec.name} ({split}): {feats.corrupt} images do not decode and are "
+                             f"left out")
+                if len(feats.labels) == 0:
+                    feats = None
+                    self.log(f"warning: skipping {spec.name} ({split}): no image decodes")
+                features[(spec, split)] = feats
+            return features[(spec, split)]
 
         results: dict[str, float] = {}
+
+        def run(compute):
+            started = time.perf_counter()
+            out = compute()
+            shown = "  ".join(f"{k} {v:.4g}" for k, v in out.items())
+            self.log(f"{shown}  ({time.perf_counter() - started:.1f}s)")
+            results.update(out)
+
         for spec in self.tasks["zeroshot"]:
             resolved = self._resolve("zeroshot", spec, "test")
-            if resolved:
-                data, _ = resolved
-                started = time.perf_counter()
-                out = zeroshot.evaluate(spec.name, data, similarity=self.config.model.similarity,
-                                        images=images(spec.name, "test", data.source, f"zero-shot {spec.name}"), **args)
-                self._report(out, started)
-                results.update(out)
+            feats = resolved and images(spec, "test", resolved[0].source)
+            if feats:
+                run(lambda: zeroshot.evaluate(spec.name, resolved[0], feats, similarity=self.config.model.similarity,
+                                              **args))
         for spec in self.tasks["linear_probe"]:
-            train, test = self._resolve("linear_probe", spec, "train"), self._resolve("linear_probe", spec, "test")
-            if train and test:
-                started = time.perf_counter()
-                out = self._probe(spec.name, params,
-                                  images(spec.name, "train", train[0].source, f"probe {spec.name} train"),
-                                  images(spec.name, "test", test[0].source, f"probe {spec.name} test"),
-                                  len(test[0].class_names), balanced=test[1])
-                self._report(out, started)
-                results.update(out)
+            test = self._resolve("linear_probe", spec, "test")
+            train = test and self._resolve("linear_probe", spec, "train")
+            if train and train[0].class_names != test[0].class_names:
+                self.log(f"warning: skipping linear_probe on {spec.name}: its train and test splits name different "
+                         f"classes")
+                continue
+            test_feats = train and images(spec, "test", test[0].source)
+            train_feats = test_feats and images(spec, "train", train[0].source)
+            if train_feats:
+                run(lambda: self._probe(spec.name, params, train_feats, test_feats, len(test[0].class_names),
+                                        balanced=test[1]))
         for spec in self.tasks["retrieval"]:
             data = self._resolve("retrieval", spec, "test")
-            if data:
-                started = time.perf_counter()
-                out = retrieval.evaluate(spec.name, data, **args,
-                                         images=images(spec.name, "captions", data.images, f"retrieval {spec.name}"))
-                self._report(out, started)
-                results.update(out)
+            feats = data and images(spec, "captions", data.images)
+            if feats:
+                run(lambda: retrieval.evaluate(spec.name, data, feats, **args))
+        for spec in self.tasks["image_retrieval"]:
+            resolved = self._resolve("image_retrieval", spec, "test")
+            feats = resolved and images(spec, "test", resolved[0].source)
+            if feats:
+                run(lambda: image_retrieval.evaluate(spec.name, resolved[0], images=feats, mesh=self.encoders.mesh))
         return results
-
-    def _report(self, out: dict[str, float], started: float) -> None:
-        shown = "  ".join(f"{k} {v:.4f}" for k, v in out.items())
-        self.log(f"{shown}  ({time.perf_counter() - started:.1f}s)")
 
     def _probe(self, name: str, params, train: ImageFeatures, test: ImageFeatures, num_classes: int,
                balanced: bool) -> dict[str, float]:
-        """linear_probe/<name>/top1 (and mean_per_class_recall) from frozen features, per eval.probe_features:
+        """linear_probe/<name>/{top1, mean_per_class_recall, C} from frozen features, per eval.probe_features:
         "pooled" (the weighted token mean) or "compared" (draw 0's compared vector x sqrt(logit scale))."""
         if self.config.eval.probe_features == "pooled":
             train_x, test_x = train.pooled, test.pooled
@@ -140,37 +177,37 @@ class Evaluator:
             train_x, test_x = train.compared[:, 0] * scale, test.compared[:, 0] * scale
         out = linear_probe.evaluate(train_x, train.labels, test_x, test.labels, num_classes, balanced=balanced,
                                     log=self.log if self.verbose else lambda line: None)
-        return {f"linear_probe/{name}/top1": out["top1"],
-                f"linear_probe/{name}/mean_per_class_recall": out["mean_per_class_recall"],
-                f"linear_probe/{name}/C": out["C"]}
+        return {f"linear_probe/{name}/{k}": out[k] for k in ("top1", "mean_per_class_recall", "C")}
 
-    def _cached(self, key: str, compute: Callable[[], ImageFeatures]) -> ImageFeatures:
-        """compute(), or its saved result under cache_dir/<key>.npz when it was made with the same image size
-        and draw count. Process 0 decides, so that every process takes the same branch (they meet in
-        collectives when encoding)."""
+    def _cached(self, spec, split: str, source, compute: Callable[[], ImageFeatures]) -> ImageFeatures:
+        """compute(), or its saved result under cache_dir/<name>-<split>.npz when that was made from the same
+        data (spec, split, size) with the same image size and draw count, and every process can read it (they
+        must all take the same branch: they meet in collectives when encoding)."""
         if self.cache_dir is None:
             return compute()
-        path = epath.Path(self.cache_dir) / f"{key}.npz"
-        stamp = np.asarray([self.config.data.image_size, self.config.eval.rff_draws])
-        saved = None
-        if self.is_main and path.exists():
-            with np.load(io.BytesIO(path.read_bytes())) as f:
-                if np.array_equal(f["stamp"], stamp):
-                    saved = ImageFeatures(f["compared"], f["pooled"], f["labels"], int(f["corrupt"]))
-        hit = bool(multihost_utils.broadcast_one_to_all(np.asarray(saved is not None))) \
-            if jax.process_count() > 1 else saved is not None
-        if hit:
-            if saved is None:  # another process: read the file process 0 found
-                with np.load(io.BytesIO(path.read_bytes())) as f:
-                    saved = ImageFeatures(f["compared"], f["pooled"], f["labels"], int(f["corrupt"]))
-            self.log(f"features of {key}: read from {path}")
+        path = epath.Path(self.cache_dir) / f"{spec.name}-{split}.npz"
+        stamp = json.dumps({"version": _CACHE_VERSION, "spec": list(spec), "split": split, "size": len(source),
+                            "image_size": self.config.data.image_size, "rff_draws": self.config.eval.rff_draws})
+        saved = self._load(path, stamp)
+        if _same_everywhere(saved is not None, 0):
+            self.log(f"features of {spec.name} ({split}): read from {path}")
             return saved
         features = compute()
         if self.is_main:
-            buffer = io.BytesIO()
-            np.savez(buffer, stamp=stamp, **features._asdict())
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.parent / f".{path.name}.tmp"
-            tmp.write_bytes(buffer.getvalue())
+            with tmp.open("wb") as f:
+                np.savez(f, stamp=np.asarray(stamp), **features._asdict())
             tmp.rename(path)
         return features
+
+    @staticmethod
+    def _load(path, stamp: str) -> Optional[ImageFeatures]:
+        """The features saved at `path` with this stamp, or None (absent, other data, or unreadable)."""
+        try:
+            with path.open("rb") as f, np.load(f) as saved:
+                if str(saved["stamp"]) != stamp:
+                    return None
+                return ImageFeatures(saved["compared"], saved["pooled"], saved["labels"], int(saved["corrupt"]))
+        except (OSError, ValueError, KeyError):  # missing, truncated or foreign file: encode again
+            return None

@@ -29,6 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from wpce_jax.evaluate import metrics
+
 C_GRID = np.logspace(-6, 6, 97)
 _STAGE_SPACINGS = (16, 8, 4, 2, 1)
 # Float32 sums leave the gradient a little above zero at the minimum; this many steps without a decrease of the
@@ -180,11 +182,8 @@ def top1(labels, predictions) -> float:
     return float(np.mean(np.asarray(labels) == np.asarray(predictions)))
 
 
-def mean_per_class_recall(labels, predictions) -> float:
-    """The mean over the classes present in `labels` of the fraction of their examples predicted right."""
-    y, p = np.asarray(labels), np.asarray(predictions)
-    classes = np.unique(y)
-    return float(np.mean([np.mean(p[y == c] == c) for c in classes]))
+def _mean_per_class_recall(labels, predictions) -> float:
+    return metrics.mean_per_class_recall(predictions, labels, int(np.max(labels)) + 1)
 
 
 def validation_split(labels, val_fraction: float, seed: int):
@@ -209,7 +208,7 @@ def _search(x, y, num_classes, balanced, val_fraction, seed, score, log):
     train, val = validation_split(y, val_fraction, seed)
     x_train, y_train, x_val, y_val = x[train], y[train], x[val], y[val]
     weights = class_balanced_weights(y_train, num_classes) if balanced else None
-    score = score or (mean_per_class_recall if balanced else top1)
+    score = score or (_mean_per_class_recall if balanced else top1)
     scores, probes = {}, {}
     start = time.perf_counter()
     best = 0
@@ -257,7 +256,7 @@ def evaluate(train_x, train_y, test_x, test_y, num_classes: int, *, balanced: bo
     weights = class_balanced_weights(y, num_classes) if balanced else None
     probe = fit(x, y, num_classes, C_GRID[best], sample_weight=weights, init=probes[best])
     predictions = probe.predict(x_test)
-    result = {"top1": top1(y_test, predictions), "mean_per_class_recall": mean_per_class_recall(y_test, predictions),
+    result = {"top1": top1(y_test, predictions), "mean_per_class_recall": metrics.mean_per_class_recall(predictions, y_test, num_classes),
               "C": float(C_GRID[best])}
     log(f"linear probe, refit on all {len(y)} train examples with C={result['C']:.3g}: top1 {result['top1']:.4f}, "
         f"mean per-class recall {result['mean_per_class_recall']:.4f}")

@@ -24,7 +24,8 @@ Classification: `top_k_accuracy` (logits [B, C], labels [B]; same tie rule) and 
 the mean over the classes present in the labels of each class's recall: sklearn's balanced accuracy).
 
 `retrieval_metrics` scores query features against candidate features block by block, on device, and returns only the
-per-query numbers; see its docstring for the memory of a block.
+per-query numbers; see its docstring for the memory of a block. With `exclude_self` (queries and candidates the same
+set) candidate i is left out of query i's ranking, as if its column were deleted (leave-one-out retrieval).
 """
 from functools import partial
 from typing import Optional, Sequence
@@ -264,13 +265,18 @@ def _sorted_metrics(scores, relevant, ks: tuple, ndcg_k: int) -> dict:
     return out
 
 
-@partial(jax.jit, static_argnames=("block", "ks", "ndcg_k", "counted", "rows", "replicated"))
+@partial(jax.jit, static_argnames=("block", "ks", "ndcg_k", "counted", "exclude_self", "rows", "replicated"))
 def _retrieval_block(queries, query_side, candidates, candidate_groups, start, *, block: int, ks: tuple,
-                     ndcg_k: int, counted: bool, rows: Optional[NamedSharding],
+                     ndcg_k: int, counted: bool, exclude_self: bool, rows: Optional[NamedSharding],
                      replicated: Optional[NamedSharding]) -> dict:
     """Metrics [block] of queries start .. start + block - 1; rows past the end repeat the last query and are
     dropped by the caller (clipped indices keep one shape, hence one compile). query_side: [Q, R] relevant
-    candidate indices when `counted`, else the query groups [Q]."""
+    candidate indices when `counted` (without the query itself under exclude_self), else the query groups [Q].
+
+    exclude_self: query i's own column is made irrelevant and scores -inf, so it ranks last, after every finite
+    score and tied with none. An irrelevant item in last place changes no metric (each counts items ranked up to
+    a relevant one, or in the top k, where this one adds gain 0), so the numbers are those of the row with the
+    column deleted."""
     idx = jnp.minimum(start + jnp.arange(block), queries.shape[0] - 1)
     q = jnp.take(queries, idx, axis=0).astype(jnp.float32)
     side = jnp.take(query_side, idx, axis=0).astype(jnp.int32)
@@ -278,11 +284,15 @@ def _retrieval_block(queries, query_side, candidates, candidate_groups, start, *
         q, side = jax.lax.with_sharding_constraint(q, rows), jax.lax.with_sharding_constraint(side, rows)
     # HIGHEST: the default float32 matmul on GPU/TPU rounds inputs (TF32/bf16), which reorders near-ties.
     scores = _as_f32(jnp.matmul(q, candidates.astype(jnp.float32).T, precision=jax.lax.Precision.HIGHEST))
+    is_self = jnp.zeros(scores.shape, bool)
+    if exclude_self:  # query idx[b] is candidate idx[b]
+        is_self = jnp.arange(scores.shape[1])[None, :] == idx[:, None]
+        scores = jnp.where(is_self, -jnp.inf, scores)
     if counted:
         out = _counted_metrics(scores, side, ks, ndcg_k)
     else:
-        relevant = (side[:, None] == candidate_groups.astype(jnp.int32)[None, :]).astype(jnp.float32)
-        out = _sorted_metrics(scores, relevant, ks, ndcg_k)
+        relevant = (side[:, None] == candidate_groups.astype(jnp.int32)[None, :]) & ~is_self
+        out = _sorted_metrics(scores, relevant.astype(jnp.float32), ks, ndcg_k)
     if replicated is not None:  # every process can read a replicated result
         out = jax.lax.with_sharding_constraint(out, replicated)
     return out
@@ -318,7 +328,8 @@ def _relevant_table(query_groups: np.ndarray, candidate_groups: np.ndarray) -> n
 
 
 def retrieval_metrics(query_features, candidate_features, query_groups, candidate_groups, *,
-                      ks: Sequence[int] = (1, 5, 10), ndcg_k: int = 10, block_size: int = 1024) -> dict:
+                      ks: Sequence[int] = (1, 5, 10), ndcg_k: int = 10, block_size: int = 1024,
+                      exclude_self: bool = False) -> dict:
     """Per-query retrieval metrics of query_features [Q, F] against candidate_features [N, F].
 
     Scores are query_features @ candidate_features.T (float32, full-precision matmul); candidate j is relevant to
@@ -334,6 +345,11 @@ def retrieval_metrics(query_features, candidate_features, query_groups, candidat
     about eight block_size x N arrays live (scores, relevance, their sorted copies, cumulative sums, tie-group
     bounds), at 1024 x 25,000 (COCO t2i) 100 MB each.
 
+    exclude_self: queries and candidates are one set (the same features and groups, Q == N; the caller passes the
+    same arrays on both sides, the shapes and groups are checked): query i's ranking leaves candidate i out
+    entirely, so every metric is that of the N - 1 other candidates (leave-one-out, Musgrave et al. 2020). A query
+    alone in its group has no relevant item and scores 0.
+
     Features may be NumPy or jax arrays. When one is a global array with a NamedSharding over a mesh of several
     devices, both feature arrays are replicated over that mesh once (the candidates stay there for every block)
     and each block's rows are split over all mesh axes, so every device ranks its share of the block; the block
@@ -348,6 +364,10 @@ def retrieval_metrics(query_features, candidate_features, query_groups, candidat
     if block_size < 1 or q_shape[0] == 0 or c_shape[0] == 0:
         raise ValueError(f"need queries, candidates and a positive block_size, got {q_shape}, {c_shape}, {block_size}")
     num_queries = q_shape[0]
+    q_groups, c_groups = _host(query_groups), _host(candidate_groups)
+    if exclude_self and (q_shape != c_shape or not np.array_equal(q_groups, c_groups)):
+        raise ValueError(f"exclude_self needs the same set on both sides (Q == N, equal groups), got features "
+                         f"{q_shape} and {c_shape}")
     mesh = _mesh_of(query_features, candidate_features, query_groups, candidate_groups)
     block = min(block_size, num_queries)
     if mesh is None:
@@ -361,8 +381,10 @@ def retrieval_metrics(query_features, candidate_features, query_groups, candidat
         place = replicated = NamedSharding(mesh, P())
         rows = NamedSharding(mesh, P(mesh.axis_names))
         block = -(-block // mesh.size) * mesh.size
-    q_groups, c_groups = _host(query_groups), _host(candidate_groups)
     table = _relevant_table(q_groups, c_groups)
+    if exclude_self:  # row i holds candidate i exactly once (its own group): drop it, the order of the rest kept
+        table = table[table != np.arange(num_queries)[:, None]].reshape(num_queries, table.shape[1] - 1)
+        table = np.pad(table, ((0, 0), (0, table.shape[1] == 0)), constant_values=-1)  # keep one column
     counted = table.shape[1] <= _MAX_COUNTED
     # Dense int32 ids for the sort path's comparison, whatever the groups' dtype and range.
     ids = np.unique(np.concatenate([q_groups, c_groups]), return_inverse=True)[1].astype(np.int32)
@@ -371,8 +393,8 @@ def retrieval_metrics(query_features, candidate_features, query_groups, candidat
         jax.device_put(a, place) for a in (query_features, candidate_features, query_side, c_ids))
     # Dispatch every block before reading any result back, so blocks run back to back.
     parts = [_retrieval_block(queries, query_side, candidates, c_ids, jnp.int32(start), block=block,
-                              ks=tuple(int(k) for k in ks), ndcg_k=int(ndcg_k), counted=counted, rows=rows,
-                              replicated=replicated)
+                              ks=tuple(int(k) for k in ks), ndcg_k=int(ndcg_k), counted=counted,
+                              exclude_self=bool(exclude_self), rows=rows, replicated=replicated)
              for start in range(0, num_queries, block)]
     parts = jax.device_get(parts)
     return {name: np.concatenate([p[name] for p in parts])[:num_queries].astype(np.float32) for name in parts[0]}

@@ -66,8 +66,14 @@ class Spec(NamedTuple):
     location: str   # builder name, path, or "" for registry/digits
 
 
-def parse_specs(text: str) -> list[Spec]:
-    """"a,b=folder:/x" -> [Spec("a", "registry", ""), Spec("b", "folder", "/x")]; ValueError naming a bad one."""
+CLASSIFICATION_KINDS = ("registry", "digits", "tfds", "folder", "arrayrecord")
+RETRIEVAL_KINDS = ("registry", "digits", "tfds", "arrayrecord", "karpathy")
+
+
+def parse_specs(text: str, task: str = "zeroshot") -> list[Spec]:
+    """"a,b=folder:/x" -> [Spec("a", "registry", ""), Spec("b", "folder", "/x")] for `task` ("retrieval" or a
+    classification task); ValueError naming a bad spec, an unknown registry name, or a kind the task cannot use.
+    Checks names only: whether the data is on disk is found out when it is read."""
     specs = []
     for item in (s.strip() for s in (text or "").split(",")):
         if not item:
@@ -85,6 +91,16 @@ def parse_specs(text: str) -> list[Spec]:
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise ValueError(f"evaluation dataset names must be unique, got {names}")
+    retrieval = task == "retrieval"
+    known = sorted(RETRIEVAL_TFDS) + sorted(RETRIEVAL_KARPATHY) if retrieval else \
+        sorted(CLASSIFICATION) + sorted(FOLDER_DATASETS)
+    for spec in specs:
+        if spec.kind == "registry" and spec.name not in known:
+            raise ValueError(f"eval.{task}: unknown dataset {spec.name!r}; registry names: {known}, or "
+                             f"NAME=KIND:LOCATION")
+        if spec.kind not in (RETRIEVAL_KINDS if retrieval else CLASSIFICATION_KINDS):
+            raise ValueError(f"eval.{task}: {spec.name}={spec.kind}:... is not a "
+                             f"{'caption' if retrieval else 'labelled'} set")
     return specs
 
 
@@ -104,6 +120,8 @@ def _split_dir(root: str, split: str) -> str:
             return str(base / c)
     if split == "train":
         raise MissingDataError(f"{root}: no train/ folder (a linear probe needs a train split)")
+    if (base / "train").is_dir():
+        raise MissingDataError(f"{root}: a train/ folder but no test/ (or val/) beside it")
     return root
 
 

@@ -31,16 +31,17 @@ def direction_scores(queries, candidates, query_groups, candidate_groups) -> dic
     return {n: float(np.mean(per_query[n])) for n in names}
 
 
-def evaluate(name: str, data: CaptionSet, *, encoders, params, rffs, tokenizer, images=None) -> dict[str, float]:
-    """retrieval/<name>/{i2t,t2i}_<metric> of one image-caption set. `images`: its already computed
-    encode.ImageFeatures."""
-    if images is None:
-        images = encoders.images(params, rffs, data.images, f"retrieval {name}")
-    texts = encoders.texts(params, rffs, tokenizer(list(data.captions)))
+def evaluate(name: str, data: CaptionSet, images, *, encoders, params, rffs, tokenizer) -> dict[str, float]:
+    """retrieval/<name>/{i2t,t2i}_<metric> of one image-caption set whose images are encoded
+    (encode.ImageFeatures; images that did not decode are missing from it)."""
+    # Captions of an image that did not decode would be queries without an answer: leave them out too.
+    kept = np.isin(data.caption_groups, images.labels)
+    captions, caption_groups = [c for c, k in zip(data.captions, kept) if k], data.caption_groups[kept]
+    texts = encoders.texts(params, rffs, tokenizer(captions))
     image_vectors, text_vectors = _flatten_draws(images.compared), _flatten_draws(texts)
     results = {}
-    for direction, args in (("i2t", (image_vectors, text_vectors, images.labels, data.caption_groups)),
-                            ("t2i", (text_vectors, image_vectors, data.caption_groups, images.labels))):
+    for direction, args in (("i2t", (image_vectors, text_vectors, images.labels, caption_groups)),
+                            ("t2i", (text_vectors, image_vectors, caption_groups, images.labels))):
         for metric, value in direction_scores(*args).items():
             results[f"retrieval/{name}/{direction}_{metric}"] = value
     return results

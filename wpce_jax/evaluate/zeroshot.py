@@ -34,7 +34,8 @@ def class_vectors(prompt_features: np.ndarray, num_classes: int, similarity: str
 def _predict(images: jax.Array, classes: jax.Array):
     """images [b, R, F], classes [C, R, F] -> (top-k classes of the draw-averaged logits [b, min(5, C)],
     each draw's top-1 [b, R])."""
-    per_draw = jnp.einsum("brf,crf->brc", images, classes)
+    # HIGHEST: the default float32 matmul on GPU/TPU rounds its inputs (TF32/bf16), which flips near-ties.
+    per_draw = jnp.einsum("brf,crf->brc", images, classes, precision=jax.lax.Precision.HIGHEST)
     top = jax.lax.top_k(per_draw.mean(axis=1), min(5, classes.shape[0]))[1]
     return top, jnp.argmax(per_draw, axis=-1)
 
@@ -64,13 +65,11 @@ def scores(top: np.ndarray, per_draw: np.ndarray, labels: np.ndarray, num_classe
     return out
 
 
-def evaluate(name: str, data: ClassificationSet, *, encoders, params, rffs, tokenizer, similarity: str,
-             images=None) -> dict[str, float]:
-    """zeroshot/<name>/<metric> of one labelled set. `images`: its already computed encode.ImageFeatures."""
+def evaluate(name: str, data: ClassificationSet, images, *, encoders, params, rffs, tokenizer,
+             similarity: str) -> dict[str, float]:
+    """zeroshot/<name>/<metric> of one labelled set whose images are encoded (encode.ImageFeatures)."""
     prompts = [t.format(c) for c in data.class_names for t in data.templates]
     classes = class_vectors(encoders.texts(params, rffs, tokenizer(prompts)), len(data.class_names), similarity)
-    if images is None:
-        images = encoders.images(params, rffs, data.source, f"zero-shot {name}")
     if len(images.labels) and (images.labels.min() < 0 or images.labels.max() >= len(data.class_names)):
         raise ValueError(f"zero-shot {name}: labels must lie in [0, {len(data.class_names)}), got "
                          f"[{images.labels.min()}, {images.labels.max()}]")

@@ -1,0 +1,45 @@
+"""Image -> image retrieval by class, the protocol of Musgrave et al. 2020 ("A Metric Learning Reality Check").
+
+Every test image of a labelled set queries all the other test images (leave-one-out: the query is no candidate
+of its own ranking); the relevant ones are those of its class. Metrics, means over the queries:
+precision@1, R-precision and MAP@R (R = the number of other images of the query's class), and recall@1 (a hit
+when the nearest other image is of the same class; by definition equal to precision@1). An image alone in its
+class has no relevant item and scores 0. Ties are broken by image index (metrics.py).
+
+The compared vector is the one retrieval.py compares: with R evaluation RFF draws the draws' vectors concatenated
+and divided by sqrt(R), so that a dot product is the mean similarity over the draws; for the CLIP baseline it is
+the image's unit vector (cosine similarity). Scores stay on the device, a block of queries at a time
+(metrics.retrieval_metrics); with a mesh of several devices each device ranks its share of every block.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from wpce_jax.data.eval_sources import ClassificationSet
+from wpce_jax.evaluate import metrics
+from wpce_jax.evaluate.retrieval import _flatten_draws
+from wpce_jax.parallel import replicated
+
+METRICS = ("precision@1", "r_precision", "map@r", "recall@1")
+
+
+def scores(compared: np.ndarray, labels: np.ndarray, mesh: Optional[Mesh] = None) -> dict[str, float]:
+    """Metric name (without prefix) -> mean over queries, from the compared vectors [N, R, F] and labels [N]."""
+    vectors = _flatten_draws(compared)
+    if mesh is not None and mesh.size > 1:
+        # Identical on every process: a replicated global array, so that retrieval_metrics spreads the blocks'
+        # rows over the mesh.
+        vectors = jax.make_array_from_callback(vectors.shape, replicated(mesh), lambda index: vectors[index])
+    per_query = metrics.retrieval_metrics(vectors, vectors, labels, labels, ks=(1,), exclude_self=True)
+    return {name: float(np.mean(per_query[name])) for name in METRICS}
+
+
+def evaluate(name: str, data: ClassificationSet, *, images, mesh: Optional[Mesh] = None) -> dict[str, float]:
+    """image_retrieval/<name>/<metric> of one labelled set whose test images are encoded (encode.ImageFeatures;
+    images that did not decode are missing from it). mesh: the devices that rank (default: one)."""
+    del data  # the labels ride with the features
+    return {f"image_retrieval/{name}/{k}": v for k, v in scores(images.compared, images.labels, mesh).items()}
