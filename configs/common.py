@@ -10,13 +10,14 @@ def base() -> ml_collections.ConfigDict:
     c.total_steps = 1000              # train steps in the run
     c.batch_size = 256                # global batch (all devices of all processes)
     c.log_every_steps = 50            # metrics.jsonl / TensorBoard / console every this many steps
-    c.eval_every_steps = 500          # zero-shot evaluation every this many steps (and at the end)
+    c.eval_every_steps = 500          # evaluation (eval.*) every this many steps (and at the end)
     c.checkpoint_every_steps = 500    # Orbax checkpoint every this many steps (and at the end, and on SIGTERM)
     c.keep_checkpoints = 3            # checkpoints kept on disk (the newest)
     c.async_checkpoints = True        # write checkpoints in the background while training goes on
     c.logit_scale_min = 1.0           # the logit scale is clipped to [min, max] after every update
     c.logit_scale_max = 100.0
     c.objective = "infonce"           # image-text loss: "infonce" | "sigmoid" (SigLIP, learned bias) | "nce"
+    c.mode = "image_text"             # "image_text" | "two_view" | "labelled" (image tower only; see configs/digits_two_view.py)
 
     c.data = ml_collections.ConfigDict()
     c.data.kind = "arrayrecord"       # "digits" (built-in) or "arrayrecord" (a converted dataset, e.g. CC12M)
@@ -76,7 +77,9 @@ def base() -> ml_collections.ConfigDict:
     # folder, arrayrecord, karpathy (see wpce_jax/evaluate/registry.py); "" evaluates nothing.
     c.eval.zeroshot = ""              # zero-shot classification sets
     c.eval.linear_probe = ""          # linear-probe sets (need a train split)
+    c.eval.linear_probe_in_training = True  # probe at the trainer's evaluations too (else only the evaluate command)
     c.eval.retrieval = ""             # image-caption retrieval sets
+    c.eval.image_retrieval = ""       # image->image retrieval by class (leave-one-out over the test images)
     c.eval.tfds_data_dir = placeholder(str)   # TFDS data_dir holding the prepared (array_record) eval datasets
     c.eval.aircraft_dir = placeholder(str)    # FGVC-Aircraft class folders: DIR/{train,test}/<variant>/*.jpg
     c.eval.flickr30k_dir = placeholder(str)   # DIR/dataset_flickr30k.json (Karpathy) and the images

@@ -1,13 +1,81 @@
 """Checks a training config before any compute; every error names the field and what was expected."""
+from typing import NamedTuple, Optional
+
 import jax
 from ml_collections import ConfigDict
 
 from wpce_jax.config_fields import get as _get, number as _number, positive_int as _positive_int
 from wpce_jax.kernels import KINDS
+from wpce_jax.losses import MININGS
 from wpce_jax.models.towers import OBJECTIVES
 
 DATA_KINDS = ("digits", "arrayrecord")
 TOKENIZERS = ("clip_bpe", "sentencepiece")
+MODES = ("image_text", "two_view", "labelled")
+METRIC_LOSSES = ("triplet", "margin_contrastive")
+# Defaults of the mode fields, for configs that do not set them (only `mode` is in configs/common.py).
+MODE_TEMPERATURE = 0.1   # SimCLR's NT-Xent temperature (its ImageNet default; 0.5 is its CIFAR-10 choice)
+MARGINS = {"triplet": 0.2, "margin_contrastive": 1.0}  # FaceNet's 0.2 on squared distances; 1.0 on distances
+
+
+class ModeSettings(NamedTuple):
+    """The training mode and its resolved fields (`mode_settings`)."""
+    mode: str                      # "image_text" | "two_view" | "labelled"
+    temperature: float             # two_view: NT-Xent temperature (config.mode_temperature)
+    metric_loss: str               # labelled: "triplet" | "margin_contrastive" (config.metric_loss)
+    margin: float                  # labelled: config.margin
+    mining: str                    # labelled, triplet: "semihard" | "hard" | "all" (config.mining)
+    views: Optional[dict]          # two_view: image_ops.ViewAugment fields (config.views.*), else None
+
+
+def mode_settings(config: ConfigDict) -> ModeSettings:
+    """config.mode and the fields it reads, with their defaults, checked; ValueError naming a bad field.
+
+    Fields (top level; absent or None take the default):
+      mode               "image_text" (default) | "two_view" (SimCLR: two augmented views, image tower only) |
+                         "labelled" (class labels of the records, image tower only)
+      mode_temperature   two_view: NT-Xent temperature, > 0 (default 0.1)
+      views.strength     two_view: colour-jitter strength s >= 0 (default 1.0; 0 turns jitter off)
+      views.flip         two_view: random horizontal flips (default False)
+      views.jitter_prob  two_view: probability of colour jitter, in [0, 1] (default 0.8)
+      views.grayscale_prob  two_view: probability of grayscale, in [0, 1] (default 0.2)
+      metric_loss        labelled: "triplet" (default) | "margin_contrastive"
+      margin             labelled: > 0 (default 0.2 for triplet, 1.0 for margin_contrastive)
+      mining             labelled, triplet: "semihard" (default) | "hard" | "all"
+    """
+    mode = _get(config, "mode", "image_text")
+    if mode not in MODES:
+        raise ValueError(f"config field mode must be one of {MODES}, got {mode!r}")
+    temperature = _get(config, "mode_temperature", MODE_TEMPERATURE)
+    metric_loss = _get(config, "metric_loss", "triplet")
+    margin = _get(config, "margin", None)
+    mining = _get(config, "mining", "semihard")
+    views = None
+    if mode == "two_view":
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+            raise ValueError(f"config field mode_temperature must be a number > 0, got {temperature!r}")
+        views = {"strength": _get(config, "views.strength", 1.0), "flip": _get(config, "views.flip", False),
+                 "jitter_prob": _get(config, "views.jitter_prob", 0.8),
+                 "grayscale_prob": _get(config, "views.grayscale_prob", 0.2)}
+        for field, value in views.items():
+            if field == "flip":
+                if not isinstance(value, bool):
+                    raise ValueError(f"config field views.flip must be a bool, got {value!r}")
+                continue
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+            if not ok or (field != "strength" and value > 1):
+                raise ValueError(f"config field views.{field} must be a number "
+                                 f"{'>= 0' if field == 'strength' else 'in [0, 1]'}, got {value!r}")
+    if mode == "labelled":
+        if metric_loss not in METRIC_LOSSES:
+            raise ValueError(f"config field metric_loss must be one of {METRIC_LOSSES}, got {metric_loss!r}")
+        if metric_loss == "triplet" and mining not in MININGS:
+            raise ValueError(f"config field mining must be one of {MININGS}, got {mining!r}")
+        margin = MARGINS[metric_loss] if margin is None else margin
+        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not margin > 0:
+            raise ValueError(f"config field margin must be a number > 0, got {margin!r}")
+    return ModeSettings(mode, float(temperature) if mode == "two_view" else MODE_TEMPERATURE, metric_loss,
+                        float(margin) if margin is not None else 0.0, mining, views)
 
 
 def validate_config(config: ConfigDict) -> None:
@@ -16,6 +84,7 @@ def validate_config(config: ConfigDict) -> None:
                  "keep_checkpoints", "eval.batch_size", "optim.accum_steps", "wpce.num_features",
                  "data.image_size"):
         _positive_int(config, path)
+    mode_settings(config)
     objective = _get(config, "objective", "infonce")  # absent in configs saved before the field existed
     if objective not in OBJECTIVES:
         raise ValueError(f"config field objective must be one of {OBJECTIVES}, got {objective!r}")

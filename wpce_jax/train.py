@@ -16,7 +16,8 @@ from ml_collections import ConfigDict
 
 from wpce_jax import datasets
 from wpce_jax.checkpoint import Checkpointer, abstract_like
-from wpce_jax.config_validation import validate_config
+from wpce_jax.config_validation import mode_settings, validate_config
+from wpce_jax.data.image_ops import ViewAugment
 from wpce_jax.data.pipeline import make_dataset
 from wpce_jax.evaluate.evaluator import Evaluator, validate_eval_config
 from wpce_jax.metric_writer import MetricWriter, Progress, write_eval_json
@@ -102,10 +103,13 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, float]:
     model, tx = make_model(config), make_optimizer(config)
     init = partial(initial_state, model, tx, config, jax.random.key(config.seed))
     state_sharding = replicated(mesh)
+    settings = mode_settings(config)
+    views = ViewAugment(**settings.views) if settings.mode == "two_view" else None
     train_ds = make_dataset(data.train_dir, tokenizer=data.tokenizer, image_size=config.data.image_size,
                             train=True, batch_size=local_batch, seed=config.seed,
                             process_index=jax.process_index(), process_count=jax.process_count(),
-                            crop_scale=tuple(config.data.crop_scale), worker_count=config.data.worker_count)
+                            crop_scale=tuple(config.data.crop_scale), worker_count=config.data.worker_count,
+                            views=views)
     iterator = iter(train_ds)
     checkpointer = Checkpointer(workdir, config.keep_checkpoints, config.async_checkpoints)
     writer = MetricWriter(workdir, enabled=is_main)
@@ -131,10 +135,18 @@ def _loop(config, workdir, mesh, model, tx, state, iterator, data, checkpointer,
                          out_shardings=(replicated(mesh), replicated(mesh)))
     evaluator = Evaluator(model, config, mesh, data.tokenizer, digits_data=data.digits)
     progress = Progress(config.total_steps, start, config.batch_size, enabled=is_main)
+    mode = mode_settings(config).mode
+    labelled = mode == "labelled"
     last_eval: dict[str, float] = {}
     with _Preemption() as preemption:
         for step in range(start + 1, config.total_steps + 1):
-            batch = global_batch(next(iterator), mesh)
+            local = next(iterator)
+            if mode != "image_text":  # the image-only steps never read the captions: do not ship them
+                local = {k: v for k, v in local.items() if k != "tokens"}
+            if labelled and (local["label"] < 0).any():
+                raise ValueError("config field mode='labelled' needs class labels, but the training records include "
+                                 "unlabelled ones (label -1); use mode 'image_text' or 'two_view' for this data")
+            batch = global_batch(local, mesh)
             state, metrics = train_step(state, batch)
             final = step == config.total_steps
             if step % config.log_every_steps == 0 or final:

@@ -5,6 +5,13 @@ model as `model.objective`: symmetric InfoNCE, SigLIP's sigmoid loss with the le
 shard_map over the global batch (each device gathers the other side's features). A step whose loss or gradient is
 not finite changes nothing and records its number in `bad_step`; every later step is a no-op too, so the state (and
 any checkpoint written from it) stays the last good one until the host notices and stops the run.
+
+`config.mode` (config_validation.mode_settings) picks what is trained: "image_text" (the objective above), or the
+image tower alone: "two_view" (SimCLR's NT-Xent over the compared vectors of two augmented views of each image,
+batch["image"] and batch["image2"]) or "labelled" (triplet or margin contrastive loss over the compared vectors with
+batch["label"]). In the image-only modes the text tower is never run, so its parameters and the logit scale get a
+zero gradient; the step also applies no update to them (AdamW's weight decay would otherwise shrink them), so they
+stay exactly at their initial values.
 """
 from functools import partial
 from typing import Any, NamedTuple, Optional
@@ -15,8 +22,9 @@ import optax
 from jax.sharding import PartitionSpec as P
 from ml_collections import ConfigDict
 
+from wpce_jax.config_validation import mode_settings
 from wpce_jax.kernels import RFF
-from wpce_jax.losses import infonce_and_accuracy, nce_loss, sigmoid_loss
+from wpce_jax.losses import infonce_and_accuracy, margin_contrastive_loss, nce_loss, nt_xent, sigmoid_loss, triplet_loss
 from wpce_jax.models.towers import init_params, logit_scale_value
 from wpce_jax.optimizer import clip_logit_scale, learning_rate_schedule
 from wpce_jax.parallel import DATA_AXIS
@@ -54,10 +62,68 @@ def _loss_and_accuracy(objective: str, x, y, scale, *bias):
     return nce_loss(x, y, scale, axis_name=DATA_AXIS), accuracy
 
 
+IMAGE_PARAMS = ("image_encoder", "image_head")  # what the image-only modes train
+
+
+def _two_view_loss(temperature, x, y):
+    """NT-Xent of local view shards x, y, and the top-1 of each view finding its partner among the other view's B
+    (on stopped gradients, a metric)."""
+    _, accuracy = infonce_and_accuracy(*map(jax.lax.stop_gradient, (x, y)), 1 / temperature, DATA_AXIS)
+    return nt_xent(x, y, temperature, DATA_AXIS), (accuracy["i2t_top1"] + accuracy["t2i_top1"]) / 2
+
+
+def _pair_distances(x, labels):
+    """Mean squared distance of same-label pairs (i != j) and of different-label pairs of the global batch x."""
+    sq = jnp.sum(x * x, axis=-1)
+    d = jnp.maximum(sq[:, None] + sq[None, :] - 2 * x @ x.T, 0)
+    same = labels[:, None] == labels[None, :]
+    positive = same & ~jnp.eye(x.shape[0], dtype=bool)
+    mean = lambda mask: jnp.sum(jnp.where(mask, d, 0)) / jnp.maximum(jnp.sum(mask), 1)
+    return mean(positive), mean(~same)
+
+
+def _image_only_loss_fn(model, config: ConfigDict, mesh):
+    settings = mode_settings(config)
+
+    def compared(params, images, rff):
+        return embed(model.apply({"params": params}, images, method="encode_image"), rff, config)
+
+    if settings.mode == "two_view":
+        sharded = jax.shard_map(partial(_two_view_loss, settings.temperature), mesh=mesh,
+                                in_specs=(P(DATA_AXIS), P(DATA_AXIS)), out_specs=(P(), P()))
+
+        def loss_fn(params, batch, rff):
+            x, y = compared(params, batch["image"], rff), compared(params, batch["image2"], rff)
+            loss, top1 = sharded(x, y)
+            return loss, {"train/view_top1": top1}
+
+        return loss_fn
+
+    if settings.metric_loss == "triplet":
+        objective = partial(triplet_loss, margin=settings.margin, mining=settings.mining, axis_name=DATA_AXIS)
+    else:
+        objective = partial(margin_contrastive_loss, margin=settings.margin, axis_name=DATA_AXIS)
+    sharded = jax.shard_map(objective, mesh=mesh, in_specs=(P(DATA_AXIS), P(DATA_AXIS)), out_specs=P())
+
+    def loss_fn(params, batch, rff):
+        x = compared(params, batch["image"], rff)
+        loss = sharded(x, batch["label"])
+        positive, negative = _pair_distances(jax.lax.stop_gradient(x).astype(jnp.float32), batch["label"])
+        return loss, {"train/positive_sq_dist": positive, "train/negative_sq_dist": negative}
+
+    return loss_fn
+
+
 def make_loss_fn(model, config: ConfigDict, mesh):
-    """loss_fn(params, batch, rff) -> (loss, metrics): the towers, the compared vectors, and the model's objective
-    over the global batch in shard_map. metrics: "train/logit_scale", "train/i2t_top1", "train/t2i_top1", and
-    "train/logit_bias" for the sigmoid objective."""
+    """loss_fn(params, batch, rff) -> (loss, metrics): the towers, the compared vectors, and the mode's objective
+    over the global batch in shard_map.
+
+    mode "image_text": the model's objective; metrics "train/logit_scale", "train/i2t_top1", "train/t2i_top1", and
+    "train/logit_bias" for the sigmoid objective. "two_view": NT-Xent; "train/view_top1". "labelled": triplet or
+    margin contrastive loss; "train/positive_sq_dist" and "train/negative_sq_dist" (mean squared distances of the
+    same-label and different-label pairs)."""
+    if mode_settings(config).mode != "image_text":
+        return _image_only_loss_fn(model, config, mesh)
     similarity = config.model.similarity
     objective = model.objective
     sigmoid = objective == "sigmoid"
@@ -81,8 +147,10 @@ def make_loss_fn(model, config: ConfigDict, mesh):
 
 
 def make_train_step(model, config: ConfigDict, mesh, tx: optax.GradientTransformation):
-    """Returns step(state, batch) -> (state, metrics); batch {"image" [B,H,W,3], "tokens" [B,L]} global arrays."""
+    """Returns step(state, batch) -> (state, metrics); batch {"image" [B,H,W,3], "tokens" [B,L]} global arrays
+    (two_view: "image" and "image2"; labelled: "image" and "label" [B] int32)."""
     similarity = config.model.similarity
+    image_only = mode_settings(config).mode != "image_text"
     schedule = learning_rate_schedule(config)
     loss_fn = make_loss_fn(model, config, mesh)
 
@@ -92,6 +160,8 @@ def make_train_step(model, config: ConfigDict, mesh, tx: optax.GradientTransform
         grad_norm = optax.tree.norm(grads)
         ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & (state.bad_step < 0)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        if image_only:  # the unused text tower and logit scale stay as initialised (no weight decay either)
+            updates = {k: v if k in IMAGE_PARAMS else jax.tree.map(jnp.zeros_like, v) for k, v in updates.items()}
         params = clip_logit_scale(optax.apply_updates(state.params, updates), similarity,
                                   config.logit_scale_min, config.logit_scale_max)
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)

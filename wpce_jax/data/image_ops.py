@@ -11,12 +11,13 @@ Decoders (chosen by ``benchmarks/pipeline.py``; see DEFAULT_DECODER):
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 from typing import Callable
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageEnhance
 
 # ImageNet statistics on the [0, 1] scale (CLIP-style normalisation as in the paper's recipe).
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
@@ -128,6 +129,60 @@ def train_crop(data: bytes, size: int, rng: np.random.Generator, scale: tuple[fl
                decoder: str = DEFAULT_DECODER) -> np.ndarray:
     """RandomResizedCrop(size, scale, bicubic) of an encoded image. Returns uint8 [size, size, 3]."""
     return _impl(decoder)(data, lambda w, h: random_resized_crop_box(w, h, rng, scale), size)
+
+
+@dataclasses.dataclass(frozen=True)
+class ViewAugment:
+    """SimCLR's view augmentation after the RandomResizedCrop (Chen et al. 2020, appendix A), at strength s:
+
+    - horizontal flip with probability 0.5 (when `flip`; off for digits, whose meaning is not mirror-invariant);
+    - with probability `jitter_prob` (0.8) colour jitter: brightness, contrast and saturation factors
+      ~ U[1 - 0.8 s, 1 + 0.8 s], a hue shift ~ U[-0.2 s, 0.2 s] of a turn, applied in a random order
+      (torchvision's ColorJitter on PIL images);
+    - grayscale with probability `grayscale_prob` (0.2).
+    Every draw comes from the generator passed in, so the views are a function of (seed, example) alone.
+    """
+
+    strength: float = 1.0
+    flip: bool = False
+    jitter_prob: float = 0.8
+    grayscale_prob: float = 0.2
+
+    def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """uint8 [S, S, 3] -> uint8 [S, S, 3]. Always draws the same number of values from `rng`."""
+        flip, jitter, gray = rng.uniform(size=3)
+        order = rng.permutation(4)
+        s = self.strength
+        factors = rng.uniform(max(0.0, 1 - 0.8 * s), 1 + 0.8 * s, size=3)
+        hue = rng.uniform(-0.2 * s, 0.2 * s)
+        img = Image.fromarray(image)
+        if self.flip and flip < 0.5:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        if s > 0 and jitter < self.jitter_prob:
+            for op in order:
+                if op < 3:
+                    enhancer = (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color)[op]
+                    img = enhancer(img).enhance(float(factors[op]))
+                else:
+                    img = _shift_hue(img, hue)
+        if gray < self.grayscale_prob:
+            img = img.convert("L").convert("RGB")
+        return np.asarray(img)
+
+
+def _shift_hue(img: Image.Image, hue: float) -> Image.Image:
+    """Rotate the hue by `hue` turns (in [-0.5, 0.5]) in HSV space, as torchvision's adjust_hue on PIL."""
+    h, s, v = img.convert("HSV").split()
+    shifted = (np.asarray(h, np.uint8).astype(np.int16) + int(round(hue * 255))) % 256
+    return Image.merge("HSV", (Image.fromarray(shifted.astype(np.uint8), "L"), s, v)).convert("RGB")
+
+
+def train_views(data: bytes, size: int, rng: np.random.Generator, augment: ViewAugment,
+                scale: tuple[float, float] = (0.08, 1.0), decoder: str = DEFAULT_DECODER,
+                count: int = 2) -> list[np.ndarray]:
+    """`count` independent SimCLR views of an encoded image: each a RandomResizedCrop(size, scale) followed by
+    `augment`, drawn one after the other from `rng`. Returns uint8 [size, size, 3] arrays."""
+    return [augment(train_crop(data, size, rng, scale, decoder), rng) for _ in range(count)]
 
 
 def eval_crop(data, size: int, decoder: str = DEFAULT_DECODER) -> np.ndarray:

@@ -52,18 +52,39 @@ class _DecodeTrain(grain.transforms.RandomMap):
 
 
 @dataclasses.dataclass(frozen=True)
-class _DecodeEval(grain.transforms.Map):
+class _DecodeViews(grain.transforms.RandomMap):
+    """record bytes -> {"image": uint8 [S, S, 3] (first view), "image2": uint8 [S, S, 3] (second view), "tokens",
+    "label"}: two SimCLR views (image_ops.train_views) drawn from the example's own generator, so a restored
+    iterator repeats them."""
+
+    tokenizer: Any
+    image_size: int
+    crop_scale: tuple[float, float]
+    decoder: str
+    augment: image_ops.ViewAugment
+
+    def random_map(self, element: bytes, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        header, offset = records.decode_header(element)
+        first, second = image_ops.train_views(memoryview(element)[offset:].tobytes(), self.image_size, rng,
+                                              self.augment, self.crop_scale, self.decoder)
+        return dict(_example(first, header, self.tokenizer), image2=second)
+
+
+@dataclasses.dataclass(frozen=True)
+class _DecodeEval(grain.transforms.MapWithIndex):
     """A record (bytes) or an evaluation source's item ({"image": encoded bytes or uint8 [H, W, C], "label"})
-    -> {"image": uint8 [S, S, 3] (resize + centre crop), "label": int32, "mask": bool, "corrupt": bool, and with
-    a tokenizer "tokens"}. An image that does not decode becomes black with mask False and corrupt True, so an
-    evaluation counts and skips it instead of stopping."""
+    -> {"image": uint8 [S, S, 3] (resize + centre crop), "label": int32, "mask": bool, "corrupt": bool, "index":
+    int32 (the item's index in the source, -1 for padding), and with a tokenizer "tokens"}. An image that does not
+    decode becomes black with mask False and corrupt True, so an evaluation counts and skips it instead of
+    stopping."""
 
     tokenizer: Any
     image_size: int
     decoder: str
+    offset: int = 0    # source index of this dataset's first item
     real: bool = True  # False for the padding copies
 
-    def map(self, element) -> dict[str, np.ndarray]:
+    def map_with_index(self, index: int, element) -> dict[str, np.ndarray]:
         if isinstance(element, bytes):
             header, offset = records.decode_header(element)
             image, label = memoryview(element)[offset:].tobytes(), header.get("label", -1)
@@ -75,7 +96,8 @@ class _DecodeEval(grain.transforms.Map):
         except (OSError, ValueError, SyntaxError):  # what PIL and simplejpeg raise on a broken file
             pixels, ok = np.zeros((self.image_size, self.image_size, 3), np.uint8), False
         out = {"image": pixels, "label": np.int32(label), "mask": np.bool_(self.real and ok),
-               "corrupt": np.bool_(self.real and not ok)}
+               "corrupt": np.bool_(self.real and not ok),
+               "index": np.int32(self.offset + index if self.real else -1)}
         if self.tokenizer is not None:
             out["tokens"] = self.tokenizer([header["caption"]])[0]
         return out
@@ -93,7 +115,7 @@ class _Normalize(grain.transforms.Map):
     """Batch-level so the float conversion is one vectorised pass; keeps uint8 through decode and batch."""
 
     def map(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(batch, image=image_ops.normalize(batch["image"]))
+        return {k: image_ops.normalize(v) if k in ("image", "image2") else v for k, v in batch.items()}
 
 
 def make_eval_dataset(source, *, image_size: int, batch_size: int, process_index: int = 0,
@@ -106,19 +128,22 @@ def make_eval_dataset(source, *, image_size: int, batch_size: int, process_index
     pad: every process yields ceil(ceil(N / P) / b) full batches (what a multi-process jit step needs), the
       missing rows copies of item 0 with "mask" False; otherwise the last batch is partial.
     Returns batches {"image": float32 [b, S, S, 3] normalised, "label": int32 [b], "mask": bool [b] (real and
-    decodable), "corrupt": bool [b] (real but undecodable), "tokens" int32 [b, L] with a tokenizer}.
+    decodable), "corrupt": bool [b] (real but undecodable), "index" int32 [b] (position in the source, -1 for
+    padding: batches of several processes interleave, so this restores the source order), "tokens" int32 [b, L]
+    with a tokenizer}.
     """
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} must be in [0, process_count={process_count})")
     n = len(source)
     start, stop = process_index * n // process_count, (process_index + 1) * n // process_count
     ds = grain.MapDataset.source(source)
-    real = ds[start:stop].map(_DecodeEval(tokenizer, image_size, decoder))
+    real = ds[start:stop].map_with_index(_DecodeEval(tokenizer, image_size, decoder, start))
     if pad:
         total = -(-(-(-n // process_count)) // batch_size) * batch_size
         if total > stop - start:
             # Padding repeats the dataset's first item (every process can read that one).
-            fill = ds[0:1].repeat(total - (stop - start)).map(_DecodeEval(tokenizer, image_size, decoder, False))
+            fill = ds[0:1].repeat(total - (stop - start)).map_with_index(
+                _DecodeEval(tokenizer, image_size, decoder, real=False))
             real = grain.MapDataset.concatenate([real, fill]) if stop > start else fill
     return _batched(real, batch_size, False, worker_count, read_threads)
 
@@ -139,6 +164,7 @@ def make_dataset(
     decoder: str = image_ops.DEFAULT_DECODER,
     read_threads: int | None = None,
     pad_eval: bool = False,
+    views: image_ops.ViewAugment | None = None,
 ) -> grain.IterDataset:
     """The per-process input pipeline of a converted dataset.
 
@@ -159,9 +185,12 @@ def make_dataset(
         most 8).
       pad_eval: evaluation only: pad every process to ceil(ceil(N / P) / b) full batches and add "mask" bool [b]
         (True for real examples) so that all processes step together.
+      views: training only: two SimCLR views per example (RandomResizedCrop(crop_scale) then this augmentation,
+        image_ops.train_views) instead of one crop; the batch gains "image2", the second view.
     Returns:
       grain.IterDataset of dicts: "image" float32 [b, S, S, 3] (ImageNet-normalised), "tokens" int32
-      [b, L], "label" int32 [b] (-1 for unlabelled records); evaluation adds "mask" and "corrupt" bool [b]
+      [b, L], "label" int32 [b] (-1 for unlabelled records); with `views` also "image2" float32 [b, S, S, 3];
+      evaluation adds "mask" and "corrupt" bool [b]
       (make_eval_dataset). iter() gives
       an iterator with get_state()/set_state() (a small JSON-serialisable dict).
     """
@@ -201,7 +230,11 @@ def make_dataset(
     # The crop RNG is keyed by position in this process's stream: fold the process in, or the k-th example
     # of every process would draw the same crop parameters.
     crop_seed = int(np.random.SeedSequence([seed % 2**32, process_index]).generate_state(1)[0])
-    ds = ds.random_map(_DecodeTrain(tokenizer, image_size, tuple(crop_scale), decoder), seed=crop_seed)
+    if views is None:
+        decode = _DecodeTrain(tokenizer, image_size, tuple(crop_scale), decoder)
+    else:
+        decode = _DecodeViews(tokenizer, image_size, tuple(crop_scale), decoder, views)
+    ds = ds.random_map(decode, seed=crop_seed)
     return _batched(ds, batch_size, True, worker_count, read_threads)
 
 
