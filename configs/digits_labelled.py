@@ -28,4 +28,5 @@ def get_config(arg: str = "wpce"):
     c.eval.zeroshot = ""
     c.eval.retrieval = ""
     c.eval.linear_probe = "digits"
+    c.eval.image_retrieval_by = "distance"  # the losses shape Euclidean distances; for WPCE maps that is not the dot product
     return c

@@ -21,8 +21,10 @@ TINY = {"total_steps": 30, "batch_size": 32, "log_every_steps": 1, "eval_every_s
         "optim.warmup_steps": 5, "eval.linear_probe": ""}
 
 
-def tiny_config(cache_dir, **overrides):
-    config = runpy.run_path(DIGITS)["get_config"]()
+def tiny_config(cache_dir, path=DIGITS, arg=None, **overrides):
+    """The config file at `path` (its get_config(arg)) with the tiny model and `overrides` (dotted keys)."""
+    get_config = runpy.run_path(path)["get_config"]
+    config = get_config() if arg is None else get_config(arg)
     for key, value in {**TINY, "data.cache_dir": cache_dir, **overrides}.items():
         node = config
         *parents, leaf = key.split(".")
@@ -32,15 +34,21 @@ def tiny_config(cache_dir, **overrides):
     return config
 
 
-def cli(workdir, cache_dir, **overrides):
+def cli(workdir, cache_dir, path=DIGITS, arg=None, **overrides):
+    """The training command of `tiny_config`'s run."""
     flags = [f"--config.{k}={v}" for k, v in {**TINY, "data.cache_dir": cache_dir, **overrides}.items()]
-    return [sys.executable, "-m", "wpce_jax.main", f"--config={DIGITS}", f"--workdir={workdir}", *flags]
+    config = path if arg is None else f"{path}:{arg}"
+    return [sys.executable, "-m", "wpce_jax.main", f"--config={config}", f"--workdir={workdir}", *flags]
+
+
+def run(cmd):
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
 
 
 def run_cli(workdir, cache_dir, **overrides):
-    out = subprocess.run(cli(workdir, cache_dir, **overrides), capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return out
+    return run(cli(workdir, cache_dir, **overrides))
 
 
 def losses(workdir):

@@ -110,6 +110,10 @@ def test_cli_reuses_cached_features_and_checks_overrides(evaluated):
         assert json.load(f) == again  # a run that evaluated nothing leaves the results as they were
     bad = _evaluate_cli(workdir, "--config.eval.zeroshot=cifar11")
     assert bad.returncode != 0 and "unknown dataset 'cifar11'" in bad.stderr and "Traceback" not in bad.stderr
+    redrawn = _evaluate_cli(workdir, "--config.eval.linear_probe=", "--config.eval.retrieval=",
+                            "--config.eval.rff_draws=2")  # other features than the cached ones: encoded again
+    assert redrawn.returncode == 0, redrawn.stderr[-3000:]
+    assert "read from" not in redrawn.stdout and "top1_draw_std" in redrawn.stdout
 
 
 def test_overrides_take_the_fields_type():
@@ -165,12 +169,15 @@ def test_two_processes_equal_one(evaluated, tmp_path):
         assert two[name] == pytest.approx(results[name], abs=1e-6), name
 
 
-def _numpy_image_retrieval(compared: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+def _numpy_image_retrieval(compared: np.ndarray, labels: np.ndarray, by: str = "similarity") -> dict[str, float]:
     """Brute force in float64: each image ranks the others (its own column deleted) by the draw-averaged
-    similarity, stable descending (ties to the lower index); the metrics' means over the queries."""
+    similarity (or the negative squared distance), stable descending (ties to the lower index); the metrics'
+    means over the queries."""
     n, draws = compared.shape[:2]
     v = compared.astype(np.float64)
     scores = np.einsum("nrf,mrf->nm", v, v) / draws
+    if by == "distance":
+        scores = -np.sum((v[:, None] - v[None, :]) ** 2, axis=(2, 3)) / draws
     p1, rp, mapr = [], [], []
     for i in range(n):
         keep = np.arange(n) != i
@@ -217,3 +224,21 @@ def test_image_retrieval_by_class_matches_numpy(digits_run, monkeypatch):
         assert one[f"image_retrieval/digits/{metric}"] == pytest.approx(value, abs=1e-6), metric
     # The shared run is short (near chance: about 0.1 precision@1); MAP@R is the strictest of the metrics.
     assert 0 < want["map@r"] < want["r_precision"] < 1 and 0 < want["precision@1"] < 1
+
+
+def test_image_retrieval_by_distance_differs_from_similarity_and_matches_numpy():
+    from wpce_jax.evaluate import image_retrieval
+
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 4, 60)
+    # Class directions plus noise, with norms spread over a decade: distance and similarity rank differently.
+    compared = (np.eye(8)[labels][:, None, :] + 0.8 * rng.normal(size=(60, 2, 8))) * rng.uniform(0.3, 3, (60, 1, 1))
+    compared = compared.astype(np.float32)
+    for by in ("similarity", "distance"):
+        got = image_retrieval.scores(compared, labels, by=by)
+        want = _numpy_image_retrieval(compared, labels, by)
+        for name in want:
+            assert got[name] == pytest.approx(want[name], abs=1e-6), (by, name)
+    assert image_retrieval.scores(compared, labels, by="distance") != image_retrieval.scores(compared, labels)
+    with pytest.raises(ValueError, match="by must be one of"):
+        image_retrieval.scores(compared, labels, by="cosine")

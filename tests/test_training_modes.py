@@ -5,8 +5,6 @@ import json
 import os
 import runpy
 import shutil
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -22,32 +20,10 @@ from wpce_jax.optimizer import make_optimizer
 from wpce_jax.parallel import global_batch, make_mesh, replicated
 from wpce_jax.similarity import embed, train_rff
 from wpce_jax.train_step import initial_state, make_loss_fn, make_train_step
-from runs import ROOT, TINY, final_params, losses
+from runs import ROOT, cli, final_params, losses, run, tiny_config
 
 TWO_VIEW = os.path.join(ROOT, "configs", "digits_two_view.py")
 LABELLED = os.path.join(ROOT, "configs", "digits_labelled.py")
-
-
-def _config(path, arg, cache_dir, **overrides):
-    config = runpy.run_path(path)["get_config"](arg)
-    for key, value in {**TINY, "data.cache_dir": cache_dir, **overrides}.items():
-        node = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return config
-
-
-def _cli(path, arg, workdir, cache_dir, **overrides):
-    flags = [f"--config.{k}={v}" for k, v in {**TINY, "data.cache_dir": cache_dir, **overrides}.items()]
-    return [sys.executable, "-m", "wpce_jax.main", f"--config={path}:{arg}", f"--workdir={workdir}", *flags]
-
-
-def _run(cmd):
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return out
 
 
 # ------------------------------------------------------------------------------------------ the step, by hand
@@ -56,7 +32,7 @@ def _run(cmd):
                                       (LABELLED, "clip,margin_contrastive")])
 def test_one_step_on_8_devices_equals_the_loss_by_hand(cache_dir, tmp_path, path, arg):
     assert jax.device_count() == 8
-    config = _config(path, arg, cache_dir)
+    config = tiny_config(cache_dir, path, arg)
     datasets.resolve(config, str(tmp_path))  # fills in the vocabulary
     model, tx = make_model(config), make_optimizer(config)
     key = jax.random.key(3)
@@ -96,7 +72,7 @@ def test_one_step_on_8_devices_equals_the_loss_by_hand(cache_dir, tmp_path, path
 
 
 def test_text_tower_gets_zero_gradient_and_is_not_run(cache_dir, tmp_path):
-    config = _config(LABELLED, "wpce", cache_dir)
+    config = tiny_config(cache_dir, LABELLED, "wpce")
     datasets.resolve(config, str(tmp_path))
     model, tx = make_model(config), make_optimizer(config)
     state0 = initial_state(model, tx, config, jax.random.key(0))
@@ -149,7 +125,7 @@ def test_flip_is_configurable():
 
 def test_view_pipeline_resumes_exactly(cache_dir, tmp_path):
     built, _ = _first_jpeg(cache_dir)
-    data = datasets.resolve(_config(TWO_VIEW, "wpce", cache_dir), str(tmp_path))
+    data = datasets.resolve(tiny_config(cache_dir, TWO_VIEW, "wpce"), str(tmp_path))
     make = lambda: make_dataset(built.train_dir, tokenizer=data.tokenizer, image_size=32, train=True, batch_size=16,
                                 seed=5, crop_scale=(0.4, 1.0), views=image_ops.ViewAugment(strength=0.5),
                                 read_threads=1)
@@ -175,8 +151,8 @@ def test_view_pipeline_resumes_exactly(cache_dir, tmp_path):
                                                    (LABELLED, "clip,triplet", "", "train/positive_sq_dist")])
 def test_digits_run_and_exact_resume(cache_dir, tmp_path, path, arg, probe, metric):
     workdir = str(tmp_path)
-    cmd = _cli(path, arg, workdir, cache_dir, **{"eval.linear_probe": probe})
-    _run(cmd)
+    cmd = cli(workdir, cache_dir, path, arg, **{"eval.linear_probe": probe})
+    run(cmd)
     want = losses(workdir)
     assert sorted(want) == list(range(1, 31)) and all(np.isfinite(list(want.values())))
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
@@ -187,7 +163,7 @@ def test_digits_run_and_exact_resume(cache_dir, tmp_path, path, arg, probe, metr
     reference = final_params(workdir)
     # As if killed between the step-20 checkpoint and the step-30 one: the last checkpoint never happened.
     shutil.rmtree(os.path.join(workdir, "checkpoints", "30"))
-    out = _run(cmd)
+    out = run(cmd)
     assert "resumed from the step-20 checkpoint" in out.stdout
     assert losses(workdir) == want  # bit-identical, every step
     jax.tree.map(np.testing.assert_array_equal, final_params(workdir), reference)
@@ -205,7 +181,7 @@ def test_digits_run_and_exact_resume(cache_dir, tmp_path, path, arg, probe, metr
 ])
 def test_bad_mode_fields_fail_validation(cache_dir, tmp_path, path, arg, overrides, match):
     with pytest.raises(ValueError, match=match):
-        train.train_and_evaluate(_config(path, arg, cache_dir, **overrides), str(tmp_path))
+        train.train_and_evaluate(tiny_config(cache_dir, path, arg, **overrides), str(tmp_path))
     assert not os.path.exists(os.path.join(tmp_path, "checkpoints"))
 
 

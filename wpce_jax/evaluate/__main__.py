@@ -84,7 +84,8 @@ def apply_overrides(config, overrides: dict[str, str]) -> list[str]:
 
 
 # Evaluation fields of checkpoints saved before they existed (their eval.zeroshot was a dict of directories).
-EVAL_DEFAULTS = {"zeroshot": "", "linear_probe": "", "retrieval": "", "image_retrieval": "", "tfds_data_dir": None,
+EVAL_DEFAULTS = {"zeroshot": "", "linear_probe": "", "retrieval": "", "image_retrieval": "",
+                 "image_retrieval_by": "similarity", "tfds_data_dir": None,
                  "aircraft_dir": None, "flickr30k_dir": None, "rff_draws": 1, "probe_features": "pooled",
                  "linear_probe_in_training": True, "cache_features": True}
 
@@ -96,6 +97,12 @@ def with_eval_defaults(config):
             if key not in config.eval or (key == "zeroshot" and not isinstance(config.eval[key], str)):
                 config.eval[key] = value
     return config
+
+
+def _cell(value, width: int) -> str:
+    if value is None:
+        return " " * width
+    return f"{value:>{width}.4f}" if 0 <= value <= 1 else f"{value:>{width}.4g}"  # rates, or e.g. a probe's C
 
 
 def format_table(results: dict[str, float]) -> str:
@@ -112,7 +119,7 @@ def format_table(results: dict[str, float]) -> str:
         lines.append(f"{task:<{width}}  " + "  ".join(f"{c:>{n}}" for c, n in zip(columns, sizes)))
         for dataset, values in rows.items():
             lines.append(f"{dataset:<{width}}  " + "  ".join(
-                f"{values[c]:>{n}.4f}" if c in values else " " * n for c, n in zip(columns, sizes)))
+                _cell(values.get(c), n) for c, n in zip(columns, sizes)))
         lines.append("")
     return "\n".join(lines).rstrip()
 

@@ -42,6 +42,9 @@ def validate_eval_config(config: ConfigDict) -> None:
         registry.parse_specs(e.get(task) or "", task)
     if isinstance(e.rff_draws, bool) or not isinstance(e.rff_draws, int) or e.rff_draws < 1:
         raise ValueError(f"config field eval.rff_draws must be an int >= 1, got {e.rff_draws!r}")
+    if e.get("image_retrieval_by", "similarity") not in image_retrieval.BY:
+        raise ValueError(f"config field eval.image_retrieval_by must be one of {image_retrieval.BY}, "
+                         f"got {e.image_retrieval_by!r}")
     if e.probe_features not in PROBE_FEATURES:
         raise ValueError(f"config field eval.probe_features must be one of {PROBE_FEATURES}, "
                          f"got {e.probe_features!r}")
@@ -163,7 +166,8 @@ class Evaluator:
             resolved = self._resolve("image_retrieval", spec, "test")
             feats = resolved and images(spec, "test", resolved[0].source)
             if feats:
-                run(lambda: image_retrieval.evaluate(spec.name, resolved[0], images=feats, mesh=self.encoders.mesh))
+                run(lambda: image_retrieval.evaluate(spec.name, resolved[0], images=feats, mesh=self.encoders.mesh,
+                                                     by=self.config.eval.get("image_retrieval_by", "similarity")))
         return results
 
     def _probe(self, name: str, params, train: ImageFeatures, test: ImageFeatures, num_classes: int,
@@ -198,7 +202,7 @@ class Evaluator:
             tmp = path.parent / f".{path.name}.tmp"
             with tmp.open("wb") as f:
                 np.savez(f, stamp=np.asarray(stamp), **features._asdict())
-            tmp.rename(path)
+            tmp.replace(path)  # over a stale file of other data
         return features
 
     @staticmethod

@@ -8,7 +8,10 @@ class has no relevant item and scores 0. Ties are broken by image index (metrics
 
 The compared vector is the one retrieval.py compares: with R evaluation RFF draws the draws' vectors concatenated
 and divided by sqrt(R), so that a dot product is the mean similarity over the draws; for the CLIP baseline it is
-the image's unit vector (cosine similarity). Scores stay on the device, a block of queries at a time
+the image's unit vector (cosine similarity). Ranking is by that similarity, or (by="distance", for models trained
+with a distance loss: triplet, margin contrastive) by the squared Euclidean distance, which for WPCE feature maps
+is the kernel distance g(P,P) + g(Q,Q) - 2 g(P,Q) and differs from the similarity by the candidates' norms: it is
+a dot product too, of [x, 1] with [y, -|y|^2 / 2]. Scores stay on the device, a block of queries at a time
 (metrics.retrieval_metrics); with a mesh of several devices each device ranks its share of every block.
 """
 from __future__ import annotations
@@ -27,19 +30,33 @@ from wpce_jax.parallel import replicated
 METRICS = ("precision@1", "r_precision", "map@r", "recall@1")
 
 
-def scores(compared: np.ndarray, labels: np.ndarray, mesh: Optional[Mesh] = None) -> dict[str, float]:
-    """Metric name (without prefix) -> mean over queries, from the compared vectors [N, R, F] and labels [N]."""
-    vectors = _flatten_draws(compared)
+BY = ("similarity", "distance")
+
+
+def scores(compared: np.ndarray, labels: np.ndarray, mesh: Optional[Mesh] = None,
+           by: str = "similarity") -> dict[str, float]:
+    """Metric name (without prefix) -> mean over queries, from the compared vectors [N, R, F] and labels [N],
+    ranked by similarity or by distance (module docstring)."""
+    if by not in BY:
+        raise ValueError(f"by must be one of {BY}, got {by!r}")
+    queries = candidates = _flatten_draws(compared)
+    if by == "distance":  # -|x - y|^2 / 2 = x . y - |y|^2 / 2 + (a constant of the query)
+        ones = np.ones((len(queries), 1), np.float32)
+        queries = np.concatenate([queries, ones], axis=1)
+        candidates = np.concatenate([candidates, -0.5 * np.sum(candidates ** 2, axis=1, keepdims=True)], axis=1)
     if mesh is not None and mesh.size > 1:
-        # Identical on every process: a replicated global array, so that retrieval_metrics spreads the blocks'
+        # Identical on every process: replicated global arrays, so that retrieval_metrics spreads the blocks'
         # rows over the mesh.
-        vectors = jax.make_array_from_callback(vectors.shape, replicated(mesh), lambda index: vectors[index])
-    per_query = metrics.retrieval_metrics(vectors, vectors, labels, labels, ks=(1,), exclude_self=True)
+        queries, candidates = (jax.make_array_from_callback(v.shape, replicated(mesh), lambda index, v=v: v[index])
+                               for v in (queries, candidates))
+    per_query = metrics.retrieval_metrics(queries, candidates, labels, labels, ks=(1,), exclude_self=True)
     return {name: float(np.mean(per_query[name])) for name in METRICS}
 
 
-def evaluate(name: str, data: ClassificationSet, *, images, mesh: Optional[Mesh] = None) -> dict[str, float]:
+def evaluate(name: str, data: ClassificationSet, *, images, mesh: Optional[Mesh] = None,
+             by: str = "similarity") -> dict[str, float]:
     """image_retrieval/<name>/<metric> of one labelled set whose test images are encoded (encode.ImageFeatures;
     images that did not decode are missing from it). mesh: the devices that rank (default: one)."""
     del data  # the labels ride with the features
-    return {f"image_retrieval/{name}/{k}": v for k, v in scores(images.compared, images.labels, mesh).items()}
+    return {f"image_retrieval/{name}/{k}": v
+            for k, v in scores(images.compared, images.labels, mesh, by).items()}
