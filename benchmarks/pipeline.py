@@ -161,7 +161,6 @@ def main():
                 k = i % len(jpegs)
                 members += testing.sample_members(f"{i:09d}", jpegs[k], captions[k], {"url": f"u{i}"})
             testing.write_tar(os.path.join(tars, f"{s // per_tar:05d}.tar"), members)
-        inputs = sorted(os.path.join(tars, f) for f in os.listdir(tars))
         print()
         for workers in sorted({1, cores}):
             dts = []
