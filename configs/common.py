@@ -28,6 +28,7 @@ def base() -> ml_collections.ConfigDict:
     c.data.image_size = 224           # square input side after cropping
     c.data.crop_scale = (0.5, 1.0)    # RandomResizedCrop area range for training
     c.data.worker_count = 0           # grain worker processes decoding images (0: threads in the main process)
+    c.data.samples_per_class = 0      # 0: uniform shuffle; m >= 2: batches of whole groups of m images of a class
 
     c.model = ml_collections.ConfigDict()
     c.model.similarity = "wpce"       # "wpce" (point clouds, kernel similarity) or "clip" (one point, cosine)

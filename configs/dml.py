@@ -21,8 +21,8 @@ Reported metrics: image_retrieval/NAME/{recall@k, map@r} on the test classes, ra
 
 Settings: ViT-S/16 at 224 px, batch 128. The usual DML recipes (Roth et al. 2020 "Revisiting Training Strategies
 and Generalization Performance in Deep Metric Learning"; Musgrave et al. 2020 "A Metric Learning Reality Check")
-fine-tune an ImageNet-pretrained backbone with Adam at lr ~1e-5 and sample several images per class in a batch;
-this trainer starts from scratch and samples records uniformly, so the optimiser below follows DeiT's
+fine-tune an ImageNet-pretrained backbone with Adam at lr ~1e-5 and sample several images per class in a batch (here
+too: data.samples_per_class = 4); this trainer starts from scratch, so the optimiser below follows DeiT's
 from-scratch ViT recipe instead and the absolute numbers are not comparable to the published ones.
 """
 import os
@@ -68,6 +68,7 @@ def get_config(arg: str = "cub"):
     c.data.tokenizer_path = placeholder(str)       # required: a .model from wpce_jax.data.train_tokenizer
     c.data.image_size = 224                        # the DML recipes' 224 px RandomResizedCrop
     c.data.crop_scale = (0.08, 1.0)                # torchvision's RandomResizedCrop default, as in the DML recipes
+    c.data.samples_per_class = 4                   # 32 classes x 4 images a batch: positives for the mining (m = 4)
 
     c.model.image.variant = "S/16"
     c.model.embed_dim = 512                        # Roth et al. / Musgrave et al. report 128 and 512; 512 here

@@ -97,6 +97,12 @@ def validate_config(config: ConfigDict) -> None:
     if config.total_steps % config.optim.accum_steps:
         raise ValueError(f"config field total_steps = {config.total_steps} must be a multiple of "
                          f"optim.accum_steps = {config.optim.accum_steps}")
+    per_class = _get(config, "data.samples_per_class", 0)
+    if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class == 1 or per_class < 0:
+        raise ValueError(f"config field data.samples_per_class must be 0 (uniform) or an int >= 2, got {per_class!r}")
+    if per_class and config.batch_size % (per_class * jax.process_count()):
+        raise ValueError(f"config field batch_size = {config.batch_size} must be a multiple of data.samples_per_class "
+                         f"({per_class}) x processes ({jax.process_count()})")
     if config.data.kind not in DATA_KINDS:
         raise ValueError(f"config field data.kind must be one of {DATA_KINDS}, got {config.data.kind!r}")
     if config.data.kind == "arrayrecord":

@@ -109,7 +109,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, float]:
                             train=True, batch_size=local_batch, seed=config.seed,
                             process_index=jax.process_index(), process_count=jax.process_count(),
                             crop_scale=tuple(config.data.crop_scale), worker_count=config.data.worker_count,
-                            views=views)
+                            views=views, samples_per_class=config.data.get("samples_per_class", 0))
     iterator = iter(train_ds)
     checkpointer = Checkpointer(workdir, config.keep_checkpoints, config.async_checkpoints)
     writer = MetricWriter(workdir, enabled=is_main)

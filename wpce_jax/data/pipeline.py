@@ -28,6 +28,7 @@ import grain
 import numpy as np
 
 from wpce_jax.data import image_ops, records
+from wpce_jax.data.class_balanced import ClassBalancedOrder
 
 
 def dataset_size(data_dir: str) -> int:
@@ -111,6 +112,16 @@ def _example(image: np.ndarray, header: dict[str, Any], tokenizer) -> dict[str, 
     }
 
 
+@dataclasses.dataclass(frozen=True)
+class _Read(grain.transforms.Map):
+    """A record index -> the record's bytes."""
+
+    source: Any
+
+    def map(self, index: int) -> bytes:
+        return self.source[index]
+
+
 class _Normalize(grain.transforms.Map):
     """Batch-level so the float conversion is one vectorised pass; keeps uint8 through decode and batch."""
 
@@ -165,6 +176,7 @@ def make_dataset(
     read_threads: int | None = None,
     pad_eval: bool = False,
     views: image_ops.ViewAugment | None = None,
+    samples_per_class: int = 0,
 ) -> grain.IterDataset:
     """The per-process input pipeline of a converted dataset.
 
@@ -187,6 +199,8 @@ def make_dataset(
         (True for real examples) so that all processes step together.
       views: training only: two SimCLR views per example (RandomResizedCrop(crop_scale) then this augmentation,
         image_ops.train_views) instead of one crop; the batch gains "image2", the second view.
+      samples_per_class: training only: 0 for the shuffle above; m >= 2 for class-balanced batches of whole groups
+        of m images of one class (class_balanced.py; every record needs a label).
     Returns:
       grain.IterDataset of dicts: "image" float32 [b, S, S, 3] (ImageNet-normalised), "tokens" int32
       [b, L], "label" int32 [b] (-1 for unlabelled records); with `views` also "image2" float32 [b, S, S, 3];
@@ -218,15 +232,20 @@ def make_dataset(
                                  process_index=process_index, process_count=process_count,
                                  worker_count=worker_count, decoder=decoder, read_threads=read_threads,
                                  pad=pad_eval, tokenizer=tokenizer)
-    ds = grain.MapDataset.source(source)
     per_process = n // process_count
     if per_process < batch_size:
         raise ValueError(f"{data_dir}: {n} examples give {per_process} per process, fewer than one batch "
                          f"of {batch_size}")
-    ds = ds.shuffle(seed=seed % 2**32)
-    ds = ds[:per_process * process_count]
-    ds = ds[process_index::process_count]
-    ds = ds.repeat(num_epochs)
+    if samples_per_class:
+        labels = [records.decode_header(source[i])[0].get("label", -1) for i in range(n)]
+        order = ClassBalancedOrder(labels, samples_per_class, batch_size * process_count, seed=seed,
+                                   process_index=process_index, process_count=process_count, num_epochs=num_epochs)
+        ds = grain.MapDataset.source(order).map(_Read(source))
+    else:
+        ds = grain.MapDataset.source(source).shuffle(seed=seed % 2**32)
+        ds = ds[:per_process * process_count]
+        ds = ds[process_index::process_count]
+        ds = ds.repeat(num_epochs)
     # The crop RNG is keyed by position in this process's stream: fold the process in, or the k-th example
     # of every process would draw the same crop parameters.
     crop_seed = int(np.random.SeedSequence([seed % 2**32, process_index]).generate_state(1)[0])
