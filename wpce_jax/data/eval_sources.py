@@ -46,27 +46,32 @@ class CaptionSet(NamedTuple):
 
 # ---------------------------------------------------------------------------------------------------- TFDS
 
-def _tfds_builder(name: str, data_dir: Optional[str]):
+def tfds_builder(name: str, data_dir: Optional[str]):
+    """tfds.builder(name, data_dir), or MissingDataError when TFDS cannot make it."""
     import tensorflow_datasets as tfds
 
-    return tfds.builder(name, data_dir=data_dir)
-
-
-def _tfds_data_source(name: str, split: str, data_dir: Optional[str]):
-    """builder.as_data_source(split), or MissingDataError with the command that prepares it."""
     try:
-        builder = _tfds_builder(name, data_dir)
+        return tfds.builder(name, data_dir=data_dir)
     except Exception as e:  # an unknown name, or a builder whose code needs TensorFlow
         raise MissingDataError(f"TFDS cannot build {name!r}: {str(e).splitlines()[0]}") from None
+
+
+def tfds_data_source(builder, name: str, split: str, data_dir: Optional[str]):
+    """builder.as_data_source(split), or MissingDataError with the command that prepares it (never downloads)."""
     try:
-        return builder, builder.as_data_source(split)
+        return builder.as_data_source(split)
     except Exception:  # TFDS raises several types for "not there" and "wrong format"
         manual = " --manual_dir=DIR_WITH_THE_DOWNLOADED_ARCHIVES" if name.startswith("imagenet") else ""
         command = f"tfds build {name} --data_dir={data_dir or '~/tensorflow_datasets'} " \
                   f"--file_format=array_record{manual}"
         state = "is prepared in another file format" if builder.is_prepared() else "is not prepared"
         raise MissingDataError(f"TFDS dataset {name!r} (split {split!r}) {state} under {data_dir}; nothing is "
-                               f"downloaded at evaluation time. Prepare it once with: {command}") from None
+                               f"downloaded at run time. Prepare it once with: {command}") from None
+
+
+def _tfds_data_source(name: str, split: str, data_dir: Optional[str]):
+    builder = tfds_builder(name, data_dir)
+    return builder, tfds_data_source(builder, name, split, data_dir)
 
 
 class _TFDSItems:

@@ -36,6 +36,7 @@ import numpy as np
 from PIL import Image
 
 from wpce_jax.data import records
+from wpce_jax.data.eval_sources import MissingDataError, tfds_builder, tfds_data_source
 from wpce_jax.data.progress import Progress
 
 CLASSES_FILE = "classes.json"
@@ -50,33 +51,14 @@ KNOWN = {
 DEFAULT_SPLITS = ("train", "test")  # when the builder's info lists none (an unprepared builder under mock_data)
 
 
-class MissingDatasetError(RuntimeError):
-    """The TFDS dataset is not prepared (in the array_record format) under data_dir."""
-
-
-def _build_command(name: str, data_dir: str | None) -> str:
-    return f"tfds build {name} --data_dir={data_dir or '~/tensorflow_datasets'} --file_format=array_record"
+MissingDatasetError = MissingDataError  # not prepared (in the array_record format) under data_dir
 
 
 def open_sources(name: str, data_dir: str | None, splits: Sequence[str] | None = None):
     """(builder, {split: random-access data source}) for every split of a prepared dataset."""
-    import tensorflow_datasets as tfds
-
-    try:
-        builder = tfds.builder(name, data_dir=data_dir)
-    except Exception as e:  # unknown name, unreadable folder: TFDS's own message, plus what to run
-        raise MissingDatasetError(f"TFDS dataset {name!r} in {data_dir}: {e}") from e
+    builder = tfds_builder(name, data_dir)
     splits = list(splits or sorted(builder.info.splits.keys()) or DEFAULT_SPLITS)
-    sources = {}
-    for split in splits:
-        try:
-            sources[split] = builder.as_data_source(split)
-        except (NotImplementedError, FileNotFoundError, ValueError, AssertionError, KeyError) as e:
-            raise MissingDatasetError(
-                f"TFDS dataset {name!r} split {split!r} is not prepared in the array_record format under "
-                f"{data_dir}; prepare it with\n    {_build_command(name, data_dir)}\n({type(e).__name__}: {e})"
-            ) from e
-    return builder, sources
+    return builder, {split: tfds_data_source(builder, name, split, data_dir) for split in splits}
 
 
 def _text(v: Any) -> str:
