@@ -28,6 +28,8 @@ from typing import Optional, Sequence, Union
 import jax
 import jax.numpy as jnp
 
+from wpce_jax.kernels import squared_distances
+
 AxisName = Optional[Union[str, Sequence[str]]]
 MININGS = ("semihard", "hard", "all")
 
@@ -161,18 +163,14 @@ def nce_loss(x: jax.Array, y: jax.Array, logit_scale, axis_name: AxisName = None
     return sigmoid_loss(x, y, logit_scale, -math.log(total - 1), axis_name)
 
 
-def _pairs(x: jax.Array, labels: jax.Array, axis_name: AxisName):
-    """Squared distances d [B_local, B] of this device's rows to every row, and the similar / dissimilar masks.
-
-    `similar` excludes the row itself; `dissimilar` is label_i != label_j.
+def pair_distances(x: jax.Array, labels: jax.Array, axis_name: AxisName = None):
+    """Squared distances d [B_local, B] of this device's rows to every row (of the global batch with `axis_name`),
+    and the similar / dissimilar masks: `similar` excludes the row itself; `dissimilar` is label_i != label_j.
     """
     local = x.shape[0]
     (x_all, labels_all), offset = _global(axis_name, local, x, labels)
-    # |a|^2 + |b|^2 - 2 a.b is one matmul ([B, B, F] differences would not fit at large B); rounding can make it
-    # slightly negative.
-    sq = jnp.sum(x * x, axis=-1)
-    sq_all = jnp.sum(x_all * x_all, axis=-1)
-    d = jnp.maximum(sq[:, None] + sq_all[None, :] - 2 * (x @ x_all.T), 0)
+    # One matmul ([B, B, F] differences would not fit at large B), clipped at 0 against rounding.
+    d = squared_distances(x, x_all)
     same = labels[:, None] == labels_all[None, :]
     not_self = jnp.arange(x_all.shape[0]) != (offset + jnp.arange(local))[:, None]
     return d, same & not_self, ~same
@@ -193,7 +191,7 @@ def margin_contrastive_loss(x: jax.Array, labels: jax.Array, margin, axis_name: 
     """
     _check_labelled(x, labels)
     dtype, (x,) = _float(x)
-    d, similar, dissimilar = _pairs(x, labels, axis_name)
+    d, similar, dissimilar = pair_distances(x, labels, axis_name)
     hinge = jnp.maximum(jnp.asarray(margin, dtype) - _safe_sqrt(d), 0)
     terms = jnp.where(similar, d, 0) + jnp.where(dissimilar, hinge * hinge, 0)
     count = jnp.sum(similar) + jnp.sum(dissimilar)
@@ -236,7 +234,7 @@ def triplet_loss(x: jax.Array, labels: jax.Array, margin, mining: str = "semihar
     _check_labelled(x, labels)
     dtype, (x,) = _float(x)
     margin = jnp.asarray(margin, dtype)
-    d, similar, dissimilar = _pairs(x, labels, axis_name)
+    d, similar, dissimilar = pair_distances(x, labels, axis_name)
     has_negative = jnp.any(dissimilar, axis=-1, keepdims=True)
     if mining == "hard":
         d_ap = jnp.take_along_axis(d, jnp.argmax(jnp.where(similar, d, -jnp.inf), axis=-1)[:, None], axis=-1)

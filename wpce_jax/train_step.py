@@ -24,7 +24,8 @@ from ml_collections import ConfigDict
 
 from wpce_jax.config_validation import mode_settings
 from wpce_jax.kernels import RFF
-from wpce_jax.losses import infonce_and_accuracy, margin_contrastive_loss, nce_loss, nt_xent, sigmoid_loss, triplet_loss
+from wpce_jax.losses import (infonce_and_accuracy, margin_contrastive_loss, nce_loss, nt_xent, pair_distances,
+                             sigmoid_loss, triplet_loss)
 from wpce_jax.models.towers import init_params, logit_scale_value
 from wpce_jax.optimizer import clip_logit_scale, learning_rate_schedule
 from wpce_jax.parallel import DATA_AXIS
@@ -74,12 +75,9 @@ def _two_view_loss(temperature, x, y):
 
 def _pair_distances(x, labels):
     """Mean squared distance of same-label pairs (i != j) and of different-label pairs of the global batch x."""
-    sq = jnp.sum(x * x, axis=-1)
-    d = jnp.maximum(sq[:, None] + sq[None, :] - 2 * x @ x.T, 0)
-    same = labels[:, None] == labels[None, :]
-    positive = same & ~jnp.eye(x.shape[0], dtype=bool)
+    d, similar, dissimilar = pair_distances(x, labels)
     mean = lambda mask: jnp.sum(jnp.where(mask, d, 0)) / jnp.maximum(jnp.sum(mask), 1)
-    return mean(positive), mean(~same)
+    return mean(similar), mean(dissimilar)
 
 
 def _image_only_loss_fn(model, config: ConfigDict, mesh):
