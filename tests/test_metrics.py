@@ -234,13 +234,7 @@ def coco_like(rng, images=40, per_image=5, dim=16, noise=3.0, integer=False):
 
 def reference_metrics(q, c, qg, cg, ks, ndcg_k):
     scores = q.astype(np.float64) @ c.astype(np.float64).T
-    rel = qg[:, None] == cg[None, :]
-    out = {f"recall@{k}": ref_recall(scores, rel, k) for k in ks}
-    out[f"ndcg@{ndcg_k}"] = ref_ndcg(scores, rel.astype(np.float64), ndcg_k)
-    out["map"] = ref_average_precision(scores, rel)
-    out["r_precision"], out["map@r"] = ref_r_metrics(scores, rel)
-    out["precision@1"] = ref_precision_at_1(scores, rel)
-    return out
+    return reference_metrics_from_scores(scores, qg[:, None] == cg[None, :], ks, ndcg_k)
 
 
 @partial(jax.jit, static_argnames=("ks", "ndcg_k"))  # one compile for all the metrics of a direction

@@ -150,7 +150,8 @@ def make_eval_dataset(source, *, image_size: int, batch_size: int, process_index
     ds = grain.MapDataset.source(source)
     real = ds[start:stop].map_with_index(_DecodeEval(tokenizer, image_size, decoder, start))
     if pad:
-        total = -(-(-(-n // process_count)) // batch_size) * batch_size
+        largest = -(-n // process_count)  # the first processes' shares are the longest
+        total = -(-largest // batch_size) * batch_size
         if total > stop - start:
             # Padding repeats the dataset's first item (every process can read that one).
             fill = ds[0:1].repeat(total - (stop - start)).map_with_index(

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 from typing import Optional
 
-import jax
 import numpy as np
 from jax.sharding import Mesh
 
 from wpce_jax.data.eval_sources import ClassificationSet
 from wpce_jax.evaluate import metrics
 from wpce_jax.evaluate.retrieval import _flatten_draws
-from wpce_jax.parallel import replicated
+from wpce_jax.parallel import replicate
 
 METRICS = ("precision@1", "r_precision", "map@r", "recall@1")
 
@@ -47,8 +46,7 @@ def scores(compared: np.ndarray, labels: np.ndarray, mesh: Optional[Mesh] = None
     if mesh is not None and mesh.size > 1:
         # Identical on every process: replicated global arrays, so that retrieval_metrics spreads the blocks'
         # rows over the mesh.
-        queries, candidates = (jax.make_array_from_callback(v.shape, replicated(mesh), lambda index, v=v: v[index])
-                               for v in (queries, candidates))
+        queries, candidates = replicate((queries, candidates), mesh)
     per_query = metrics.retrieval_metrics(queries, candidates, labels, labels, ks=(1,), exclude_self=True)
     return {name: float(np.mean(per_query[name])) for name in METRICS}
 
