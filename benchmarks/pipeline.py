@@ -1,12 +1,15 @@
 """Input pipeline throughput, measured side by side in one run.
 
-    python benchmarks/pipeline.py [--num_images 768] [--side 256] [--batch_size 64]
+    python benchmarks/pipeline.py [--num_images 768] [--side 256] [--batch_size 64] [--legacy] [--grain_only]
 
 Every figure is the best of --trials interleaved trials. Prints, for each JPEG decoder (PIL and simplejpeg):
   * decode + RandomResizedCrop(224, scale (0.5, 1), bicubic) + ImageNet normalise of 256-pixel JPEGs,
     images/s in 1 process and in all processes (per core too), the ratio against PIL;
   * the full grain pipeline (record read, decode, crop, tokenize, batch, normalise) with 0 and all workers;
-then the converter's samples/s on tar shards of the same images with 1 and all workers.
+    with --legacy also the training pipeline as it was before the global, index-addressed stream (grain's
+    per-process shuffle and RandomMap; kept here only as a reference), in the same interleaved trials;
+then the converter's samples/s on tar shards of the same images with 1 and all workers (not with --grain_only,
+which also skips the decode-only columns).
 The images are sklearn digit scans upscaled to 256 pixels with smooth colour texture and fine noise, so the
 JPEG entropy (and decode cost) is that of a photo rather than of a flat drawing. The default decoder
 (wpce_jax.data.image_ops.DEFAULT_DECODER) is the fastest of this measurement.
@@ -15,6 +18,7 @@ JPEG entropy (and decode cost) is that of a photo rather than of a flat drawing.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import multiprocessing as mp
 import os
 import shutil
@@ -22,7 +26,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Any
 
+import grain
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -77,18 +83,54 @@ def time_parallel(pool, procs, jpegs, decoder):
     return n / (time.perf_counter() - t)
 
 
-def time_grain(data_dir, tok, decoder, workers, batch_size, num_batches):
-    ds = pipeline.make_dataset(data_dir, tokenizer=tok, image_size=CROP, train=True, batch_size=batch_size,
-                               seed=0, worker_count=workers, decoder=decoder)
+@dataclasses.dataclass(frozen=True)
+class _LegacyDecodeTrain(grain.transforms.RandomMap):
+    """The pre-global-stream training decode: grain's RandomMap, RNG keyed by the position in this process's
+    stream."""
+
+    tokenizer: Any
+    image_size: int
+    crop_scale: tuple[float, float]
+    decoder: str
+
+    def random_map(self, element: bytes, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        header, offset = records.decode_header(element)
+        image = image_ops.train_crop(memoryview(element)[offset:].tobytes(), self.image_size, rng,
+                                     self.crop_scale, self.decoder)
+        return pipeline._example(image, header, self.tokenizer)
+
+
+def legacy_make_dataset(data_dir, *, tokenizer, image_size, batch_size, seed, worker_count, decoder,
+                        crop_scale=(0.5, 1.0), process_index=0, process_count=1):
+    """The training pipeline before the global stream (per-process grain shuffle, resumed from grain's
+    iterator state), for a side-by-side throughput comparison only."""
+    manifest = records.read_manifest(data_dir)
+    source = grain.sources.ArrayRecordDataSource(records.shard_paths(data_dir, manifest))
+    per_process = len(source) // process_count
+    ds = grain.MapDataset.source(source).shuffle(seed=seed % 2**32)
+    ds = ds[:per_process * process_count][process_index::process_count].repeat(None)
+    crop_seed = int(np.random.SeedSequence([seed % 2**32, process_index]).generate_state(1)[0])
+    ds = ds.random_map(_LegacyDecodeTrain(tokenizer, image_size, tuple(crop_scale), decoder), seed=crop_seed)
+    return pipeline._batched(ds, batch_size, True, worker_count, None)
+
+
+def time_grain(data_dir, tok, decoder, workers, batch_size, num_batches, legacy=False):
+    make = legacy_make_dataset if legacy else pipeline.make_dataset
+    kw = {} if legacy else {"train": True}
+    ds = make(data_dir, tokenizer=tok, image_size=CROP, batch_size=batch_size, seed=0, worker_count=workers,
+              decoder=decoder, **kw)
     it = iter(ds)
     next(it)  # start-up (worker spawn) is not throughput
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     for _ in range(num_batches):
         next(it)
     rate = num_batches * batch_size / (time.perf_counter() - t)
+    # CPU time of this process's threads per image: what other work on a shared machine hardly moves (without
+    # worker processes only; the read-ahead of a batch or two is in both variants alike).
+    cpu_ms = (time.process_time() - cpu) * 1000 / (num_batches * batch_size)
     if workers:
         it.close()
-    return rate
+    return rate, cpu_ms
 
 
 def main():
@@ -98,6 +140,10 @@ def main():
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--trials", type=int, default=3, help="best of this many interleaved trials")
     p.add_argument("--convert_repeat", type=int, default=4, help="converter input = the images this many times")
+    p.add_argument("--legacy", action="store_true",
+                   help="also time the training pipeline as it was before the global stream, side by side")
+    p.add_argument("--grain_only", action="store_true",
+                   help="only the grain pipeline columns: no decode-only timing, no converter")
     args = p.parse_args()
     cores = os.cpu_count() or 1
     print(f"{cores} CPU cores; {args.num_images} JPEGs of {args.side}x{args.side}, quality 95; "
@@ -117,30 +163,42 @@ def main():
 
         # Best of several trials, decoders interleaved inside each trial: on a shared machine a slow moment
         # then hits both decoders alike instead of deciding the comparison.
-        best = {d: [0.0, 0.0, 0.0, 0.0] for d in image_ops.DECODERS}
+        best = {d: [0.0] * 6 for d in image_ops.DECODERS}  # 1 proc, all procs, grain 0 / n wkr, legacy 0 / n
+        cpu = {d: [float("inf")] * 2 for d in image_ops.DECODERS}  # CPU ms per image, 0 workers: grain, legacy
         n_batches = max(2, len(jpegs) // args.batch_size - 2)
-        ctx = mp.get_context("spawn")
-        with ctx.Pool(cores) as pool:
-            for _ in range(args.trials):
-                for d in image_ops.DECODERS:
-                    got = (time_single(jpegs, d, repeats=1), time_parallel(pool, cores, jpegs, d))
-                    best[d][:2] = [max(x, y) for x, y in zip(best[d][:2], got)]
+        if not args.grain_only:
+            ctx = mp.get_context("spawn")
+            with ctx.Pool(cores) as pool:
+                for _ in range(args.trials):
+                    for d in image_ops.DECODERS:
+                        got = (time_single(jpegs, d, repeats=1), time_parallel(pool, cores, jpegs, d))
+                        best[d][:2] = [max(x, y) for x, y in zip(best[d][:2], got)]
         for _ in range(args.trials):
             for d in image_ops.DECODERS:
-                got = (time_grain(data_dir, tok, d, 0, args.batch_size, n_batches),
-                       time_grain(data_dir, tok, d, cores, args.batch_size, n_batches))
-                best[d][2:] = [max(x, y) for x, y in zip(best[d][2:], got)]
+                for col, legacy in ((2, False), (4, True)) if args.legacy else ((2, False),):
+                    (r0, c0), (rn, _) = (time_grain(data_dir, tok, d, 0, args.batch_size, n_batches, legacy),
+                                         time_grain(data_dir, tok, d, cores, args.batch_size, n_batches, legacy))
+                    best[d][col:col + 2] = [max(best[d][col], r0), max(best[d][col + 1], rn)]
+                    cpu[d][col // 2 - 1] = min(cpu[d][col // 2 - 1], c0)
         rows = [(d, best[d][0], best[d][1]) for d in image_ops.DECODERS]
-        grain_rows = {d: (best[d][2], best[d][3]) for d in image_ops.DECODERS}
 
-        pil_one = rows[0][1]
+        pil_one = rows[0][1] or 1.0
         print()
+        legacy_head = f" {'legacy 0 wkr':>12} {f'legacy {cores} wkr':>13}" if args.legacy else ""
         print(f"{'decoder':<12} {'1 proc img/s':>13} {f'{cores} procs img/s':>16} {'per core':>9} "
-              f"{'vs PIL':>7} {'grain 0 wkr':>12} {f'grain {cores} wkr':>12}")
+              f"{'vs PIL':>7} {'grain 0 wkr':>12} {f'grain {cores} wkr':>12}" + legacy_head)
         for decoder, one, allp in rows:
-            g0, gn = grain_rows[decoder]
+            g0, gn, l0, ln = best[decoder][2:]
+            legacy_cols = f" {l0:>12.0f} {ln:>13.0f}" if args.legacy else ""
             print(f"{decoder:<12} {one:>13.0f} {allp:>16.0f} {allp / cores:>9.0f} {one / pil_one:>6.2f}x "
-                  f"{g0:>12.0f} {gn:>12.0f}")
+                  f"{g0:>12.0f} {gn:>12.0f}" + legacy_cols)
+        print("grain 0 workers, CPU time per image (least of the trials): "
+              + "; ".join(f"{d} {cpu[d][0]:.3f} ms" + (f" (legacy {cpu[d][1]:.3f} ms)" if args.legacy else "")
+                          for d in image_ops.DECODERS))
+        if args.legacy:
+            print("(grain: the global, index-addressed stream; legacy: the per-process grain shuffle before it)")
+        if args.grain_only:
+            return
         # Chosen on the 1-process column: it is the per-core figure, and the all-process column is at the mercy
         # of whatever else the machine runs (see the load average).
         best = max(rows, key=lambda r: r[1])[0]

@@ -1,4 +1,5 @@
-"""grain pipeline: process sharding, per-epoch shuffle, exact mid-epoch resume, pixels against references."""
+"""grain pipeline: the global training stream (the same global batches for any process count and worker count,
+exact resume from an example count), per-epoch shuffle, process sharding of evaluation, pixels against references."""
 
 import io
 import json
@@ -60,7 +61,7 @@ def test_batch_layout(dataset):
 
 
 def test_processes_disjoint_and_complete(dataset):
-    # Training, one epoch: every process gets floor(N / P) examples, disjoint, from one shared permutation.
+    # Training, one epoch of global batches of B = 3: every process gets floor(N / B) examples, disjoint.
     per = N // 3
     shares = [_labels(_make(dataset, batch_size=1, num_epochs=1, process_index=p, process_count=3))
               for p in range(3)]
@@ -70,7 +71,7 @@ def test_processes_disjoint_and_complete(dataset):
     # Evaluation: disjoint and exactly complete, in record order.
     ev = [_labels(_make(dataset, train=False, batch_size=5, process_index=p, process_count=3)) for p in range(3)]
     np.testing.assert_array_equal(np.concatenate(ev), np.arange(N))
-    # Over epochs the < P left-over examples change, so no record is starved.
+    # Over epochs the < B left-over examples change, so no record is starved.
     two = [_labels(_make(dataset, batch_size=1, num_epochs=6, process_index=p, process_count=3))
            for p in range(3)]
     assert set(np.concatenate(two).tolist()) == set(range(N))
@@ -111,22 +112,124 @@ def _assert_same_batches(xs, ys):
             np.testing.assert_array_equal(x[k], y[k], err_msg=k)
 
 
-@pytest.mark.parametrize("worker_count", [0, 2])
-def test_resume_mid_epoch_exact(dataset, worker_count):
-    # 53 // 4 = 13 batches per epoch: take 10, save, and the next 8 cross the epoch boundary.
-    ds = _make(dataset, worker_count=worker_count)
+# ------------------------------------------------------------------ the global stream: process count, workers, resume
+
+B = 12  # global batch of the tests below: N = 53 gives 4 batches per epoch, 5 records left over each epoch
+PER_EPOCH = N // B
+VIEWS = image_ops.ViewAugment(strength=0.5, flip=True)
+
+
+def _take(ds, n):
     it = iter(ds)
-    for _ in range(10):
-        next(it)
-    state = it.get_state()
-    expected = [next(it) for _ in range(8)]
-    json.dumps(state)  # goes into a checkpoint as is
-    it2 = iter(_make(dataset, worker_count=worker_count))
-    it2.set_state(state)
-    _assert_same_batches([next(it2) for _ in range(8)], expected)
-    if worker_count:
-        it.close()
-        it2.close()
+    out = [next(it) for _ in range(n)]
+    if hasattr(it, "close"):
+        it.close()  # worker processes
+    return out
+
+
+def _global_batches(dataset, processes, n, start_example=0, **kw):
+    """The first n global batches of B with `processes` processes: their k-th batches concatenated in process
+    order."""
+    per = [_take(_make(dataset, batch_size=B // processes, process_index=p, process_count=processes,
+                       start_example=start_example, **kw), n) for p in range(processes)]
+    return [{key: np.concatenate([per[p][k][key] for p in range(processes)]) for key in per[0][k]}
+            for k in range(n)]
+
+
+MODES = {"crop": {}, "two_view": {"views": VIEWS}}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_global_batches_do_not_depend_on_the_process_count(dataset, mode):
+    n = PER_EPOCH + 2  # across the epoch boundary
+    one = _global_batches(dataset, 1, n, **MODES[mode])
+    assert set(one[0]) == ({"image", "image2", "tokens", "label"} if mode == "two_view" else
+                           {"image", "tokens", "label"})
+    for processes in (2, 4):
+        _assert_same_batches(_global_batches(dataset, processes, n, **MODES[mode]), one)
+    # An epoch is B * floor(N / B) distinct records; the next epoch is another order.
+    labels = np.concatenate([b["label"] for b in one])
+    assert len(set(labels[:PER_EPOCH * B].tolist())) == PER_EPOCH * B
+    assert not np.array_equal(labels[:2 * B], labels[PER_EPOCH * B:(PER_EPOCH + 2) * B])
+    if mode == "two_view":
+        assert not np.array_equal(one[0]["image"], one[0]["image2"])
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_workers_do_not_change_the_stream(dataset, mode):
+    kw = dict(batch_size=B // 2, process_index=1, process_count=2, **MODES[mode])
+    n = 2 * PER_EPOCH + 1
+    _assert_same_batches(_take(_make(dataset, worker_count=2, **kw), n), _take(_make(dataset, **kw), n))
+
+
+@pytest.mark.parametrize("mode,processes,resumed_processes,worker_count", [
+    ("crop", 2, 2, 0), ("crop", 2, 4, 0), ("crop", 4, 1, 2), ("two_view", 1, 2, 0), ("two_view", 2, 4, 2)])
+def test_start_example_continues_the_stream(dataset, mode, processes, resumed_processes, worker_count):
+    # A run with `processes` processes consumed k global batches (k B examples) and is resumed with another
+    # process count (and worker count): the resumed stream is the uninterrupted one after its first k batches,
+    # across the epoch boundary and into the next.
+    k, n = PER_EPOCH - 1, PER_EPOCH + 2
+    whole = _global_batches(dataset, processes, k + n, **MODES[mode])
+    resumed = _global_batches(dataset, resumed_processes, n, start_example=k * B, worker_count=worker_count,
+                              **MODES[mode])
+    _assert_same_batches(resumed, whole[k:])
+
+
+def test_augmentation_is_keyed_by_seed_and_global_position(dataset):
+    # Global position g holds record ShuffledOrder[g], cropped with augment_rng(seed, g): nothing else enters.
+    from wpce_jax.data.pipeline import ShuffledOrder, augment_rng
+
+    jpegs = dataset[2]
+    order = ShuffledOrder(N, B, seed=3)
+    k = PER_EPOCH + 1  # a batch of the second epoch
+    batch = _take(_make(dataset, batch_size=B // 2, process_index=1, process_count=2, start_example=k * B), 1)[0]
+    for row in range(B // 2):
+        g = k * B + B // 2 + row
+        record = order[g]
+        assert batch["label"][row] == record
+        want = image_ops.normalize(image_ops.train_crop(jpegs[record], SIZE, augment_rng(3, g), (0.5, 1.0),
+                                                        image_ops.DEFAULT_DECODER))
+        np.testing.assert_array_equal(batch["image"][row], want)
+
+
+def test_shuffled_order_epochs(dataset):
+    from wpce_jax.data.pipeline import ShuffledOrder
+
+    order = ShuffledOrder(N, B, seed=3)
+    assert order.epoch_length == PER_EPOCH * B
+    epochs = np.asarray([[order[e * order.epoch_length + q] for q in range(order.epoch_length)] for e in range(30)])
+    for epoch in epochs:
+        assert len(set(epoch.tolist())) == len(epoch) and set(epoch.tolist()) <= set(range(N))
+    assert len({tuple(e) for e in epochs}) == len(epochs), "every epoch has its own order"
+    assert set(epochs.ravel().tolist()) == set(range(N)), "the left-over records change from epoch to epoch"
+    # Seeded by (seed, epoch), not seed + epoch: run 4's first epoch is not run 3's second.
+    other = ShuffledOrder(N, B, seed=4)
+    assert [other[q] for q in range(order.epoch_length)] != epochs[1].tolist()
+    # Every record size, including one record and a global batch of all of them.
+    for n in (1, 2, 7, 64):
+        full = ShuffledOrder(n, n, seed=0)
+        assert sorted(full[q] for q in range(n)) == list(range(n))
+
+
+def test_num_epochs_and_start_example(dataset):
+    whole = list(_make(dataset, batch_size=B // 2, process_count=2, num_epochs=2))
+    assert len(whole) == 2 * PER_EPOCH
+    rest = list(_make(dataset, batch_size=B // 2, process_count=2, num_epochs=2, start_example=5 * B))
+    _assert_same_batches(rest, whole[5:])
+    assert list(_make(dataset, batch_size=B, num_epochs=2, start_example=2 * PER_EPOCH * B)) == []
+    assert list(_make(dataset, batch_size=B, num_epochs=2, start_example=9 * PER_EPOCH * B)) == []
+
+
+@pytest.mark.parametrize("start", [5, -B, 1.5 * B, B // 2])
+def test_start_example_must_be_a_multiple_of_the_global_batch(dataset, start):
+    with pytest.raises(ValueError, match="multiple of the global batch 12 .batch_size 6 x 2 processes"):
+        _make(dataset, batch_size=6, process_count=2, start_example=start)
+
+
+def test_fewer_examples_than_a_global_batch(dataset):
+    with pytest.raises(ValueError, match="53 examples are fewer than one global batch of 56 .batch_size 14 x 4"):
+        _make(dataset, batch_size=14, process_count=4)
+    _make(dataset, batch_size=13, process_count=4)  # 52 fit
 
 
 def test_workers_match_in_process(dataset):

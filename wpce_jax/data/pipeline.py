@@ -1,26 +1,30 @@
 """grain input pipeline over a converted record dataset (see records.py for the format).
 
-Training order, per epoch e (the same computation on every process, so no communication is needed):
-    global permutation of all N records seeded by (seed + e)
-    -> the first floor(N / P) * P positions (every process gets the same number of examples per epoch)
-    -> process p takes positions p, p + P, p + 2P, ...   (disjoint across processes; together: everything
-       but the < P examples left over this epoch, which differ from epoch to epoch)
-    -> RandomResizedCrop drawn from an RNG seeded by (seed, process, position in the process's stream), so
-       the crops depend only on (seed, epoch, index) and a restored iterator repeats them exactly
-    -> decode, crop, tokenize -> batches of batch_size (drop remainder) -> normalise
+Training is one global, index-addressed stream of examples, the same computation on every process (no
+communication): global example position g = 0, 1, 2, ... and global batch k = positions [k B, (k + 1) B), where
+B = batch_size * process_count.
+    epoch e = g // (nb B), nb = floor(N / B) batches per epoch: a permutation of all N records seeded by
+       (seed, e) (grain's index_shuffle: O(1) memory, O(1) per index), of which the first nb B positions are
+       used (the < B left over differ from epoch to epoch); or, with samples_per_class, class_balanced.py's
+       order of whole groups of one class
+    -> process p of P takes rows [k B + p b, k B + (p + 1) b) of global batch k (b = batch_size), so the
+       concatenation over processes of their k-th batches does not depend on P
+    -> RandomResizedCrop (and the two-view augmentation) drawn from an RNG keyed by (seed, g) alone
+    -> decode, crop, tokenize -> batches of b -> normalise
+Global batch k is a function of (dataset, seed, B, k) and the augmentation settings only: the worker count, the
+process count (for a fixed B) and where a run was interrupted change nothing. A run that has consumed `start_example` global examples (a multiple
+of B; the trainer checkpoints step * B) resumes with make_dataset(..., start_example=start_example), which
+continues it exactly.
 Evaluation (`make_eval_dataset`, any random-access source: records, TFDS, class folders, caption sets): process p
 reads the contiguous block [p N / P, (p+1) N / P) in order, centre crops, keeps the last partial batch. With
 padding every process instead yields the same number of full batches (what a multi-process jit step needs),
 padded with copies of a real item and a "mask" that is False on them (and on images that do not decode).
-
-The iterator's get_state()/set_state() are grain's: a small dict that goes into the training checkpoint and
-restores the exact remaining sequence of batches (with or without worker processes; the worker count must
-be the same when restoring).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Any, Sequence
 
@@ -36,38 +40,48 @@ def dataset_size(data_dir: str) -> int:
     return int(records.read_manifest(data_dir)["num_examples"])
 
 
+def augment_rng(seed: int, position: int) -> np.random.Generator:
+    """The augmentation RNG of global example position g: Philox keyed by (seed, g), nothing else."""
+    return np.random.Generator(np.random.Philox(key=((seed % 2**64) << 64) | int(position)))
+
+
 @dataclasses.dataclass(frozen=True)
-class _DecodeTrain(grain.transforms.RandomMap):
-    """record bytes -> {"image": uint8 [S, S, 3], "tokens": int32 [L], "label": int32 []} (random crop)."""
+class _DecodeTrain(grain.transforms.Map):
+    """(g, record bytes) -> {"image": uint8 [S, S, 3], "tokens": int32 [L], "label": int32 []} (random crop drawn
+    from augment_rng(seed, g))."""
 
     tokenizer: Any
     image_size: int
     crop_scale: tuple[float, float]
     decoder: str
+    seed: int
 
-    def random_map(self, element: bytes, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        header, offset = records.decode_header(element)
-        image = image_ops.train_crop(memoryview(element)[offset:].tobytes(), self.image_size, rng,
-                                     self.crop_scale, self.decoder)
+    def map(self, element: tuple[int, bytes]) -> dict[str, np.ndarray]:
+        g, data = element
+        header, offset = records.decode_header(data)
+        image = image_ops.train_crop(memoryview(data)[offset:].tobytes(), self.image_size,
+                                     augment_rng(self.seed, g), self.crop_scale, self.decoder)
         return _example(image, header, self.tokenizer)
 
 
 @dataclasses.dataclass(frozen=True)
-class _DecodeViews(grain.transforms.RandomMap):
-    """record bytes -> {"image": uint8 [S, S, 3] (first view), "image2": uint8 [S, S, 3] (second view), "tokens",
-    "label"}: two SimCLR views (image_ops.train_views) drawn from the example's own generator, so a restored
-    iterator repeats them."""
+class _DecodeViews(grain.transforms.Map):
+    """(g, record bytes) -> {"image": uint8 [S, S, 3] (first view), "image2": uint8 [S, S, 3] (second view),
+    "tokens", "label"}: two SimCLR views (image_ops.train_views) drawn from augment_rng(seed, g)."""
 
     tokenizer: Any
     image_size: int
     crop_scale: tuple[float, float]
     decoder: str
     augment: image_ops.ViewAugment
+    seed: int
 
-    def random_map(self, element: bytes, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        header, offset = records.decode_header(element)
-        first, second = image_ops.train_views(memoryview(element)[offset:].tobytes(), self.image_size, rng,
-                                              self.augment, self.crop_scale, self.decoder)
+    def map(self, element: tuple[int, bytes]) -> dict[str, np.ndarray]:
+        g, data = element
+        header, offset = records.decode_header(data)
+        first, second = image_ops.train_views(memoryview(data)[offset:].tobytes(), self.image_size,
+                                              augment_rng(self.seed, g), self.augment, self.crop_scale,
+                                              self.decoder)
         return dict(_example(first, header, self.tokenizer), image2=second)
 
 
@@ -112,14 +126,60 @@ def _example(image: np.ndarray, header: dict[str, Any], tokenizer) -> dict[str, 
     }
 
 
+@functools.lru_cache(maxsize=64)
+def _epoch_seed(seed: int, epoch: int) -> int:
+    """index_shuffle's 32-bit seed for one epoch, a hash of (seed, epoch) (not seed + epoch, which would give
+    run `seed` and run `seed + 1` the same orders one epoch apart)."""
+    return int(np.random.SeedSequence([seed % 2**32, epoch]).generate_state(1)[0])
+
+
+class ShuffledOrder:
+    """Global example position g -> record index for uniform sampling: epoch e = g // epoch_length is a
+    permutation of the N records seeded by (seed, e), truncated to epoch_length = floor(N / B) * B positions.
+    O(1) memory and per-index time (grain's index_shuffle), the same on every process."""
+
+    def __init__(self, num_records: int, global_batch: int, *, seed: int):
+        if num_records >= 2**32:
+            raise ValueError(f"{num_records} records: index_shuffle handles fewer than 2**32")
+        self.num_records, self.seed = num_records, seed
+        self.batches_per_epoch = num_records // global_batch
+        self.epoch_length = self.batches_per_epoch * global_batch
+
+    def __getitem__(self, g: int) -> int:
+        e, q = divmod(int(g), self.epoch_length)
+        return grain.experimental.index_shuffle(q, max_index=self.num_records - 1, seed=_epoch_seed(self.seed, e),
+                                                rounds=4)
+
+
+class _ProcessStream:
+    """Random-access source of one process's training stream: item i -> (g, record index), where i is the
+    row i % b of this process's batch i // b, i.e. of global batch first_batch + i // b."""
+
+    def __init__(self, order, batch_size: int, process_index: int, process_count: int, first_batch: int,
+                 num_batches: int):
+        self.order, self.batch_size, self.first_batch = order, batch_size, first_batch
+        self.global_batch = batch_size * process_count
+        self.offset = process_index * batch_size
+        self.length = max(0, num_batches) * batch_size
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> tuple[int, int]:
+        j, row = divmod(int(i), self.batch_size)
+        g = (self.first_batch + j) * self.global_batch + self.offset + row
+        return g, self.order[g]
+
+
 @dataclasses.dataclass(frozen=True)
 class _Read(grain.transforms.Map):
-    """A record index -> the record's bytes."""
+    """(g, record index) -> (g, the record's bytes)."""
 
     source: Any
 
-    def map(self, index: int) -> bytes:
-        return self.source[index]
+    def map(self, element: tuple[int, int]) -> tuple[int, bytes]:
+        g, index = element
+        return g, self.source[index]
 
 
 class _Normalize(grain.transforms.Map):
@@ -178,6 +238,7 @@ def make_dataset(
     pad_eval: bool = False,
     views: image_ops.ViewAugment | None = None,
     samples_per_class: int = 0,
+    start_example: int = 0,
 ) -> grain.IterDataset:
     """The per-process input pipeline of a converted dataset.
 
@@ -185,14 +246,17 @@ def make_dataset(
       data_dir: directory holding manifest.json and the ArrayRecord shards it lists.
       tokenizer: a wpce_jax.data.tokenizers.Tokenizer (picklable; it runs in the worker processes).
       image_size: output side S.
-      train: True: shuffled, random crops, repeated, remainder dropped. False: record order, centre crop,
-        one epoch, last partial batch kept.
-      batch_size: per-process batch size b.
-      seed: shuffle and crop seed (training; must be the same on every process).
+      train: True: the global training stream (module docstring): shuffled, random crops, repeated, each
+        epoch's remainder of < B examples dropped globally. False: record order, centre crop, one epoch, last
+        partial batch kept.
+      batch_size: per-process batch size b; the global batch is B = b * process_count.
+      seed: shuffle and augmentation seed (training; must be the same on every process).
       process_index, process_count: this process's share (jax.process_index(), jax.process_count()).
       crop_scale: RandomResizedCrop area range.
-      worker_count: processes decoding in parallel (0: decode in this process's threads only).
-      num_epochs: training epochs; None repeats forever. Ignored for evaluation (always one).
+      worker_count: processes decoding in parallel (0: decode in this process's threads only). Changes nothing
+        in the batches.
+      num_epochs: training epochs of the global stream (counted from position 0, not from start_example);
+        None repeats forever. Ignored for evaluation (always one).
       decoder: "simplejpeg" or "pil" (image_ops.DECODERS).
       read_threads: decoding threads per process (default: 1 per worker process, else the CPU count, at
         most 8).
@@ -200,14 +264,17 @@ def make_dataset(
         (True for real examples) so that all processes step together.
       views: training only: two SimCLR views per example (RandomResizedCrop(crop_scale) then this augmentation,
         image_ops.train_views) instead of one crop; the batch gains "image2", the second view.
-      samples_per_class: training only: 0 for the shuffle above; m >= 2 for class-balanced batches of whole groups
-        of m images of one class (class_balanced.py; every record needs a label).
+      samples_per_class: training only: 0 for the uniform shuffle; m >= 2 for class-balanced batches of whole
+        groups of m images of one class (class_balanced.py; every record needs a label; b a multiple of m).
+      start_example: training only: the number of global examples already consumed, a multiple of B. The
+        stream starts at global batch start_example // B: exactly the continuation of a run that consumed
+        start_example examples, whatever that run's worker_count and process_count (with the same B, seed
+        and dataset). The training checkpoint holds this count, not an iterator state: the trainer resumes with
+        make_dataset(..., start_example=step * B). Past the end of num_epochs the stream is empty.
     Returns:
       grain.IterDataset of dicts: "image" float32 [b, S, S, 3] (ImageNet-normalised), "tokens" int32
       [b, L], "label" int32 [b] (-1 for unlabelled records); with `views` also "image2" float32 [b, S, S, 3];
-      evaluation adds "mask" and "corrupt" bool [b]
-      (make_eval_dataset). iter() gives
-      an iterator with get_state()/set_state() (a small JSON-serialisable dict).
+      evaluation adds "mask" and "corrupt" bool [b] (make_eval_dataset).
     """
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} must be in [0, process_count={process_count})")
@@ -233,28 +300,30 @@ def make_dataset(
                                  process_index=process_index, process_count=process_count,
                                  worker_count=worker_count, decoder=decoder, read_threads=read_threads,
                                  pad=pad_eval, tokenizer=tokenizer)
-    per_process = n // process_count
-    if per_process < batch_size:
-        raise ValueError(f"{data_dir}: {n} examples give {per_process} per process, fewer than one batch "
-                         f"of {batch_size}")
+    global_batch = batch_size * process_count
+    if isinstance(start_example, bool) or not isinstance(start_example, (int, np.integer)) or start_example < 0 \
+            or start_example % global_batch:
+        raise ValueError(f"start_example must be a non-negative multiple of the global batch {global_batch} "
+                         f"(batch_size {batch_size} x {process_count} processes), got {start_example!r}")
+    if n < global_batch:
+        raise ValueError(f"{data_dir}: {n} examples are fewer than one global batch of {global_batch} "
+                         f"(batch_size {batch_size} x {process_count} processes)")
     if samples_per_class:
         labels = [records.decode_header(source[i])[0].get("label", -1) for i in range(n)]
-        order = ClassBalancedOrder(labels, samples_per_class, batch_size * process_count, seed=seed,
-                                   process_index=process_index, process_count=process_count, num_epochs=num_epochs)
-        ds = grain.MapDataset.source(order).map(_Read(source))
+        order = ClassBalancedOrder(labels, samples_per_class, global_batch, seed=seed, process_count=process_count)
     else:
-        ds = grain.MapDataset.source(source).shuffle(seed=seed % 2**32)
-        ds = ds[:per_process * process_count]
-        ds = ds[process_index::process_count]
-        ds = ds.repeat(num_epochs)
-    # The crop RNG is keyed by position in this process's stream: fold the process in, or the k-th example
-    # of every process would draw the same crop parameters.
-    crop_seed = int(np.random.SeedSequence([seed % 2**32, process_index]).generate_state(1)[0])
+        order = ShuffledOrder(n, global_batch, seed=seed)
+    first_batch = int(start_example) // global_batch
+    if num_epochs is None:
+        num_batches = 2**40 // global_batch  # practically endless, and far from any integer limit
+    else:
+        num_batches = num_epochs * order.batches_per_epoch - first_batch
+    stream = _ProcessStream(order, batch_size, process_index, process_count, first_batch, num_batches)
     if views is None:
-        decode = _DecodeTrain(tokenizer, image_size, tuple(crop_scale), decoder)
+        decode = _DecodeTrain(tokenizer, image_size, tuple(crop_scale), decoder, seed)
     else:
-        decode = _DecodeViews(tokenizer, image_size, tuple(crop_scale), decoder, views)
-    ds = ds.random_map(decode, seed=crop_seed)
+        decode = _DecodeViews(tokenizer, image_size, tuple(crop_scale), decoder, views, seed)
+    ds = grain.MapDataset.source(stream).map(_Read(source)).map(decode)
     return _batched(ds, batch_size, True, worker_count, read_threads)
 
 
