@@ -348,3 +348,55 @@ def test_webdataset_cls_becomes_the_label(tmp_path):
     assert m["num_examples"] == 3 and m["dropped"] == {"bad_label": 1}
     _, recs = _read_all(tmp_path / "out")
     assert {r["key"]: r.get("label") for r in recs} == {"000000000": 3, "000000001": 7, "000000003": None}
+
+
+def _run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "wpce_jax.data.convert", *args], capture_output=True, text=True,
+                          cwd=os.path.dirname(os.path.dirname(__file__)))
+
+
+def test_no_example_kept_is_an_error(tmp_path):
+    # One tar of random bytes (unreadable: damage, nothing before it), one valid tar without members, one of
+    # samples that are all dropped: the command fails, says why on one line, and leaves no dataset behind.
+    inp = tmp_path / "in"
+    inp.mkdir()
+    (inp / "00000.tar").write_bytes(np.random.default_rng(0).integers(0, 256, 10_000, dtype=np.uint8).tobytes())
+    testing.write_tar(str(inp / "00001.tar"), [])
+    members = testing.sample_members("a", b"not an image" * 20, "a caption") + \
+        testing.sample_members("b", testing.encode(testing.digit_image(1, 32), quality=90), None)
+    testing.write_tar(str(inp / "00002.tar"), members)
+    out = tmp_path / "out"
+    proc = _run_cli("--input", str(inp / "*.tar"), "--output", str(out), "--num_shards", "2", "--workers", "2")
+    assert proc.returncode == 1, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: no example kept from 3 input tar file(s)"), proc.stderr
+    for name in ("00000.tar", "00001.tar", "00002.tar"):
+        assert str(inp / name) in last
+    assert "image_unreadable 1" in last and "missing_caption 1" in last and "1 input(s) damaged" in last
+    assert f"nothing written to {out}" in last and "Traceback" not in proc.stderr
+    assert not out.exists()  # no manifest, no shards, no staging
+    # The same through main() and convert(): an empty tar alone, into a directory that holds something else.
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert convert.main(["--input", str(inp / "00001.tar"), "--output", str(out), "--num_shards", "1",
+                         "--workers", "1"]) == 1
+    assert sorted(os.listdir(out)) == ["notes.txt"]
+    with pytest.raises(convert.EmptyOutputError, match=r"from 1 input tar file\(s\) .*00000.tar.*damaged"):
+        convert.convert([str(inp / "00000.tar")], str(tmp_path / "out2"), 1, show_progress=False)
+    assert not (tmp_path / "out2").exists()
+
+
+def test_empty_input_message_and_no_stale_empty_manifest(tmp_path, capsys):
+    testing.write_tar(str(tmp_path / "empty.tar"), [])
+    out = tmp_path / "out"
+    assert convert.main(["--input", str(tmp_path / "empty.tar"), "--output", str(out), "--num_shards", "1",
+                         "--workers", "1"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == (f"error: no example kept from 1 input tar file(s) ({tmp_path / 'empty.tar'}): dropped samples: "
+                   f"none (the inputs hold no samples); nothing written to {out}")
+    # An empty dataset (as an older converter wrote) is not taken for a finished conversion: it is redone.
+    testing.valid_shard(str(tmp_path / "ok.tar"), range(2))
+    m = convert.convert([str(tmp_path / "ok.tar")], str(out), 1, show_progress=False)
+    records.write_manifest(str(out), dict(m, num_examples=0, shards=[]))  # same run, claims an empty dataset
+    os.remove(out / records.shard_name(0, 1))
+    assert convert.convert([str(tmp_path / "ok.tar")], str(out), 1, show_progress=False)["num_examples"] == 2

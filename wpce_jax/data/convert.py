@@ -17,6 +17,9 @@ Two phases, both parallel over worker processes and both resumable:
 Re-running with the same arguments resumes: staged inputs and output shards whose final files exist with the
 expected record count are kept, everything else is redone. Different inputs or options on an existing output
 directory are refused rather than mixed.
+When no sample at all survives (every one dropped, or the tars hold none), nothing is written: the staging
+directory is removed (and OUT too when that leaves it empty), convert() raises EmptyOutputError, and the command
+prints one line naming the inputs and the drop counts on stderr and exits with status 1.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ from array_record.python import array_record_module
 from wpce_jax.data import records
 from wpce_jax.data.image_check import (DEFAULT_JPEG_QUALITY, DEFAULT_MAX_IMAGE_SIDE, DEFAULT_MAX_PIXELS, Drop,
                                        check_image)
-from wpce_jax.data.progress import Progress
+from wpce_jax.progress import Progress
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")  # first one present is the sample's image
 CAPTION_EXT = "txt"
@@ -55,6 +58,10 @@ LABEL_EXT = "cls"  # webdataset's class label: a decimal integer (labelled sets 
 STAGING = "_staging"
 _PROGRESS_EVERY = 64  # samples between progress messages from a worker
 _TAIL = 1 << 16  # bytes of the tar stream kept to check the end-of-archive block
+
+
+class EmptyOutputError(RuntimeError):
+    """No input sample survived the conversion: there is no dataset to write."""
 
 
 # ------------------------------------------------------------------------------------------ tar reading
@@ -452,6 +459,9 @@ def convert(
         runner.run(_stage_input, tasks, on_staged, on_message)
         prog.close()
         t1 = time.monotonic()
+        if sum(side["kept"] for side in sides) == 0:
+            _remove_empty_output(output)
+            raise EmptyOutputError(_empty_message(inputs, sides, output))
         manifest = _write_outputs(output, inputs, num_shards, fingerprints, sides, opts, run_id, runner,
                                   show_progress, on_shard_done)
     finally:
@@ -532,6 +542,29 @@ def _write_outputs(output, inputs, num_shards, fingerprints, sides, opts, run_id
     return manifest
 
 
+def _empty_message(inputs: list[str], sides: list[dict[str, Any]], output: str) -> str:
+    """One line: which inputs, why every sample went, what was (not) written."""
+    shown = ", ".join(inputs) if len(inputs) <= 4 else f"{', '.join(inputs[:3])}, ..., {inputs[-1]}"
+    dropped = Counter()
+    for side in sides:
+        dropped.update(side["dropped"])
+    drops = ", ".join(f"{reason} {count:,}" for reason, count in sorted(dropped.items())) or "none"
+    damaged = sum(1 for side in sides if side["damage"])
+    return (f"no example kept from {len(inputs)} input tar file(s) ({shown}): dropped samples: {drops}"
+            + (f"; {damaged} input(s) damaged or unreadable" if damaged else "")
+            + (" (the inputs hold no samples)" if not dropped and not damaged else "")
+            + f"; nothing written to {output}")
+
+
+def _remove_empty_output(output: str) -> None:
+    """Removes what a conversion without any example left: the staging directory, then OUT if empty."""
+    shutil.rmtree(os.path.join(output, STAGING), ignore_errors=True)
+    try:
+        os.rmdir(output)  # only when empty: never anything the user put there
+    except OSError:
+        pass
+
+
 def _existing_complete(output: str, run_id: str, num_shards: int) -> dict[str, Any] | None:
     """The manifest of a finished conversion of the same run, with every shard verified; else None."""
     try:
@@ -541,6 +574,10 @@ def _existing_complete(output: str, run_id: str, num_shards: int) -> dict[str, A
     if manifest.get("run_id") != run_id:
         raise ValueError(f"{output} already holds a finished conversion of other inputs or options "
                          f"(run {manifest.get('run_id')}, this one {run_id}); use a new --output")
+    if not manifest.get("num_examples"):
+        # An empty dataset (written by an older converter) is no finished conversion: redo it, which fails.
+        os.remove(os.path.join(output, records.MANIFEST_NAME))
+        return None
     for s in manifest["shards"]:
         try:
             if records.count_records(os.path.join(output, s["path"])) != s["num_examples"]:
@@ -584,8 +621,12 @@ def main(argv: list[str] | None = None) -> int:
     inputs = sorted({f for pattern in args.input for f in glob.glob(pattern)})
     if not inputs:
         p.error(f"--input {args.input}: no files match")
-    convert(inputs, args.output, args.num_shards, workers=args.workers, max_pixels=args.max_pixels,
-            max_image_side=args.max_image_side or None, jpeg_quality=args.jpeg_quality)
+    try:
+        convert(inputs, args.output, args.num_shards, workers=args.workers, max_pixels=args.max_pixels,
+                max_image_side=args.max_image_side or None, jpeg_quality=args.jpeg_quality)
+    except EmptyOutputError as e:
+        print(f"error: {e}", file=sys.stderr)  # the progress display has ended its line
+        return 1
     return 0
 
 

@@ -37,7 +37,7 @@ from PIL import Image
 
 from wpce_jax.data import records
 from wpce_jax.data.eval_sources import MissingDataError, tfds_builder, tfds_data_source
-from wpce_jax.data.progress import Progress
+from wpce_jax.progress import Progress
 
 CLASSES_FILE = "classes.json"
 TEMPLATES = ["a photo of a {}."]

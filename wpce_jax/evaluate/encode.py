@@ -18,7 +18,7 @@ from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
 from wpce_jax.data.pipeline import make_eval_dataset
-from wpce_jax.data.progress import Progress
+from wpce_jax.progress import Progress
 from wpce_jax.kernels import RFF
 from wpce_jax.parallel import batch_sharding, global_batch, per_process_batch, replicated
 from wpce_jax.pointcloud import PointCloud
