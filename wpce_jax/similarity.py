@@ -3,7 +3,8 @@
 "wpce": the point-cloud feature map with the config's kernel (`wpce.kernel`, `wpce.scale`, `wpce.num_features`,
 `wpce.a_lin`, `wpce.a_rff`), so that phi(P) . phi(Q) is the WPCE similarity. "clip": the single point, unit
 normalised, so that the dot product is the cosine similarity. Training draws fresh RFF frequencies every step from
-the step's key; evaluation uses one fixed draw that is saved with the checkpoint.
+the step's key; evaluation uses one fixed draw that is saved with the checkpoint. The keys come from
+wpce_jax/rng.py, which lists every random stream of a run.
 """
 from typing import Optional
 
@@ -13,13 +14,7 @@ from ml_collections import ConfigDict
 
 from wpce_jax.kernels import RFF, sample_rff
 from wpce_jax.pointcloud import PointCloud, feature_map
-
-# Independent key streams off the run's root key: parameter init, per-step RFF draws, the evaluation draw.
-INIT_STREAM, TRAIN_RFF_STREAM, EVAL_RFF_STREAM = 0, 1, 2
-
-
-def init_key(root_key: jax.Array) -> jax.Array:
-    return jax.random.fold_in(root_key, INIT_STREAM)
+from wpce_jax.rng import eval_rff_draw_key, eval_rff_key, train_rff_key
 
 
 def uses_rff(config: ConfigDict) -> bool:
@@ -36,11 +31,11 @@ def draw_rff(key: jax.Array, config: ConfigDict) -> Optional[RFF]:
 
 def train_rff(root_key: jax.Array, step: jax.Array, config: ConfigDict) -> Optional[RFF]:
     """Fresh frequencies for this step: a function of (seed, step) only, hence identical on every device."""
-    return draw_rff(jax.random.fold_in(jax.random.fold_in(root_key, TRAIN_RFF_STREAM), step), config)
+    return draw_rff(train_rff_key(root_key, step), config)
 
 
 def eval_rff(root_key: jax.Array, config: ConfigDict) -> Optional[RFF]:
-    return draw_rff(jax.random.fold_in(root_key, EVAL_RFF_STREAM), config)
+    return draw_rff(eval_rff_key(root_key), config)
 
 
 def eval_rff_draws(root_key: jax.Array, saved: Optional[RFF], config: ConfigDict, count: int) -> Optional[RFF]:
@@ -48,8 +43,7 @@ def eval_rff_draws(root_key: jax.Array, saved: Optional[RFF], config: ConfigDict
     draw first (so that one draw reproduces the run's numbers), then fresh ones from the evaluation key stream."""
     if saved is None:
         return None
-    stream = jax.random.fold_in(root_key, EVAL_RFF_STREAM)
-    extra = [draw_rff(jax.random.fold_in(stream, r), config) for r in range(1, count)]
+    extra = [draw_rff(eval_rff_draw_key(root_key, r), config) for r in range(1, count)]
     return jax.tree.map(lambda *xs: jnp.stack(xs), saved, *extra)
 
 

@@ -29,7 +29,8 @@ from wpce_jax.losses import (infonce_and_accuracy, margin_contrastive_loss, nce_
 from wpce_jax.models.towers import init_params, logit_scale_value
 from wpce_jax.optimizer import clip_logit_scale, learning_rate_schedule
 from wpce_jax.parallel import DATA_AXIS
-from wpce_jax.similarity import embed, eval_rff, init_key, train_rff
+from wpce_jax.rng import init_key
+from wpce_jax.similarity import embed, eval_rff, train_rff
 
 
 class TrainState(NamedTuple):
