@@ -7,11 +7,15 @@ def base() -> ml_collections.ConfigDict:
     """Every optional field is a typed placeholder, so `--config.KEY=VALUE` can set it."""
     c = ml_collections.ConfigDict()
     c.seed = 0                        # root of every random draw: init, data order, crops, RFF frequencies
-    c.total_steps = 1000              # train steps in the run
+    c.require_accelerator = False     # fail at start-up when JAX finds no TPU/GPU (set on configs for real runs)
+    c.total_steps = 1000              # train steps in the run (unless epochs is set)
+    c.epochs = placeholder(float)     # set: the run's length in passes over the training set (steps counted from
+    c.warmup_epochs = placeholder(float)  # its manifest's num_examples), and the warm-up's (replaces optim.warmup_steps)
     c.batch_size = 256                # global batch (all devices of all processes)
     c.log_every_steps = 50            # metrics.jsonl / TensorBoard / console every this many steps
     c.eval_every_steps = 500          # evaluation (eval.*) every this many steps (and at the end)
     c.checkpoint_every_steps = 500    # Orbax checkpoint every this many steps (and at the end, and on SIGTERM)
+    c.profile_steps = ()              # (first, last): write a jax.profiler trace of these steps to DIR/profile
     c.keep_checkpoints = 3            # checkpoints kept on disk (the newest)
     c.async_checkpoints = True        # write checkpoints in the background while training goes on
     c.logit_scale_min = 1.0           # the logit scale is clipped to [min, max] after every update
@@ -22,7 +26,7 @@ def base() -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict()
     c.data.kind = "arrayrecord"       # "digits" (built-in) or "arrayrecord" (a converted dataset, e.g. CC12M)
     c.data.train_dir = placeholder(str)           # arrayrecord: converted training data (holds manifest.json)
-    c.data.cache_dir = placeholder(str)           # digits: where the built-in dataset is written once (default ~/.cache)
+    c.data.cache_dir = placeholder(str)           # digits: where the built-in dataset is written once (default ~/.cache/wpce_jax)
     c.data.tokenizer = "clip_bpe"     # "clip_bpe" or "sentencepiece" (digits always uses its own SentencePiece)
     c.data.tokenizer_path = placeholder(str)      # bpe_simple_vocab_16e6.txt.gz or a SentencePiece .model
     c.data.image_size = 224           # square input side after cropping

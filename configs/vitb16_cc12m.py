@@ -6,10 +6,9 @@
         --config.eval.tfds_data_dir=/data/tensorflow_datasets --config.eval.aircraft_dir=/data/fgvc_aircraft \
         --config.eval.flickr30k_dir=/data/flickr30k
 
-Convert CC12M first with `python -m wpce_jax.data.convert`. 35 epochs of the converted set at global batch 4096,
-one warm-up epoch, counted for CC12M_EXAMPLES examples; if the converted manifest's "num_examples" differs, pass
-the example count as the config argument (`--config=configs/vitb16_cc12m.py:wpce,10968539`). The workdir is a local
-or mounted path (a shared file system such as a GCS FUSE mount on pods): metrics are written with plain file I/O.
+Convert CC12M first with `python -m wpce_jax.data.convert`. 35 epochs of the converted set at global batch 4096
+with one warm-up epoch: the steps are counted from the converted manifest's "num_examples" at start-up. The workdir
+and the data may be local paths or gs:// URIs (every host must see the same workdir).
 """
 import os
 import sys
@@ -17,23 +16,20 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import base, set_similarity  # noqa: E402
 
-CC12M_EXAMPLES = 10_000_000  # about what img2dataset retrieves of CC12M's 12.4M urls
-
 
 def get_config(arg: str = "wpce"):
-    """arg: "wpce" or "clip", optionally followed by ",NUM_EXAMPLES" (the converted training set's size)."""
-    similarity, _, examples = arg.partition(",")
-    num_examples = int(examples) if examples else CC12M_EXAMPLES
+    """arg: "wpce" or "clip"."""
     c = base()
+    c.require_accelerator = True      # a CPU-only JAX install is an error here, not a silently slow run
     c.data.kind = "arrayrecord"
     c.data.tokenizer = "clip_bpe"
     c.data.worker_count = 16
     c.data.image_size = 224
     c.data.crop_scale = (0.5, 1.0)
     c.batch_size = 4096               # 512 per device on 8 devices
-    steps_per_epoch = num_examples // c.batch_size
-    c.total_steps = 35 * steps_per_epoch
-    c.optim.warmup_steps = steps_per_epoch
+    c.total_steps = None              # counted from the data:
+    c.epochs = 35
+    c.warmup_epochs = 1
     c.log_every_steps = 100
     c.eval_every_steps = 5000
     c.checkpoint_every_steps = 2000
@@ -49,4 +45,4 @@ def get_config(arg: str = "wpce"):
     c.eval.linear_probe = paper_sets
     c.eval.retrieval = "coco,flickr30k"
     c.eval.linear_probe_in_training = False  # 13 probes (ImageNet: 1.28M images) are for python -m wpce_jax.evaluate
-    return set_similarity(c, similarity, "configs/vitb16_cc12m.py")
+    return set_similarity(c, arg, "configs/vitb16_cc12m.py")

@@ -7,6 +7,8 @@ import pytest
 # Must be set before JAX initialises its backends; a caller's own XLA_FLAGS win.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# gcsfs would otherwise probe every bucket over gRPC (60 s each against the test's fake GCS); read at its import.
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 
 @pytest.fixture(scope="session")

@@ -191,7 +191,7 @@ def _numpy_image_retrieval(compared: np.ndarray, labels: np.ndarray, by: str = "
 
 
 def test_image_retrieval_by_class_matches_numpy(digits_run, monkeypatch):
-    from wpce_jax.datasets import prepare_digits
+    from wpce_jax.data.run_data import prepare_digits
     from wpce_jax.evaluate import registry
     from wpce_jax.evaluate.encode import Encoders
     from wpce_jax.similarity import eval_rff_draws

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from runs import tiny_config
-from wpce_jax import datasets
-from wpce_jax.config_validation import validate_config
+from wpce_jax.data import run_data
+from wpce_jax.config_validation import validate, validate_config
 from wpce_jax.data.pipeline import make_dataset
 from wpce_jax.models.towers import OBJECTIVES, init_params, logit_scale_value, make_model
 from wpce_jax.optimizer import decay_mask, make_optimizer
@@ -39,7 +39,8 @@ def test_objective_matches_numpy_and_lowers_the_loss(cache_dir, tmp_path, object
     assert jax.device_count() == 8
     config = tiny_config(cache_dir, objective=objective)
     validate_config(config)
-    data = datasets.resolve(config, str(tmp_path))
+    data = run_data.resolve(config, str(tmp_path))
+    config = data.config
     model, tx = make_model(config), make_optimizer(config)
     key = jax.random.key(0)
     state = initial_state(model, tx, config, key)
@@ -74,8 +75,8 @@ def test_objective_matches_numpy_and_lowers_the_loss(cache_dir, tmp_path, object
         assert metrics["train/logit_bias"] == -10.0 and metrics["train/logit_scale"] == pytest.approx(10.0)
 
     # A few more steps on the same digits batch (a fresh RFF draw each): its loss, at step 0's draw, goes down.
-    # (The tiny model needs far more than 10 steps before fresh batches show it; memorising one batch is quick.)
-    for _ in range(9):
+    # (The tiny model needs far more than 20 steps before fresh batches show it; memorising one batch is quick.)
+    for _ in range(19):
         state, metrics = step(state, global_batch(held, mesh))
     assert int(state.bad_step) == -1
     after = float(held_loss(state.params))
@@ -112,7 +113,7 @@ def test_parameter_trees_and_decay_mask(cache_dir, similarity):
 
 def test_bad_objective_fails_validation_naming_the_field(cache_dir):
     config = tiny_config(cache_dir, objective="hinge", **{"model.text.vocab_size": 64, "model.text.eot_id": 1})
-    for check in (validate_config, make_model):
+    for check in (validate, make_model):
         with pytest.raises(ValueError, match=r"config field objective must be one of .*'infonce'.*'sigmoid'.*'nce'"):
             check(config)
     # A config without the field (saved before it existed) means InfoNCE.

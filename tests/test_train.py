@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wpce_jax import checkpoint, datasets, train
+from wpce_jax import checkpoint, train
+from wpce_jax.data import run_data
 from wpce_jax.data import digits
 from wpce_jax.data.records import decode_record, read_manifest, read_records, shard_paths
 from wpce_jax.models.towers import make_model
@@ -39,38 +40,86 @@ def assert_same_run(workdir, reference):
     jax.tree.map(np.testing.assert_array_equal, final_params(workdir), final_params(reference))
 
 
-def test_resume_after_sigkill_is_exact(tmp_path, cache_dir, digits_run):
+def test_resume_after_sigkill_with_another_worker_count_is_exact(tmp_path, cache_dir, digits_run):
     workdir = str(tmp_path)
     proc = subprocess.Popen(cli(workdir, cache_dir), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wait_for(lambda: os.path.isdir(os.path.join(workdir, "checkpoints", "20")), proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert max(losses(workdir)) >= 20
-    out = run_cli(workdir, cache_dir)
+    # The data position is a count of global examples: two worker processes continue the stream exactly.
+    out = run_cli(workdir, cache_dir, **{"data.worker_count": 2})
     assert "resumed from the step-20 checkpoint" in out.stdout
+    assert "changed since the step-20 checkpoint: data.worker_count: 0 -> 2" in out.stdout
+    assert "taking over the stale lock" in out.stdout  # the killed run could not release it
     assert_same_run(workdir, digits_run)
 
 
-def test_sigterm_saves_and_resumes_exactly(tmp_path, cache_dir, digits_run):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_stop_signal_saves_survives_a_second_signal_and_resumes_exactly(tmp_path, cache_dir, digits_run, sig):
     workdir = str(tmp_path)
     proc = subprocess.Popen(cli(workdir, cache_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = os.path.join(workdir, "metrics.jsonl")
     wait_for(lambda: os.path.exists(metrics) and len(open(metrics).readlines()) >= 13, proc)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
+    time.sleep(0.7)  # a second notice while the checkpoint is being written must not kill the save
+    if proc.poll() is None:
+        proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr[-3000:]
     stopped = max(losses(workdir))
-    assert 13 <= stopped < 30 and f"SIGTERM: saved the step-{stopped} checkpoint" in stdout
-    assert os.path.isdir(os.path.join(workdir, "checkpoints", str(stopped)))
+    assert 13 <= stopped < 30 and f"{sig.name}: saved the step-{stopped} checkpoint" in stdout
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == sorted(
+        str(s) for s in (10, 20, stopped) if s <= stopped)  # complete: no leftover tmp directory
+    assert not os.path.exists(os.path.join(workdir, "run.lock"))
     out = run_cli(workdir, cache_dir)
     assert f"resumed from the step-{stopped} checkpoint" in out.stdout
     assert_same_run(workdir, digits_run)
 
 
+def test_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path, cache_dir, digits_run):
+    workdir = str(tmp_path / "run")
+    shutil.copytree(digits_run, workdir)
+    state = os.path.join(workdir, "checkpoints", "30", "state")
+    for i, (root, name) in enumerate((r, n) for r, _, files in os.walk(state) for n in sorted(files)):
+        path = os.path.join(root, name)  # emptied or cut in half, as a full disk or a killed copy leaves them
+        with open(path, "r+b") as f:
+            f.truncate(os.path.getsize(path) // 2 if i % 2 else 0)
+    out = run_cli(workdir, cache_dir)
+    assert "skipping the step-30 checkpoint: it does not restore" in out.stdout
+    assert "resumed from the step-20 checkpoint" in out.stdout
+    assert os.path.isdir(os.path.join(workdir, "checkpoints", "30.damaged"))
+    assert_same_run(workdir, digits_run)
+
+
+def test_changed_config_on_resume_stops_before_compute_or_passes_with_a_line(tmp_path, cache_dir, digits_run):
+    workdir = str(tmp_path / "run")
+    shutil.copytree(digits_run, workdir)
+    before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+    out = subprocess.run(cli(workdir, cache_dir, **{"model.embed_dim": 32, "wpce.kernel": "imq", "seed": 4}),
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 2
+    assert "step-30 checkpoint was trained with another config" in out.stderr
+    for line in ("model.embed_dim: 16 -> 32", "seed: 0 -> 4", "wpce.kernel: 'gaussian' -> 'imq'"):
+        assert line in out.stderr
+    assert "Traceback" not in out.stderr and sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
+    # Extending the run, evaluating more often and profiling two steps may change: one line each.
+    out = run_cli(workdir, cache_dir, total_steps=34, eval_every_steps=32, profile_steps=(32, 33))
+    for line in ("total_steps: 30 -> 34", "eval_every_steps: 30 -> 32", "profile_steps: [] -> [32, 33]"):
+        assert f"changed since the step-30 checkpoint: {line}" in out.stdout
+    assert max(losses(workdir)) == 34 and "evaluating at step 32" in out.stdout
+    assert any(files for _, _, files in os.walk(os.path.join(workdir, "profile")))
+    record = json.loads(open(os.path.join(workdir, "config.json")).read())
+    assert record["config"]["total_steps"] == 34
+    # The console: the project's own lines, no library INFO logs.
+    assert not [line for line in out.stderr.splitlines() if line.startswith("I") and "]" in line[:40]], out.stderr
+
+
 def test_one_step_on_8_devices_equals_1_device(cache_dir, tmp_path):
     assert jax.device_count() == 8
     config = tiny_config(cache_dir)
-    data = datasets.resolve(config, str(tmp_path))
+    data = run_data.resolve(config, str(tmp_path))
+    config = data.config
     model, tx = make_model(config), make_optimizer(config)
     key = jax.random.key(3)
     state0 = initial_state(model, tx, config, key)
@@ -112,11 +161,35 @@ def test_one_step_on_8_devices_equals_1_device(cache_dir, tmp_path):
     ({"wpce.scale": 0.0}, "wpce.scale must be a number > 0"),
     ({"data.image_size": 30}, "not divisible by the ViT patch size"),
     ({"total_steps": 0}, "total_steps must be a positive int"),
+    ({"wpce.a_lin": 0.0, "wpce.a_rff": 0.0}, "wpce.a_lin and wpce.a_rff are both 0"),
+    ({"profile_steps": (5, 2)}, "profile_steps must be"),
+    ({"epochs": 2.0}, "warmup_epochs is required"),
 ])
 def test_bad_configs_fail_before_compute(cache_dir, tmp_path, overrides, match):
     with pytest.raises((ValueError, FileNotFoundError), match=match):
         train.train_and_evaluate(tiny_config(cache_dir, **overrides), str(tmp_path))
     assert not os.path.exists(os.path.join(tmp_path, "checkpoints"))
+
+
+def test_epochs_count_steps_from_the_manifest(cache_dir, tmp_path):
+    config = tiny_config(cache_dir, epochs=2.5, warmup_epochs=0.5)
+    data = run_data.resolve(config, str(tmp_path))
+    per_epoch = read_manifest(data.train_dir)["num_examples"] // config.batch_size
+    assert data.num_examples == read_manifest(data.train_dir)["num_examples"] > 1000
+    assert (data.config.total_steps, data.config.optim.warmup_steps) == (round(2.5 * per_epoch),
+                                                                          round(0.5 * per_epoch))
+    assert config.total_steps == 30  # the input config is not changed
+
+
+def test_preemption_at_an_evaluation_step_saves_without_evaluating(cache_dir, tmp_path, monkeypatch, capsys):
+    evaluated = []
+    real_call = train.Evaluator.__call__
+    monkeypatch.setattr(train.Evaluator, "__call__", lambda self, *a: evaluated.append(1) or real_call(self, *a))
+    monkeypatch.setattr(train._StopSignals, "reached", lambda self, step: step == 10)
+    config = tiny_config(cache_dir, eval_every_steps=10, checkpoint_every_steps=100)
+    assert train.train_and_evaluate(config, str(tmp_path)) == {}
+    assert evaluated == [] and sorted(os.listdir(tmp_path / "checkpoints")) == ["10"]
+    assert "saved the step-10 checkpoint" in capsys.readouterr().out
 
 
 def test_non_finite_guard_keeps_last_good_checkpoint(cache_dir, tmp_path, monkeypatch):

@@ -1,21 +1,26 @@
 """Orbax checkpoints of a run, and `load(workdir)` for notebooks and evaluation.
 
 A checkpoint DIR/checkpoints/<step>/ holds three items:
-    state   the TrainState: parameters, optimiser state, step, root RNG key, non-finite marker, evaluation RFF draw;
-    data    the grain iterator's state, one JSON file per process (so a resumed run reads the same next batches);
-    config  the run's config as JSON (the tokenizer path in it points at the copy under DIR/tokenizer/).
-Saving is asynchronous; Orbax writes to a temporary directory and renames it when complete, so a run killed while
-saving leaves the previous checkpoint intact.
+    state     the TrainState: parameters, optimiser state, step, root RNG key, non-finite marker, evaluation RFF draw;
+    position  {"examples_seen": global training examples consumed}: where the data stream goes on (it is
+              addressed by global example index, so any worker or process count resumes it exactly);
+    config    the run's resolved config as JSON (the tokenizer path in it points at the copy under DIR/tokenizer/).
+DIR may be local or gs://. Saving is asynchronous; Orbax marks a checkpoint complete only when all of it is written
+(a renamed temporary directory on local disks, a commit_success.txt object on gs://), so a run killed while saving
+leaves the previous checkpoint intact. A checkpoint that does not restore
+(damaged files) is moved aside to <step>.damaged by `Checkpointer.skip`, so that the run can go on from an earlier
+one.
 """
 import json
-import os
 from typing import Any, NamedTuple, Optional
 
-import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from ml_collections import ConfigDict
+
+from wpce_jax.paths import resolved
 
 CHECKPOINT_SUBDIR = "checkpoints"
 
@@ -24,30 +29,53 @@ def config_to_json(config: ConfigDict) -> dict:
     return json.loads(config.to_json_best_effort())
 
 
+def checkpoint_dir(workdir) -> epath.Path:
+    """DIR/checkpoints, absolute for local paths (Orbax needs that), gs:// URIs as they are."""
+    return resolved(workdir) / CHECKPOINT_SUBDIR
+
+
 class Checkpointer:
     """The run's CheckpointManager: keeps the last `max_to_keep` checkpoints under DIR/checkpoints."""
 
-    def __init__(self, workdir: str, max_to_keep: int, async_save: bool = True):
+    def __init__(self, workdir, max_to_keep: int, async_save: bool = True):
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=async_save,
                                                create=True)
-        self.manager = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), CHECKPOINT_SUBDIR),
-                                             options=options)
+        self.directory = checkpoint_dir(workdir)
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> Optional[int]:
         return self.manager.latest_step()
 
-    def save(self, step: int, state, data_iterator, config: ConfigDict) -> None:
+    def all_steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def save(self, step: int, state, examples_seen: int, config: ConfigDict) -> None:
         self.manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state),
-            data=grain.checkpoint.CheckpointSave(data_iterator),
+            position=ocp.args.JsonSave({"examples_seen": int(examples_seen)}),
             config=ocp.args.JsonSave(config_to_json(config))), force=True)
 
-    def restore(self, step: int, abstract_state, data_iterator) -> Any:
-        """Restores `step` into arrays shaped and sharded like `abstract_state`, and the iterator in place."""
+    def saved_config(self, step: int) -> dict:
+        """The config a checkpoint was written with (plain dict)."""
+        return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+
+    def restore(self, step: int, abstract_state) -> tuple[Any, int]:
+        """(state shaped and sharded like `abstract_state`, global examples consumed) of checkpoint `step`."""
         restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state),
-            data=grain.checkpoint.CheckpointRestore(data_iterator)))
-        return restored["state"]
+            state=ocp.args.StandardRestore(abstract_state), position=ocp.args.JsonRestore()))
+        return restored["state"], int(restored["position"]["examples_seen"])
+
+    def skip(self, step: int, is_main: bool) -> epath.Path:
+        """Moves checkpoint `step` aside (process 0; every process then re-reads the list). Returns the new path."""
+        self.manager.wait_until_finished()
+        target = self.directory / f"{step}.damaged"
+        if is_main:
+            (self.directory / str(step)).rename(target)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices(f"skip checkpoint {step}")
+        self.manager.reload()
+        return target
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
@@ -113,14 +141,16 @@ class Restored(NamedTuple):
     step: int
 
 
-def restore(path: str, step: Optional[int] = None) -> Restored:
-    """A run's checkpoint (the latest, or `step`) from its workdir, on this process's first device."""
+def restore(path, step: Optional[int] = None) -> Restored:
+    """A run's checkpoint (the latest, or `step`) from its workdir (local or gs://), on this process's first
+    device."""
+    from wpce_jax import rng
     from wpce_jax.models.towers import make_model
     from wpce_jax.optimizer import make_optimizer
     from wpce_jax.train_step import initial_state
 
-    directory = os.path.join(os.path.abspath(path), CHECKPOINT_SUBDIR)
-    if not os.path.isdir(directory):
+    directory = checkpoint_dir(path)
+    if not directory.is_dir():
         raise FileNotFoundError(f"no checkpoints under {directory}: is {path!r} a training workdir?")
     manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))
     try:
@@ -133,12 +163,12 @@ def restore(path: str, step: Optional[int] = None) -> Restored:
             raise FileNotFoundError(f"{directory} holds no complete checkpoint")
         config = ConfigDict(manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"])
         # The run kept its tokenizer in DIR/tokenizer/; find it there even if DIR was moved or copied since.
-        beside = os.path.join(os.path.abspath(path), "tokenizer", os.path.basename(config.data.tokenizer_path))
-        if os.path.exists(beside):
-            config.data.tokenizer_path = beside
+        beside = directory.parent / "tokenizer" / epath.Path(config.data.tokenizer_path).name
+        if beside.exists():
+            config.data.tokenizer_path = str(beside)
         model = make_model(config)
         abstract = jax.eval_shape(lambda: initial_state(model, make_optimizer(config), config,
-                                                        jax.random.key(config.seed)))
+                                                        rng.root_key(config.seed)))
         target = abstract_like(abstract, jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
         state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
     finally:
@@ -146,7 +176,8 @@ def restore(path: str, step: Optional[int] = None) -> Restored:
     return Restored(config, model, state, step)
 
 
-def load(path: str, step: Optional[int] = None) -> LoadedModel:
-    """Loads a run's checkpoint (the latest, or `step`) from its workdir for inference on one device."""
+def load(path, step: Optional[int] = None) -> LoadedModel:
+    """Loads a run's checkpoint (the latest, or `step`) from its workdir (local or gs://) for inference on one
+    device."""
     config, model, state, step = restore(path, step)
     return LoadedModel(config, model, state.params, state.eval_rff, step)

@@ -7,7 +7,7 @@ from ml_collections import ConfigDict
 from wpce_jax.config_fields import get as _get, number as _number, positive_int as _positive_int
 from wpce_jax.kernels import KINDS
 from wpce_jax.losses import MININGS
-from wpce_jax.models.towers import OBJECTIVES
+from wpce_jax.models.towers import validate_model_config
 
 DATA_KINDS = ("digits", "arrayrecord")
 TOKENIZERS = ("clip_bpe", "sentencepiece")
@@ -78,23 +78,43 @@ def mode_settings(config: ConfigDict) -> ModeSettings:
                         float(margin) if margin is not None else 0.0, mining, views)
 
 
+def validate(config: ConfigDict) -> None:
+    """Every field of a training config, before any data is prepared or compute runs: the training fields, the
+    evaluation fields and the model's (its vocabulary is checked once the tokenizer has filled it in, by
+    make_model)."""
+    from wpce_jax.evaluate.evaluator import validate_eval_config  # the evaluator imports this module's helpers
+
+    validate_config(config)
+    validate_eval_config(config)
+    validate_model_config(config, require_vocabulary=False)
+
+
 def validate_config(config: ConfigDict) -> None:
-    """Everything except the model's own fields (`models.towers.validate_model_config` checks those)."""
-    for path in ("total_steps", "batch_size", "log_every_steps", "eval_every_steps", "checkpoint_every_steps",
+    """Everything except the model's own fields (`models.towers.validate_model_config` checks those) and the
+    evaluation fields (`evaluate.evaluator.validate_eval_config`)."""
+    epochs = _get(config, "epochs", None)
+    if epochs is None:
+        _positive_int(config, "total_steps")
+    else:  # total_steps and optim.warmup_steps are then computed from the data (run_data.schedule)
+        _number(config, "epochs", 0, low_inclusive=False)
+        _number(config, "warmup_epochs", 0)
+    for path in ("batch_size", "log_every_steps", "eval_every_steps", "checkpoint_every_steps",
                  "keep_checkpoints", "eval.batch_size", "optim.accum_steps", "wpce.num_features",
                  "data.image_size"):
         _positive_int(config, path)
     mode_settings(config)
-    objective = _get(config, "objective", "infonce")  # absent in configs saved before the field existed
-    if objective not in OBJECTIVES:
-        raise ValueError(f"config field objective must be one of {OBJECTIVES}, got {objective!r}")
+    profile = _get(config, "profile_steps", ())
+    if profile and not (len(profile) == 2 and all(isinstance(s, int) and not isinstance(s, bool) for s in profile)
+                        and 1 <= profile[0] <= profile[1]):
+        raise ValueError(f"config field profile_steps must be () or (first, last) steps with 1 <= first <= last, "
+                         f"got {tuple(profile)!r}")
     if not isinstance(config.seed, int):
         raise ValueError(f"config field seed must be an int, got {config.seed!r}")
     devices = jax.device_count()
     for path, size in (("batch_size", config.batch_size), ("eval.batch_size", config.eval.batch_size)):
         if size % devices:
             raise ValueError(f"config field {path} = {size} must be divisible by the number of devices ({devices})")
-    if config.total_steps % config.optim.accum_steps:
+    if epochs is None and config.total_steps % config.optim.accum_steps:
         raise ValueError(f"config field total_steps = {config.total_steps} must be a multiple of "
                          f"optim.accum_steps = {config.optim.accum_steps}")
     per_class = _get(config, "data.samples_per_class", 0)
@@ -122,6 +142,9 @@ def validate_config(config: ConfigDict) -> None:
     _number(config, "wpce.scale", 0, low_inclusive=False)
     _number(config, "wpce.a_lin", 0)
     _number(config, "wpce.a_rff", 0)
+    if config.model.similarity == "wpce" and config.wpce.a_lin == 0 and config.wpce.a_rff == 0:
+        raise ValueError("config fields wpce.a_lin and wpce.a_rff are both 0: the similarity would be 0 for every "
+                         "pair; give at least one kernel a positive weight (the paper: a_lin 0.667, a_rff 0.333)")
     for path in ("optim.lr", "optim.init_lr", "optim.end_lr", "optim.weight_decay", "optim.grad_clip_norm",
                  "optim.eps"):
         _number(config, path, 0)

@@ -2,34 +2,109 @@
 
 Initialises multi-process JAX when asked: --distributed on TPU pods (the hosts find each other), or
 --coordinator_address, --num_processes and --process_id elsewhere (--distributed alone also reads JAX's own
-environment variables, e.g. under SLURM). Without either, every process trains alone. Then it trains, evaluates and checkpoints into DIR, resuming from DIR's latest checkpoint when there is one.
+environment variables, e.g. under SLURM). Without either, every process trains alone. Then it trains, evaluates and
+checkpoints into DIR (local or gs://), resuming from DIR's latest checkpoint when there is one.
+
+The console shows the project's own lines; libraries' INFO logs (Orbax, absl, grain) appear with --verbosity=0
+(and DEBUG with --verbosity=1, which also shows the traceback behind an error message).
 """
-from absl import app, flags
+import os
+import signal
+import sys
+
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from wpce_jax import distributed
 
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl and TensorBoard events; "
-                                     "a run restarted with the same workdir resumes.", required=True)
+flags.DEFINE_string("workdir", None, "Directory (local or gs://) for checkpoints, metrics.jsonl and TensorBoard "
+                                     "events; a run restarted with the same workdir resumes.", required=True)
 config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. configs/digits.py[:clip].",
                                 lock_config=True)
 FLAGS = flags.FLAGS
 
 
+def quiet_libraries() -> None:
+    """Library INFO logs below the console unless --verbosity was given."""
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+
+
+def user_errors() -> tuple[type, ...]:
+    """Errors that describe a mistake in the inputs (their message names the input and the fix)."""
+    from wpce_jax.data.records import ManifestError
+    from wpce_jax.platform import AcceleratorMissingError
+    from wpce_jax.run_record import ConfigChangedError
+    from wpce_jax.workdir_lock import WorkdirLockedError
+
+    return (ValueError, FileNotFoundError, IsADirectoryError, PermissionError, ManifestError,
+            AcceleratorMissingError, ConfigChangedError, WorkdirLockedError)
+
+
+def fail(message: str) -> None:
+    """One line on stderr, exit status 2; with --verbosity >= 1 the traceback is shown instead."""
+    if logging.get_verbosity() >= logging.DEBUG:
+        raise
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+def load_config():
+    """FLAGS.config (None when not given), with one-line errors for a config file that does not exist or does not
+    load, and for a --config.KEY that names no field."""
+    if FLAGS["config"].value is None and not FLAGS["config"].present:
+        return None
+    path = config_flags.get_config_filename(FLAGS["config"]).partition(":")[0]  # without its ":ARG"
+    if not os.path.isfile(path):
+        fail(f"--config={path}: no such file (for example --config=configs/digits.py)")
+    try:
+        config = FLAGS.config
+        config.keys()  # the file is loaded on first access
+    except Exception as e:  # noqa: BLE001 - whatever the file's own code raised
+        fail(f"--config={path} does not load: {_one_line(e)}")
+    return config
+
+
+def _one_line(error: BaseException) -> str:
+    while isinstance(error, (KeyError, AttributeError)) and error.args:  # their str() is a repr: unwrap it
+        error = error.args[0]
+    return " ".join(str(error).split())
+
+
+def parse_flags(argv):
+    """absl's flag parsing, with a one-line error instead of the parser's traceback (an unknown flag, a --config.KEY
+    that names no field of the config, a value of the wrong type)."""
+    try:
+        return FLAGS(argv)
+    except Exception as e:  # noqa: BLE001 - absl and ml_collections raise several kinds
+        hint = " (a --config.KEY=VALUE names no field of the config)" if isinstance(e, (KeyError, AttributeError)) \
+            else ""
+        print(f"error: {_one_line(e)}{hint}", file=sys.stderr)
+        sys.exit(2)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    quiet_libraries()
     import jax
 
     distributed.initialize()
+    config = load_config()
+    if config is None:
+        fail("--config is required, e.g. --config=configs/digits.py")
     from wpce_jax.train import train_and_evaluate
 
-    if FLAGS.config is None:
-        raise app.UsageError("--config is required, e.g. --config=configs/digits.py")
-    results = train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    try:
+        results = train_and_evaluate(config, FLAGS.workdir)
+    except user_errors() as e:
+        fail(str(e))
+    # Everything is saved; a late second Ctrl-C or SIGTERM must not turn the clean exit into a kill.
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_IGN)
     if jax.process_index() == 0 and results:
         print("final: " + "  ".join(f"{k} {v:.4f}" for k, v in sorted(results.items())), flush=True)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

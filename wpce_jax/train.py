@@ -1,177 +1,305 @@
-"""The training loop: state, steps, zero-shot evaluation, checkpoints, metrics, resume and preemption.
+"""The training loop: state, steps, evaluation, checkpoints, metrics, resume and preemption.
 
-Exact resume: a step's randomness is a function of (seed, step) alone (RFF frequencies) or lives in the checkpoint
-(the data iterator's position, parameters, optimiser state), so a run restarted from its step-k checkpoint takes the
-same steps k+1, k+2, ... as one that never stopped, and metrics.jsonl is cut back to step k before it goes on.
-SIGTERM (preemption) finishes the current step, writes a checkpoint and returns.
+Exact resume: a step's randomness is a function of (seed, step) alone (RFF frequencies, wpce_jax/rng.py), the data
+stream is addressed by global example index (the checkpoint holds how many were consumed), and the parameters and
+optimiser state are in the checkpoint; so a run restarted from its step-k checkpoint, with any number of data
+workers or processes, takes the same steps k+1, k+2, ... as one that never stopped, and metrics.jsonl is cut back
+to step k before it goes on. A resumed run must have the checkpoint's config in every field that changes the
+computation (run_record.py). A checkpoint that does not restore is moved aside and the one before it is used.
+
+SIGTERM (preemption) or SIGINT (Ctrl-C) finishes the current step, writes a checkpoint (before any evaluation that
+was due), waits for it to be complete, says so and returns; signals that arrive meanwhile are ignored.
 """
+import dataclasses
+import itertools
 import os
 import signal
+import sys
 import time
-from functools import partial
+from typing import Any, Iterator
 
 import jax
+from etils import epath
 from jax.experimental import multihost_utils
 from ml_collections import ConfigDict
 
-from wpce_jax import datasets
+from wpce_jax import mfu, platform, rng, run_record
 from wpce_jax.checkpoint import Checkpointer, abstract_like
-from wpce_jax.config_validation import mode_settings, validate_config
+from wpce_jax.config_validation import mode_settings, validate
+from wpce_jax.data import run_data
 from wpce_jax.data.image_ops import ViewAugment
 from wpce_jax.data.pipeline import make_dataset
-from wpce_jax.evaluate.evaluator import Evaluator, validate_eval_config
-from wpce_jax.metric_writer import MetricWriter, Progress, write_eval_json
-from wpce_jax.models.towers import make_model, validate_model_config
+from wpce_jax.evaluate.evaluator import Evaluator
+from wpce_jax.metric_writer import MetricWriter, write_eval_json
+from wpce_jax.models.towers import make_model
 from wpce_jax.optimizer import make_optimizer
+from wpce_jax.paths import is_remote, resolved
 from wpce_jax.parallel import global_batch, make_mesh, per_process_batch, replicated, to_host
+from wpce_jax.progress import Progress
 from wpce_jax.train_step import TrainState, initial_state, make_train_step
+from wpce_jax.workdir_lock import WorkdirLock
 
 
 class NonFiniteError(FloatingPointError):
     pass
 
 
-class _Preemption:
-    """When to stop for preemption, agreed by every process.
+def _say(text: str) -> None:
+    if jax.process_index() == 0:
+        print(text, flush=True)
 
-    One process: SIGTERM sets a flag that the loop reads after each step (a signal handler must not do work).
-    Several: each host may get the notice at a different step, and a host that saves while another steps would
-    deadlock their collectives; JAX's preemption sync manager (it catches SIGTERM itself) picks one step for all.
+
+class _StopSignals:
+    """When to stop for SIGTERM (preemption) or SIGINT (Ctrl-C), agreed by every process.
+
+    One process: the handler sets a flag that the loop reads after each step (a handler must not do work). Several:
+    each host may get the notice at a different step, and a host that saves while another steps would deadlock their
+    collectives; JAX's preemption sync manager (it catches SIGTERM itself) picks one step for all, so SIGINT is turned
+    into a SIGTERM to this process. The handlers stay until the final checkpoint is complete, so a second signal
+    cannot kill the save.
     """
 
     def __init__(self):
-        self.requested = False
+        self.requested = ""  # the first signal's name
         self._multiprocess = jax.process_count() > 1
-        self._previous = None
+        self._previous = {}
 
     def __enter__(self):
-        if not self._multiprocess:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        signals = (signal.SIGINT,) if self._multiprocess else (signal.SIGTERM, signal.SIGINT)
+        self._previous = {s: signal.signal(s, self._handle) for s in signals}
         return self
 
     def _handle(self, signum, frame):
-        self.requested = True
+        name = signal.Signals(signum).name
+        if self.requested:
+            message = f"{name} again: still stopping (saving a checkpoint); the run exits as soon as it is complete\n"
+        else:
+            self.requested = name
+            message = f"{name}: stopping after the current step; saving a checkpoint first\n"
+            if self._multiprocess:
+                os.kill(os.getpid(), signal.SIGTERM)
+        os.write(2, message.encode())  # print() is not safe inside a signal handler
 
     def reached(self, step: int) -> bool:
         """Call at every step on every process; True at the step where all should save and stop."""
         if self._multiprocess:
             try:
-                self.requested = multihost_utils.reached_preemption_sync_point(step)
+                if multihost_utils.reached_preemption_sync_point(step):
+                    self.requested = self.requested or "SIGTERM"
+                    return True
             except RuntimeError:  # the preemption service is disabled: no notice can arrive
-                self.requested = False
-        return self.requested
+                pass
+            return False
+        return bool(self.requested)
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for s, previous in self._previous.items():
+            signal.signal(s, previous)
 
 
-def _check_finite(state: TrainState, checkpointer: Checkpointer, workdir: str) -> None:
-    bad = int(jax.device_get(state.bad_step))
+@dataclasses.dataclass
+class _Run:
+    """Everything the loop works with."""
+    config: ConfigDict          # resolved (run_data.resolve)
+    workdir: epath.Path
+    state: TrainState
+    batches: Iterator[dict]     # global batches, from the restored position on
+    train_step: Any             # compiled: (state, global batch) -> (state, metrics)
+    flops_per_step: Any         # per device, from XLA's cost analysis (None when unknown)
+    evaluator: Evaluator
+    checkpointer: Checkpointer
+    writer: MetricWriter
+    lock: WorkdirLock
+    stop: _StopSignals
+    start: int                  # the step restored from (0 for a new run)
+
+
+def _workdir(path) -> epath.Path:
+    workdir = resolved(path)
+    if jax.process_index() == 0:
+        try:
+            workdir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise PermissionError(f"--workdir {path}: cannot create it ({e.strerror or e}); pick a writable "
+                                  f"directory") from None
+        if not is_remote(path) and not os.access(workdir, os.W_OK):
+            raise PermissionError(f"--workdir {path}: not writable; pick a writable directory")
+    return workdir
+
+
+def _restore(checkpointer: Checkpointer, config: ConfigDict, abstract) -> tuple[int, Any, int]:
+    """(step, state, examples consumed) of the newest checkpoint that restores, after checking that its config
+    matches; (0, None, 0) when there is none. A checkpoint that does not restore is moved aside with a line."""
+    for step in reversed(checkpointer.all_steps()):
+        try:
+            saved = checkpointer.saved_config(step)
+        except Exception as e:  # noqa: BLE001 - any library error means the files are not a usable checkpoint
+            _skip(checkpointer, step, e)
+            continue
+        for line in run_record.check_resume(saved, config, step):
+            _say(f"changed since the step-{step} checkpoint: {line}")
+        try:
+            state, examples = checkpointer.restore(step, abstract)
+        except Exception as e:  # noqa: BLE001
+            _skip(checkpointer, step, e)
+            continue
+        return step, state, examples
+    return 0, None, 0
+
+
+def _skip(checkpointer: Checkpointer, step: int, error: Exception) -> None:
+    reason = " ".join(str(error).split())[:300]
+    target = checkpointer.skip(step, jax.process_index() == 0)
+    _say(f"skipping the step-{step} checkpoint: it does not restore ({type(error).__name__}: {reason}); "
+         f"moved to {target}")
+
+
+def train_and_evaluate(config: ConfigDict, workdir) -> dict[str, float]:
+    """Trains per `config` in `workdir` (local or gs://; resuming from its latest checkpoint). Returns the last
+    evaluation."""
+    validate(config)
+    platform.check_accelerator(config.get("require_accelerator", False))
+    workdir = _workdir(workdir)
+    is_main = jax.process_index() == 0
+    with _StopSignals() as stop, WorkdirLock(workdir, enabled=is_main, log=_say) as lock:
+        _say(platform.describe())
+        data = run_data.resolve(config, workdir, is_main)
+        config = data.config
+        if config.get("epochs") is not None:
+            _say(f"{config.epochs:g} epochs of {data.num_examples:,} examples at batch {config.batch_size:,}: "
+                 f"{config.total_steps:,} steps, {config.optim.warmup_steps:,} of warm-up")
+        mesh = make_mesh()
+        model, tx = make_model(config), make_optimizer(config)
+        init = lambda: initial_state(model, tx, config, rng.root_key(config.seed))  # noqa: E731
+        checkpointer = Checkpointer(workdir, config.keep_checkpoints, config.async_checkpoints)
+        writer = MetricWriter(workdir, enabled=is_main)
+        try:
+            start, state, examples = _restore(checkpointer, config, abstract_like(jax.eval_shape(init),
+                                                                                  replicated(mesh)))
+            if start:
+                _say(f"resumed from the step-{start} checkpoint in {workdir}")
+            else:
+                state = jax.jit(init, out_shardings=replicated(mesh))()
+            if is_main:
+                run_record.write(workdir, config, platform.describe())
+            writer.truncate_after(start)  # lines a killed run wrote after its last checkpoint (or before its first)
+            batches = _global_batches(iter(_dataset(config, data, examples)), mode_settings(config).mode, mesh)
+            first = next(batches)
+            train_step, flops = _compile(model, config, mesh, tx, state, first)
+            batches = itertools.chain([first], batches)
+            run = _Run(config, workdir, state, batches, train_step, flops,
+                       Evaluator(model, config, mesh, data.tokenizer, digits_data=data.digits),
+                       checkpointer, writer, lock, stop, start)
+            return _loop(run)
+        finally:
+            checkpointer.wait()
+            checkpointer.close()
+            writer.close()
+
+
+def _dataset(config: ConfigDict, data: run_data.RunData, start_example: int):
+    settings = mode_settings(config)
+    return make_dataset(data.train_dir, tokenizer=data.tokenizer, image_size=config.data.image_size, train=True,
+                        batch_size=per_process_batch(config.batch_size), seed=config.seed,
+                        process_index=jax.process_index(), process_count=jax.process_count(),
+                        crop_scale=tuple(config.data.crop_scale), worker_count=config.data.worker_count,
+                        views=ViewAugment(**settings.views) if settings.mode == "two_view" else None,
+                        samples_per_class=config.data.get("samples_per_class", 0), start_example=start_example)
+
+
+def _global_batches(local_batches: Iterator[dict], mode: str, mesh) -> Iterator[dict]:
+    """This process's numpy batches -> global arrays on the mesh."""
+    for local in local_batches:
+        if mode != "image_text":  # the image-only steps never read the captions: do not ship them
+            local = {k: v for k, v in local.items() if k != "tokens"}
+        if mode == "labelled" and (local["label"] < 0).any():
+            raise ValueError("config field mode='labelled' needs class labels, but the training records include "
+                             "unlabelled ones (label -1); use mode 'image_text' or 'two_view' for this data")
+        yield global_batch(local, mesh)
+
+
+def _compile(model, config, mesh, tx, state, batch):
+    """The train step compiled for the real batch's shapes (compile time stays out of the first step's rate), and
+    its FLOPs per device."""
+    step = jax.jit(make_train_step(model, config, mesh, tx), donate_argnums=0,
+                   out_shardings=(replicated(mesh), replicated(mesh)))
+    started = time.perf_counter()
+    compiled = step.lower(state, batch).compile()
+    _say(f"compiled the train step in {time.perf_counter() - started:.1f}s")
+    return compiled, mfu.step_flops(compiled)
+
+
+def _check_finite(run: _Run) -> None:
+    bad = int(jax.device_get(run.state.bad_step))
     if bad >= 0:
-        checkpointer.wait()  # the newest checkpoint may still be in flight
-        last = checkpointer.latest_step()
+        run.checkpointer.wait()  # the newest checkpoint may still be in flight
+        last = run.checkpointer.latest_step()
         raise NonFiniteError(
             f"non-finite loss or gradient at step {bad + 1}; no update was applied from that step on. "
-            f"Last good checkpoint: step {last} in {os.path.join(workdir, 'checkpoints')}. Lower optim.lr, "
+            f"Last good checkpoint: step {last} in {run.checkpointer.directory}. Lower optim.lr, "
             f"set optim.grad_clip_norm, or check the data, then restart from that checkpoint.")
 
 
-def _validate(config: ConfigDict) -> None:
-    """Every field, before any data is prepared or compute runs. The vocabulary fields come from the tokenizer
-    later; a stand-in lets the model's other fields be checked now."""
-    validate_config(config)
-    validate_eval_config(config)
-    probe = config.copy_and_resolve_references()
-    with probe.unlocked():
-        if probe.model.text.vocab_size is None:
-            probe.model.text.vocab_size, probe.model.text.eot_id = 2, 1
-    validate_model_config(probe)
+def _save(run: _Run, step: int) -> None:
+    _check_finite(run)
+    run.checkpointer.save(step, run.state, step * run.config.batch_size, run.config)
 
 
-def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, float]:
-    """Trains per `config` in `workdir` (resuming from its latest checkpoint). Returns the last evaluation."""
-    _validate(config)
-    workdir = os.path.abspath(workdir)
-    is_main = jax.process_index() == 0
-    if is_main:
-        os.makedirs(workdir, exist_ok=True)
-    data = datasets.resolve(config, workdir, is_main)  # fills in the vocabulary; make_model re-validates
-    local_batch = per_process_batch(config.batch_size)
-
-    mesh = make_mesh()
-    model, tx = make_model(config), make_optimizer(config)
-    init = partial(initial_state, model, tx, config, jax.random.key(config.seed))
-    state_sharding = replicated(mesh)
-    settings = mode_settings(config)
-    views = ViewAugment(**settings.views) if settings.mode == "two_view" else None
-    train_ds = make_dataset(data.train_dir, tokenizer=data.tokenizer, image_size=config.data.image_size,
-                            train=True, batch_size=local_batch, seed=config.seed,
-                            process_index=jax.process_index(), process_count=jax.process_count(),
-                            crop_scale=tuple(config.data.crop_scale), worker_count=config.data.worker_count,
-                            views=views, samples_per_class=config.data.get("samples_per_class", 0))
-    iterator = iter(train_ds)
-    checkpointer = Checkpointer(workdir, config.keep_checkpoints, config.async_checkpoints)
-    writer = MetricWriter(workdir, enabled=is_main)
-    try:
-        start = checkpointer.latest_step() or 0
-        if start:
-            state = checkpointer.restore(start, abstract_like(jax.eval_shape(init), state_sharding), iterator)
-            if is_main:
-                print(f"resumed from the step-{start} checkpoint in {workdir}", flush=True)
-        else:
-            state = jax.jit(init, out_shardings=state_sharding)()
-        writer.truncate_after(start)  # lines a killed run wrote after its last checkpoint (or before its first)
-        return _loop(config, workdir, mesh, model, tx, state, iterator, data, checkpointer, writer, start)
-    finally:
-        checkpointer.wait()
-        checkpointer.close()
-        writer.close()
-
-
-def _loop(config, workdir, mesh, model, tx, state, iterator, data, checkpointer, writer, start):
-    is_main = jax.process_index() == 0
-    train_step = jax.jit(make_train_step(model, config, mesh, tx), donate_argnums=0,
-                         out_shardings=(replicated(mesh), replicated(mesh)))
-    evaluator = Evaluator(model, config, mesh, data.tokenizer, digits_data=data.digits)
-    progress = Progress(config.total_steps, start, config.batch_size, enabled=is_main)
-    mode = mode_settings(config).mode
-    labelled = mode == "labelled"
+def _loop(run: _Run) -> dict[str, float]:
+    config, is_main = run.config, jax.process_index() == 0
+    total = config.total_steps
+    progress = Progress("train", "steps", total, start=run.start, stream=sys.stdout, interval=float("inf"),
+                        enabled=is_main)
+    device_kind = jax.devices()[0].device_kind
+    profile = tuple(config.get("profile_steps") or ())
     last_eval: dict[str, float] = {}
-    with _Preemption() as preemption:
-        for step in range(start + 1, config.total_steps + 1):
-            local = next(iterator)
-            if mode != "image_text":  # the image-only steps never read the captions: do not ship them
-                local = {k: v for k, v in local.items() if k != "tokens"}
-            if labelled and (local["label"] < 0).any():
-                raise ValueError("config field mode='labelled' needs class labels, but the training records include "
-                                 "unlabelled ones (label -1); use mode 'image_text' or 'two_view' for this data")
-            batch = global_batch(local, mesh)
-            state, metrics = train_step(state, batch)
-            final = step == config.total_steps
-            if step % config.log_every_steps == 0 or final:
-                steps_per_s, examples_per_s = progress.rates(step)
-                logged = {**to_host(metrics), "train/steps_per_s": steps_per_s, "train/examples_per_s": examples_per_s}
-                writer.write(step, logged)
-                progress.report(step, steps_per_s, logged)
-                _check_finite(state, checkpointer, workdir)  # after logging, so the bad loss is on record
-            if evaluator and (step % config.eval_every_steps == 0 or final):
+    data_wait, window_start = 0.0, run.start
+    for step in range(run.start + 1, total + 1):
+        if profile and step == profile[0]:
+            jax.profiler.start_trace(os.fspath(run.workdir / "profile"))
+        waited = time.perf_counter()
+        batch = next(run.batches)
+        data_wait += time.perf_counter() - waited
+        run.state, metrics = run.train_step(run.state, batch)
+        progress.update(1)
+        if profile and step == profile[1]:
+            jax.block_until_ready(run.state)
+            jax.profiler.stop_trace()
+            _say(f"wrote a profile of steps {profile[0]}-{profile[1]} to {run.workdir / 'profile'}")
+        final = step == total
+        if step % config.log_every_steps == 0 or final:
+            logged = to_host(metrics)  # waits for the step: the window's time includes the device's work
+            steps_per_s = progress.rate()
+            window_s = (step - window_start) / max(steps_per_s, 1e-9)
+            logged.update({"train/steps_per_s": steps_per_s, "train/examples_per_s": steps_per_s * config.batch_size,
+                           "train/step_time_s": 1 / max(steps_per_s, 1e-9),
+                           "train/data_wait_share": min(data_wait / window_s, 1.0)})
+            utilisation = mfu.mfu(run.flops_per_step, 1 / max(steps_per_s, 1e-9), device_kind)
+            if utilisation is not None:
+                logged["train/mfu"] = utilisation
+            run.writer.write(step, logged)
+            shown = "  ".join(f"{k.split('/')[-1]} {float(logged[k]):.4g}" for k in
+                              ("train/loss", "train/logit_scale", "train/learning_rate") if k in logged)
+            progress.update(force=True, note=f"{shown}  {steps_per_s * config.batch_size:,.0f} ex/s  "
+                                             f"data wait {100 * logged['train/data_wait_share']:.0f}%")
+            data_wait, window_start = 0.0, step
+            run.lock.heartbeat()
+            _check_finite(run)  # after logging, so the bad loss is on record
+        if run.stop.reached(step):  # before evaluating: a preempted run has seconds, not minutes
+            with progress.pause():
+                _save(run, step)
+                run.checkpointer.wait()
+            _say(f"{run.stop.requested}: saved the step-{step} checkpoint; restart with the same --workdir to resume")
+            break
+        if run.evaluator and (step % config.eval_every_steps == 0 or final):
+            with progress.pause():  # evaluation time is not training time
                 started = time.perf_counter()
-                if is_main:
-                    print(f"evaluating at step {step}", flush=True)
-                last_eval = evaluator(state.params, state.rng, state.eval_rff)
-                writer.write(step, last_eval)
-                write_eval_json(workdir, step, last_eval, enabled=is_main)
-                if is_main:
-                    print(f"eval at step {step} done in {time.perf_counter() - started:.1f}s", flush=True)
-                progress.rates(step)  # evaluation time is not training time
-            preempted = preemption.reached(step)
-            if step % config.checkpoint_every_steps == 0 or final or preempted:
-                _check_finite(state, checkpointer, workdir)
-                checkpointer.save(step, state, iterator, config)
-            if preempted:
-                if is_main:
-                    print(f"SIGTERM: saved the step-{step} checkpoint; restart with the same --workdir to resume",
-                          flush=True)
-                break
+                _say(f"evaluating at step {step}")
+                last_eval = run.evaluator(run.state.params, run.state.rng, run.state.eval_rff)
+                run.writer.write(step, last_eval)
+                write_eval_json(run.workdir, step, last_eval, enabled=is_main)
+                _say(f"eval at step {step} done in {time.perf_counter() - started:.1f}s")
+        if step % config.checkpoint_every_steps == 0 or final:
+            with progress.pause():
+                _save(run, step)
     return last_eval

@@ -40,6 +40,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 from array_record.python import array_record_module
+from etils import epath
 
 MAGIC = b"WPCE"
 SCHEMA_VERSION = 1
@@ -243,15 +244,14 @@ class ManifestError(ValueError):
 
 
 def read_manifest(data_dir: str, *, check_shards: bool = True) -> dict[str, Any]:
-    """Loads and validates DIR/manifest.json; with check_shards, every listed shard must exist."""
-    path = os.path.join(data_dir, MANIFEST_NAME)
-    if not os.path.isfile(path):
+    """Loads and validates DIR/manifest.json (local or gs://); with check_shards, every listed shard must exist."""
+    path = epath.Path(data_dir) / MANIFEST_NAME
+    if not path.is_file():
         raise ManifestError(
             f"{path} not found: expected a dataset directory written by wpce_jax.data.convert (or a built-in "
             f"dataset builder) holding {MANIFEST_NAME} and its ArrayRecord shards")
     try:
-        with open(path, encoding="utf-8") as f:
-            manifest = json.load(f)
+        manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
         raise ManifestError(f"{path}: not valid JSON ({e})") from e
     if manifest.get("format") != FORMAT_NAME or manifest.get("schema_version") != SCHEMA_VERSION:
@@ -263,13 +263,14 @@ def read_manifest(data_dir: str, *, check_shards: bool = True) -> dict[str, Any]
         raise ManifestError(f"{path}: 'shards' must be a list of {{'path', 'num_examples'}} objects")
     if check_shards:
         for s in shards:
-            p = os.path.join(data_dir, s["path"])
-            if not os.path.isfile(p):
+            p = epath.Path(data_dir) / s["path"]
+            if not p.is_file():
                 raise ManifestError(f"{p}: shard listed in {path} is missing")
     return manifest
 
 
 def shard_paths(data_dir: str, manifest: dict[str, Any]) -> list[str]:
-    """Absolute paths of the non-empty shards, in manifest order (the dataset's index order)."""
-    return [os.path.join(os.path.abspath(data_dir), s["path"]) for s in manifest["shards"]
+    """Absolute paths (or gs:// URIs) of the non-empty shards, in manifest order (the dataset's index order)."""
+    root = epath.Path(data_dir).resolve() if "://" not in str(data_dir) else epath.Path(data_dir)
+    return [os.fspath(root / s["path"]) for s in manifest["shards"]
             if s.get("num_examples", 1) > 0]

@@ -1,23 +1,30 @@
-"""Resolves a config's data fields into the run's training data and tokenizer.
+"""A config's data, resolved: the training records, the tokenizer, and the config with what they determine.
 
-"digits" builds the built-in dataset once (cached) and uses its SentencePiece model (its held-out split serves
-the evaluations that name "digits"); "arrayrecord" reads a converted dataset and the configured tokenizer. The
-tokenizer file is copied into the workdir so that a checkpoint is self-contained.
+"digits" builds the built-in dataset once (cached under data.cache_dir, default $XDG_CACHE_HOME/wpce_jax, i.e.
+~/.cache/wpce_jax) and uses its SentencePiece model (its held-out split serves the evaluations that name "digits");
+"arrayrecord" reads a converted dataset and the configured tokenizer. The tokenizer file is copied into the workdir
+so that a checkpoint is self-contained. The resolved config (a copy; the input is not changed) names that copy and
+carries model.text.vocab_size and eot_id from the tokenizer, and with `epochs` set, total_steps and
+optim.warmup_steps counted from the manifest's num_examples.
 """
 import os
-import shutil
 from typing import NamedTuple, Optional
 
+from etils import epath
 from ml_collections import ConfigDict
 
+from wpce_jax.config_fields import get as _get
 from wpce_jax.data import digits
 from wpce_jax.data.records import read_manifest
 from wpce_jax.data.tokenizers import get_tokenizer
+from wpce_jax.paths import is_remote
 
 
 class RunData(NamedTuple):
+    config: ConfigDict                   # the resolved config (what the run trains with and saves)
     train_dir: str
     tokenizer: object
+    num_examples: int                    # training records (the manifest's num_examples)
     digits: Optional[digits.DigitsData]  # the built-in dataset, when the run trains on it
 
 
@@ -30,32 +37,58 @@ def default_cache_dir() -> str:
     return os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "wpce_jax")
 
 
-def _copy_tokenizer(path: str, target: str) -> None:
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    if os.path.abspath(path) != os.path.abspath(target):
-        shutil.copyfile(path, target + ".tmp")
-        os.replace(target + ".tmp", target)
+def _copy_tokenizer(path: epath.Path, target: epath.Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if str(path) == str(target):
+        return
+    if is_remote(target):  # one object, written whole
+        path.copy(target, overwrite=True)
+        return
+    tmp = target.parent / (target.name + ".tmp")
+    path.copy(tmp, overwrite=True)
+    tmp.replace(target)
 
 
-def resolve(config: ConfigDict, workdir: str, is_main: bool = True) -> RunData:
-    """Prepares the data and fills in config.data.tokenizer(_path) and config.model.text.{vocab_size, eot_id}."""
+def schedule(config: ConfigDict, num_examples: int) -> tuple[int, int]:
+    """(total_steps, warmup_steps): from `epochs` and `warmup_epochs` when the config counts in epochs (steps per
+    epoch = num_examples // batch_size), else the config's own optim.warmup_steps and total_steps."""
+    epochs = _get(config, "epochs", None)
+    if epochs is None:
+        return config.total_steps, config.optim.warmup_steps
+    steps_per_epoch = num_examples // config.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"config field epochs: the training set's {num_examples} examples fill no batch of "
+                         f"batch_size = {config.batch_size}")
+    warmup = config.warmup_epochs
+    accum = config.optim.accum_steps  # whole optimiser updates
+    return max(round(epochs * steps_per_epoch) // accum, 1) * accum, round(warmup * steps_per_epoch)
+
+
+def resolve(config: ConfigDict, workdir, is_main: bool = True) -> RunData:
+    """Prepares the data; returns it with the resolved config (see the module docstring)."""
     d = config.data
     if d.kind == "digits":
         built = prepare_digits(config)
         train_dir, kind, tok_path = built.train_dir, "sentencepiece", built.tokenizer_path
     else:
         train_dir, kind, tok_path = d.train_dir, d.tokenizer, d.tokenizer_path
-        if not os.path.exists(tok_path):
+        if not epath.Path(tok_path).exists():
             raise FileNotFoundError(f"config field data.tokenizer_path: {tok_path} does not exist")
-        read_manifest(train_dir)  # a clear error now rather than in a worker later
+        if epath.Path(tok_path).is_dir():
+            raise IsADirectoryError(f"config field data.tokenizer_path: {tok_path} is a directory; name the file "
+                                    f"(bpe_simple_vocab_16e6.txt.gz for clip_bpe, a .model file for sentencepiece)")
         built = None
+    num_examples = int(read_manifest(train_dir)["num_examples"])  # a clear error now rather than in a worker later
     # Each process reads the original; the saved config names process 0's copy in the workdir.
-    copy = os.path.join(os.path.abspath(workdir), "tokenizer", os.path.basename(tok_path))
+    copy = epath.Path(workdir) / "tokenizer" / epath.Path(tok_path).name
     if is_main:
-        _copy_tokenizer(tok_path, copy)
+        _copy_tokenizer(epath.Path(tok_path), copy)
     tokenizer = get_tokenizer(kind, tok_path, config.model.text.context_length)
-    with config.unlocked():
-        d.tokenizer, d.tokenizer_path = kind, copy
-        config.model.text.vocab_size = tokenizer.vocab_size
-        config.model.text.eot_id = tokenizer.eot_id
-    return RunData(train_dir, tokenizer, built)
+    total_steps, warmup_steps = schedule(config, num_examples)
+    resolved = config.copy_and_resolve_references()
+    with resolved.unlocked():
+        resolved.data.tokenizer, resolved.data.tokenizer_path = kind, os.fspath(copy)
+        resolved.model.text.vocab_size = tokenizer.vocab_size
+        resolved.model.text.eot_id = tokenizer.eot_id
+        resolved.total_steps, resolved.optim.warmup_steps = total_steps, warmup_steps
+    return RunData(resolved, train_dir, tokenizer, num_examples, built)

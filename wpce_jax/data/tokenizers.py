@@ -12,11 +12,11 @@ from __future__ import annotations
 import functools
 import gzip
 import html
-import os
 from typing import Iterable, Sequence
 
 import numpy as np
 import regex
+from etils import epath
 
 
 class Tokenizer:
@@ -91,12 +91,11 @@ class ClipBpeTokenizer(Tokenizer):
     def __init__(self, bpe_path: str, context_length: int = 77):
         if context_length < 2:
             raise ValueError(f"context_length must be >= 2 (start and end tokens), got {context_length}")
-        if not os.path.isfile(bpe_path):
+        if not epath.Path(bpe_path).is_file():
             raise FileNotFoundError(
                 f"{bpe_path}: CLIP BPE merges file not found (expected bpe_simple_vocab_16e6.txt.gz format)")
         try:
-            with gzip.open(bpe_path, "rt", encoding="utf-8") as f:
-                lines = f.read().split("\n")
+            lines = gzip.decompress(epath.Path(bpe_path).read_bytes()).decode("utf-8").split("\n")
         except (OSError, EOFError, UnicodeDecodeError) as e:
             raise ValueError(f"{bpe_path}: not a gzip UTF-8 BPE merges file ({e})") from e
         # Line 0 is the version header; empty trailing lines are not merges.
@@ -204,10 +203,9 @@ class SentencePieceTokenizer(Tokenizer):
 
         if context_length < 2:
             raise ValueError(f"context_length must be >= 2 (start and end tokens), got {context_length}")
-        if not os.path.isfile(model_path):
+        if not epath.Path(model_path).is_file():
             raise FileNotFoundError(f"{model_path}: SentencePiece model not found (expected a .model file)")
-        with open(model_path, "rb") as f:
-            self._proto = f.read()
+        self._proto = epath.Path(model_path).read_bytes()
         self.model_path = model_path
         self.context_length = context_length
         self._load()

@@ -89,7 +89,7 @@ class Evaluator:
         key = (task, spec, split)
         if key not in self._resolved:
             if spec.kind == "digits" and self.digits_data is None:
-                from wpce_jax.datasets import prepare_digits
+                from wpce_jax.data.run_data import prepare_digits
 
                 self.digits_data = prepare_digits(self.config)
             data, problem = None, ""

@@ -168,9 +168,10 @@ def _image_dims(config) -> tuple[ViTDims, int]:
     return dims, patch
 
 
-def validate_model_config(config) -> None:
+def validate_model_config(config, require_vocabulary: bool = True) -> None:
     """Check every field `make_model` and `init_params` read (see the module docstring); ValueError naming the
-    first bad field. Cheap, no JAX computation: the trainer calls it before anything else."""
+    first bad field. Cheap, no JAX computation: the trainer calls it before anything else. With
+    require_vocabulary=False, an unset model.text.vocab_size / eot_id passes (the tokenizer fills them in later)."""
     dims, patch = _image_dims(config)
     if dims.width % dims.heads:
         raise ValueError(f"config field model.image.heads={dims.heads} does not divide model.image.width="
@@ -179,7 +180,9 @@ def validate_model_config(config) -> None:
     if image_size % patch:
         raise ValueError(f"config field data.image_size={image_size} is not divisible by the ViT patch size "
                          f"{patch}")
-    vocab = _positive_int(config, "model.text.vocab_size")
+    vocab = _get(config, "model.text.vocab_size", None)
+    if vocab is not None or require_vocabulary:
+        vocab = _positive_int(config, "model.text.vocab_size")
     width = _positive_int(config, "model.text.width")
     _positive_int(config, "model.text.depth")
     heads = _positive_int(config, "model.text.heads")
@@ -187,8 +190,8 @@ def validate_model_config(config) -> None:
         raise ValueError(f"config field model.text.heads={heads} does not divide model.text.width={width}")
     _positive_int(config, "model.text.mlp_dim", 4 * width)
     _positive_int(config, "model.text.context_length")
-    eot = _get(config, "model.text.eot_id")
-    if isinstance(eot, bool) or not isinstance(eot, int) or not 0 <= eot < vocab:
+    eot = _get(config, "model.text.eot_id", None)
+    if vocab is not None and (isinstance(eot, bool) or not isinstance(eot, int) or not 0 <= eot < vocab):
         raise ValueError(f"config field model.text.eot_id must be an int in [0, {vocab}), got {eot!r}")
     _positive_int(config, "model.embed_dim")
     similarity = _get(config, "model.similarity")
