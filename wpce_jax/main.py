@@ -10,43 +10,18 @@ The console shows the project's own lines; libraries' INFO logs (Orbax, absl, gr
 """
 import os
 import signal
-import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from wpce_jax import distributed
+from wpce_jax.cli import fail, one_line, parse_flags, quiet_libraries, user_errors
 
 flags.DEFINE_string("workdir", None, "Directory (local or gs://) for checkpoints, metrics.jsonl and TensorBoard "
                                      "events; a run restarted with the same workdir resumes.", required=True)
 config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. configs/digits.py[:clip].",
                                 lock_config=True)
 FLAGS = flags.FLAGS
-
-
-def quiet_libraries() -> None:
-    """Library INFO logs below the console unless --verbosity was given."""
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
-
-
-def user_errors() -> tuple[type, ...]:
-    """Errors that describe a mistake in the inputs (their message names the input and the fix)."""
-    from wpce_jax.data.records import ManifestError
-    from wpce_jax.platform import AcceleratorMissingError
-    from wpce_jax.run_record import ConfigChangedError
-    from wpce_jax.workdir_lock import WorkdirLockedError
-
-    return (ValueError, FileNotFoundError, IsADirectoryError, PermissionError, ManifestError,
-            AcceleratorMissingError, ConfigChangedError, WorkdirLockedError)
-
-
-def fail(message: str) -> None:
-    """One line on stderr, exit status 2; with --verbosity >= 1 the traceback is shown instead."""
-    if logging.get_verbosity() >= logging.DEBUG:
-        raise
-    print(f"error: {message}", file=sys.stderr, flush=True)
-    sys.exit(2)
 
 
 def load_config():
@@ -61,26 +36,8 @@ def load_config():
         config = FLAGS.config
         config.keys()  # the file is loaded on first access
     except Exception as e:  # noqa: BLE001 - whatever the file's own code raised
-        fail(f"--config={path} does not load: {_one_line(e)}")
+        fail(f"--config={path} does not load: {one_line(e)}")
     return config
-
-
-def _one_line(error: BaseException) -> str:
-    while isinstance(error, (KeyError, AttributeError)) and error.args:  # their str() is a repr: unwrap it
-        error = error.args[0]
-    return " ".join(str(error).split())
-
-
-def parse_flags(argv):
-    """absl's flag parsing, with a one-line error instead of the parser's traceback (an unknown flag, a --config.KEY
-    that names no field of the config, a value of the wrong type)."""
-    try:
-        return FLAGS(argv)
-    except Exception as e:  # noqa: BLE001 - absl and ml_collections raise several kinds
-        hint = " (a --config.KEY=VALUE names no field of the config)" if isinstance(e, (KeyError, AttributeError)) \
-            else ""
-        print(f"error: {_one_line(e)}{hint}", file=sys.stderr)
-        sys.exit(2)
 
 
 def main(argv):

@@ -18,6 +18,7 @@ import sys
 from absl import app, flags
 
 from wpce_jax import distributed
+from wpce_jax.cli import fail, one_line, parse_flags, quiet_libraries, user_errors
 
 flags.DEFINE_string("workdir", None, "A training run's directory (holds checkpoints/).", required=True)
 flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the latest).")
@@ -127,6 +128,7 @@ def format_table(results: dict[str, float]) -> str:
 def main(argv, overrides):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    quiet_libraries()
     import jax
 
     distributed.initialize()
@@ -141,8 +143,8 @@ def main(argv, overrides):
         config, model, state, step = restore(FLAGS.workdir, FLAGS.step)
         changes = apply_overrides(with_eval_defaults(config), overrides)
         validate_eval_config(config)
-    except (ValueError, FileNotFoundError) as e:
-        raise app.UsageError(str(e)) from None
+    except user_errors() as e:
+        fail(one_line(e))
     if is_main:
         print(f"evaluating the step-{step} checkpoint of {FLAGS.workdir}"
               + (f" with {'; '.join(changes)}" if changes else ""), flush=True)
@@ -152,8 +154,8 @@ def main(argv, overrides):
     cache = f"{FLAGS.workdir}/eval/features/step_{step}" if config.eval.cache_features else None
     evaluator = Evaluator(model, config, mesh, tokenizer, cache_dir=cache, training=False, verbose=True)
     if not evaluator:
-        raise app.UsageError("the config names no evaluation: set --config.eval.zeroshot, --config.eval.linear_probe, "
-                             "--config.eval.retrieval or --config.eval.image_retrieval")
+        fail("the config names no evaluation: set --config.eval.zeroshot, --config.eval.linear_probe, "
+             "--config.eval.retrieval or --config.eval.image_retrieval")
     results = evaluator(state.params, state.rng, state.eval_rff)
     if not results:
         if is_main:
@@ -167,4 +169,4 @@ def main(argv, overrides):
 
 if __name__ == "__main__":
     remaining, config_overrides = split_overrides(sys.argv)
-    app.run(lambda argv: main(argv, config_overrides), argv=remaining)
+    app.run(lambda argv: main(argv, config_overrides), argv=remaining, flags_parser=parse_flags)
