@@ -41,6 +41,7 @@ def base() -> ml_collections.ConfigDict:
     c.model.dtype = "float32"         # compute dtype ("bfloat16" for mixed precision); parameters stay float32
     c.model.remat = False             # rematerialise transformer blocks (less memory, ~30% more compute)
     c.model.weight_alpha = 100.0      # point weights are alpha * tanh(x / alpha)
+    c.model.weight_bias = True        # the point-weight projection has a bias (the reference release's has none)
     c.model.image = ml_collections.ConfigDict()
     c.model.image.variant = "B/16"    # "Ti"/"S"/"B"/"L" with "/patch", or "custom" with the fields below
     c.model.image.patch_size = placeholder(int)   # patch side (custom, or a size name without "/patch")
@@ -54,6 +55,7 @@ def base() -> ml_collections.ConfigDict:
     c.model.text.heads = 8            # attention heads
     c.model.text.mlp_dim = 2048       # MLP hidden size
     c.model.text.context_length = 77  # tokens per caption, start and end tokens included
+    c.model.text.activation = "gelu"  # MLP activation: "gelu" (exact) or "quick_gelu" (the reference's text tower)
     c.model.text.vocab_size = placeholder(int)    # filled in from the tokenizer at start-up
     c.model.text.eot_id = placeholder(int)        # filled in from the tokenizer at start-up
 

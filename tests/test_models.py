@@ -8,6 +8,7 @@ import re
 
 import flax.linen as nn
 import jax
+import jax.extend
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -16,7 +17,7 @@ import pytest
 from wpce_jax.models import (DualEncoder, PointCloudHead, VisionTransformer, check_token_ids, end_positions,
                              init_params, logit_scale_value, make_model, parse_variant, sequel_token_ids,
                              soft_clip, validate_model_config)
-from wpce_jax.models.transformer import TransformerStack
+from wpce_jax.models.transformer import EncoderBlock, MlpBlock, TransformerStack, quick_gelu
 
 IMAGE_SIZE, PATCH, CONTEXT, VOCAB, EOT, EMBED = 32, 8, 16, 50, 49, 8
 BATCH = 4
@@ -317,6 +318,8 @@ def test_remat_config_reaches_both_towers(built):
     ("model.remat", "yes", "model.remat"),
     ("model.ln_eps", -1.0, "model.ln_eps"),
     ("model.weight_alpha", 0.0, "model.weight_alpha"),
+    ("model.weight_bias", "no", "model.weight_bias"),
+    ("model.text.activation", "relu", "model.text.activation"),
 ])
 def test_config_validation_names_the_field(path, value, message):
     config = tiny_config(**{path.replace(".", "__"): value})
@@ -385,3 +388,60 @@ def test_vit_b16_parameter_count():
     shapes = jax.eval_shape(vit.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32))
     count = sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(shapes))
     assert abs(count - 85_798_656) / 85_798_656 < 0.01
+
+
+# ----------------------------------------------------------------------------- parity with the reference release
+
+def test_quick_gelu_matches_float64_reference():
+    x = np.random.default_rng(0).normal(scale=3.0, size=1000)
+    want = x / (1 + np.exp(-1.702 * x))
+    np.testing.assert_allclose(np.asarray(quick_gelu(jnp.asarray(x, jnp.float32))), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("activation", ["gelu", "quick_gelu"])
+def test_mlp_activation_against_numpy(activation):
+    x = np.random.default_rng(1).normal(size=(3, 5, 16)).astype(np.float32)
+    block = MlpBlock(32, activation=activation)
+    params = jax.tree.map(np.asarray, block.init(jax.random.key(0), x))["params"]
+    h = x.astype(np.float64) @ params["fc1"]["kernel"] + params["fc1"]["bias"]
+    if activation == "quick_gelu":
+        h = h / (1 + np.exp(-1.702 * h))
+    else:
+        h = 0.5 * h * (1 + np.vectorize(math.erf)(h / math.sqrt(2)))
+    want = h @ params["fc2"]["kernel"] + params["fc2"]["bias"]
+    np.testing.assert_allclose(np.asarray(block.apply({"params": params}, x)), want, rtol=1e-5, atol=1e-5)
+
+
+def test_text_activation_and_weight_bias_reach_the_model():
+    config = tiny_config(model__text__activation="quick_gelu", model__weight_bias=False)
+    model = make_model(config)
+    assert model.text_encoder.activation == "quick_gelu" and model.image_encoder.__class__ is VisionTransformer
+    params = init_params(model, jax.random.key(0), config)
+    for head in ("image_head", "text_head"):
+        assert set(params[head]["weights"]) == {"kernel"}  # no bias
+    assert set(init_params(make_model(tiny_config()), jax.random.key(0), tiny_config())["image_head"]["weights"]) \
+        == {"kernel", "bias"}
+    # The activation changes the text tower's output, not the image tower's.
+    tokens = random_tokens(np.random.default_rng(2), BATCH)
+    gelu_model = make_model(tiny_config(model__weight_bias=False))
+    quick = model.apply({"params": params}, tokens, method="encode_text").points
+    exact = gelu_model.apply({"params": params}, tokens, method="encode_text").points
+    assert float(jnp.abs(quick - exact).max()) > 1e-4
+    images = random_images(3)
+    np.testing.assert_array_equal(model.apply({"params": params}, images, method="encode_image").points,
+                                  gelu_model.apply({"params": params}, images, method="encode_image").points)
+
+
+def test_attention_softmax_runs_in_float32_under_bfloat16():
+    block = EncoderBlock(num_heads=4, mlp_dim=64, ln_eps=1e-6, dtype=jnp.bfloat16)
+    x = jnp.ones((2, 9, 32), jnp.bfloat16)
+    params = block.init(jax.random.key(0), x)
+    jaxpr = jax.make_jaxpr(lambda p, x: block.apply(p, x))(params, x)
+
+    def exps(jaxpr):
+        yield from (e.outvars[0].aval.dtype for e in jaxpr.eqns if e.primitive.name == "exp")
+        for sub in jax.extend.core.subjaxprs(jaxpr):
+            yield from exps(sub)
+
+    dtypes = list(exps(jaxpr.jaxpr))
+    assert dtypes and all(d == jnp.float32 for d in dtypes), dtypes  # the softmax's exp; GELU uses erf, not exp

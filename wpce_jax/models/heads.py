@@ -27,11 +27,13 @@ class PointCloudHead(nn.Module):
     """tokens [B, M, width] -> PointCloud(points [B, M, embed_dim] f32, weights [B, M] f32, mask None).
 
     The point projection has no bias, like CLIP's `proj` (points are L2-normalised downstream, and a shared
-    bias would only pull every point the same way).
+    bias would only pull every point the same way). The weight projection has one unless `weight_bias` is False
+    (the reference release has none).
     """
     embed_dim: int
     weight_alpha: float = 100.0
     with_weights: bool = True
+    weight_bias: bool = True
 
     @nn.compact
     def __call__(self, tokens: jax.Array) -> PointCloud:
@@ -39,7 +41,8 @@ class PointCloudHead(nn.Module):
         points = nn.Dense(self.embed_dim, use_bias=False, dtype=jnp.float32, param_dtype=jnp.float32,
                           kernel_init=nn.initializers.xavier_uniform(), name="points")(tokens)
         if self.with_weights:
-            raw = nn.Dense(1, dtype=jnp.float32, param_dtype=jnp.float32, name="weights")(tokens)[..., 0]
+            raw = nn.Dense(1, use_bias=self.weight_bias, dtype=jnp.float32, param_dtype=jnp.float32,
+                           name="weights")(tokens)[..., 0]
             weights = soft_clip(raw, self.weight_alpha)
         else:
             weights = jnp.ones(tokens.shape[:-1], jnp.float32)

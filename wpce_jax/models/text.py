@@ -75,6 +75,7 @@ class TextTransformer(nn.Module):
     ln_eps: float = 1e-6
     dtype: jnp.dtype = jnp.float32
     remat: bool = False
+    activation: str = "gelu"  # "quick_gelu": the reference release's text tower
 
     @nn.compact
     def __call__(self, tokens: jax.Array) -> jax.Array:
@@ -95,4 +96,5 @@ class TextTransformer(nn.Module):
         # [1, 1, L, L]: one mask broadcast over batch and heads.
         causal = nn.make_causal_mask(jnp.ones((1, length), jnp.int32), dtype=jnp.bool_)
         return TransformerStack(depth=self.depth, num_heads=self.heads, mlp_dim=self.mlp_dim, ln_eps=self.ln_eps,
-                                dtype=self.dtype, remat=self.remat, name="encoder")(x, causal)
+                                dtype=self.dtype, remat=self.remat, activation=self.activation,
+                                name="encoder")(x, causal)

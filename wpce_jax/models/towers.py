@@ -24,6 +24,8 @@ raises ValueError naming the bad field; "optional" fields take the default shown
     model.text.mlp_dim       int   optional, default 4 * width: MLP hidden size.
     model.text.context_length int  maximum token length L (paper: 77).
     model.text.eot_id        int   end-of-text token id, in [0, vocab_size).
+    model.text.activation    str   optional, default "gelu": the text MLP's activation, "gelu" (exact) or
+                                   "quick_gelu" (x sigmoid(1.702 x), the reference release's text tower).
     model.embed_dim          int   point dimension d shared by both towers.
     model.similarity         str   "wpce" (point clouds) or "clip" (one point per input, cosine baseline).
     model.ln_eps             float optional, default 1e-6: LayerNorm epsilon everywhere.
@@ -31,6 +33,8 @@ raises ValueError naming the bad field; "optional" fields take the default shown
                                    parameters are float32 either way.
     model.remat              bool  optional, default False: rematerialise each transformer block.
     model.weight_alpha       float optional, default 100.0: bound of the soft-clipped point weights.
+    model.weight_bias        bool  optional, default True: the point-weight projection has a bias (the reference
+                                   release's has none).
     objective                str   optional, default "infonce": the training objective, "infonce" | "sigmoid" |
                                    "nce" (top level, not under model: it picks the logit parameters below).
 
@@ -54,6 +58,7 @@ import jax.numpy as jnp
 
 from wpce_jax.models.heads import PointCloudHead
 from wpce_jax.models.text import TextTransformer, end_positions
+from wpce_jax.models.transformer import ACTIVATIONS
 from wpce_jax.models.vit import VIT_SIZES, VisionTransformer, ViTDims, parse_variant
 from wpce_jax.config_fields import get as _get, positive_int as _positive_int
 from wpce_jax.pointcloud import PointCloud
@@ -78,6 +83,7 @@ class DualEncoder(nn.Module):
     similarity: str = "wpce"
     weight_alpha: float = 100.0
     objective: str = "infonce"
+    weight_bias: bool = True
 
     def setup(self):
         if self.similarity not in SIMILARITIES:
@@ -85,8 +91,8 @@ class DualEncoder(nn.Module):
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         with_weights = self.similarity == "wpce"
-        self.image_head = PointCloudHead(self.embed_dim, self.weight_alpha, with_weights)
-        self.text_head = PointCloudHead(self.embed_dim, self.weight_alpha, with_weights)
+        self.image_head = PointCloudHead(self.embed_dim, self.weight_alpha, with_weights, self.weight_bias)
+        self.text_head = PointCloudHead(self.embed_dim, self.weight_alpha, with_weights, self.weight_bias)
         sigmoid = self.objective == "sigmoid"
         init_scale = SIGMOID_INIT_SCALE if sigmoid else 1.0 / INIT_TEMPERATURE
         init_value = init_scale if self.similarity == "wpce" else math.log(init_scale)
@@ -204,9 +210,13 @@ def validate_model_config(config, require_vocabulary: bool = True) -> None:
     dtype = _get(config, "model.dtype", "float32")
     if dtype not in DTYPES:
         raise ValueError(f"config field model.dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
-    remat = _get(config, "model.remat", False)
-    if not isinstance(remat, bool):
-        raise ValueError(f"config field model.remat must be a bool, got {remat!r}")
+    for path in ("model.remat", "model.weight_bias"):
+        flag = _get(config, path, path == "model.weight_bias")
+        if not isinstance(flag, bool):
+            raise ValueError(f"config field {path} must be a bool, got {flag!r}")
+    activation = _get(config, "model.text.activation", "gelu")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"config field model.text.activation must be one of {ACTIVATIONS}, got {activation!r}")
     objective = _get(config, "objective", "infonce")
     if objective not in OBJECTIVES:
         raise ValueError(f"config field objective must be one of {OBJECTIVES}, got {objective!r}")
@@ -227,11 +237,12 @@ def make_model(config) -> DualEncoder:
         depth=_get(config, "model.text.depth"), heads=_get(config, "model.text.heads"),
         mlp_dim=_get(config, "model.text.mlp_dim", 4 * text_width),
         context_length=_get(config, "model.text.context_length"), eot_id=_get(config, "model.text.eot_id"),
-        ln_eps=ln_eps, dtype=dtype, remat=remat)
+        ln_eps=ln_eps, dtype=dtype, remat=remat, activation=_get(config, "model.text.activation", "gelu"))
     return DualEncoder(image_encoder=image_encoder, text_encoder=text_encoder,
                        embed_dim=_get(config, "model.embed_dim"), similarity=_get(config, "model.similarity"),
                        weight_alpha=float(_get(config, "model.weight_alpha", 100.0)),
-                       objective=_get(config, "objective", "infonce"))
+                       objective=_get(config, "objective", "infonce"),
+                       weight_bias=_get(config, "model.weight_bias", True))
 
 
 def dummy_inputs(config, batch_size: int = 1) -> tuple[jax.Array, jax.Array]:

@@ -7,7 +7,9 @@ and a final LayerNorm. The towers differ only in how tokens are embedded and in 
 (none for images, causal for text), so the stack takes the mask as an argument.
 
 Precision: `dtype` is the compute dtype (float32 or bfloat16); parameters are always float32
-(`param_dtype`), which is what mixed-precision training with a float32 optimiser state expects.
+(`param_dtype`), which is what mixed-precision training with a float32 optimiser state expects. The attention
+softmax is taken in float32 whatever the compute dtype (bfloat16's 8-bit mantissa would round the attention
+weights of long sequences), as the reference release does.
 """
 from typing import Optional
 
@@ -20,21 +22,31 @@ import jax.numpy as jnp
 _KERNEL_INIT = nn.initializers.xavier_uniform()
 
 
-class MlpBlock(nn.Module):
-    """Two-layer MLP with exact GELU: [..., width] -> [..., mlp_dim] -> [..., width].
+ACTIVATIONS = ("gelu", "quick_gelu")
 
-    Exact (erf) GELU matches PyTorch's nn.GELU used by the reference ViT/open_clip towers; Flax's default
-    is the tanh approximation.
+
+def quick_gelu(x: jax.Array) -> jax.Array:
+    """x * sigmoid(1.702 x): OpenAI CLIP's GELU approximation, which its text tower (and the reference release's)
+    was trained with."""
+    return x * jax.nn.sigmoid(1.702 * x)
+
+
+class MlpBlock(nn.Module):
+    """Two-layer MLP: [..., width] -> [..., mlp_dim] -> [..., width].
+
+    activation "gelu": exact (erf) GELU, PyTorch's nn.GELU of the reference ViT/open_clip towers (Flax's default is
+    the tanh approximation); "quick_gelu": `quick_gelu`.
     """
     mlp_dim: int
     dtype: jnp.dtype = jnp.float32
+    activation: str = "gelu"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         width = x.shape[-1]
         x = nn.Dense(self.mlp_dim, dtype=self.dtype, param_dtype=jnp.float32,
                      kernel_init=_KERNEL_INIT, name="fc1")(x)
-        x = nn.gelu(x, approximate=False)
+        x = quick_gelu(x) if self.activation == "quick_gelu" else nn.gelu(x, approximate=False)
         return nn.Dense(width, dtype=self.dtype, param_dtype=jnp.float32,
                         kernel_init=_KERNEL_INIT, name="fc2")(x)
 
@@ -48,16 +60,17 @@ class EncoderBlock(nn.Module):
     mlp_dim: int
     ln_eps: float
     dtype: jnp.dtype = jnp.float32
+    activation: str = "gelu"
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: Optional[jax.Array] = None) -> jax.Array:
         y = nn.LayerNorm(epsilon=self.ln_eps, dtype=self.dtype, param_dtype=jnp.float32, name="ln_attn")(x)
         y = nn.MultiHeadDotProductAttention(
             num_heads=self.num_heads, dtype=self.dtype, param_dtype=jnp.float32,
-            kernel_init=_KERNEL_INIT, deterministic=True, name="attn")(y, mask=mask)
+            kernel_init=_KERNEL_INIT, deterministic=True, force_fp32_for_softmax=True, name="attn")(y, mask=mask)
         x = x + y
         y = nn.LayerNorm(epsilon=self.ln_eps, dtype=self.dtype, param_dtype=jnp.float32, name="ln_mlp")(x)
-        y = MlpBlock(self.mlp_dim, dtype=self.dtype, name="mlp")(y)
+        y = MlpBlock(self.mlp_dim, dtype=self.dtype, activation=self.activation, name="mlp")(y)
         return x + y
 
 
@@ -74,11 +87,12 @@ class TransformerStack(nn.Module):
     ln_eps: float
     dtype: jnp.dtype = jnp.float32
     remat: bool = False
+    activation: str = "gelu"
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: Optional[jax.Array] = None) -> jax.Array:
         block_cls = nn.remat(EncoderBlock) if self.remat else EncoderBlock
         for i in range(self.depth):
             x = block_cls(num_heads=self.num_heads, mlp_dim=self.mlp_dim, ln_eps=self.ln_eps,
-                          dtype=self.dtype, name=f"block_{i}")(x, mask)
+                          dtype=self.dtype, activation=self.activation, name=f"block_{i}")(x, mask)
         return nn.LayerNorm(epsilon=self.ln_eps, dtype=self.dtype, param_dtype=jnp.float32, name="ln_final")(x)
