@@ -39,7 +39,8 @@ def base() -> ml_collections.ConfigDict:
     c.model.embed_dim = 512           # point dimension d
     c.model.ln_eps = 1e-6             # LayerNorm epsilon
     c.model.dtype = "float32"         # compute dtype ("bfloat16" for mixed precision); parameters stay float32
-    c.model.remat = False             # rematerialise transformer blocks (less memory, ~30% more compute)
+    c.model.remat = "none"            # backward-pass memory: "none" | "full" (recompute blocks) | "save_dots"
+    c.model.scan_blocks = False       # transformer blocks under nn.scan (compile time independent of depth)
     c.model.weight_alpha = 100.0      # point weights are alpha * tanh(x / alpha)
     c.model.weight_bias = True        # the point-weight projection has a bias (the reference release's has none)
     c.model.image = ml_collections.ConfigDict()
@@ -76,7 +77,8 @@ def base() -> ml_collections.ConfigDict:
     c.optim.eps = 1e-8                # AdamW epsilon
     c.optim.weight_decay = 0.5        # decoupled weight decay, matrices only
     c.optim.grad_clip_norm = 0.0      # clip gradients to this global norm (0: off)
-    c.optim.accum_steps = 1           # train steps per optimizer update (gradient accumulation)
+    c.optim.accum_steps = 1           # k micro-batches per step, to save memory: the towers run on batch_size / k at
+                                      # a time; the loss is still over all of batch_size (GradCache); 1 update a step
 
     c.eval = ml_collections.ConfigDict()
     c.eval.batch_size = 256           # global evaluation batch

@@ -38,6 +38,7 @@ def get_config(arg: str = "wpce"):
     c.model.embed_dim = 512
     c.model.text.activation = "quick_gelu"  # as the reference release's text tower (OpenAI CLIP's)
     c.model.weight_bias = False       # as the reference release's point-weight projection
+    c.model.scan_blocks = True        # one compiled block per tower, whatever the depth
     c.eval.batch_size = 1024
     # The paper's evaluation: the reference release's 13 zero-shot sets and their linear probes (TFDS sets from
     # --config.eval.tfds_data_dir, FGVC-Aircraft from --config.eval.aircraft_dir), COCO and Flickr30k retrieval.

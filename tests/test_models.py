@@ -261,19 +261,30 @@ def test_logit_scale_parameterisation(built):
 
 # ------------------------------------------------------------------------------------------------------- remat
 
-def test_remat_same_outputs_and_gradients():
-    """nn.remat changes memory, not maths. Checked on TransformerStack, where remat is applied (with a causal
-    mask, as the text tower uses it): same parameter tree, outputs and gradients equal to float32 rounding.
-    Tolerances: outputs rtol 1e-5 / atol 1e-6; each gradient leaf |g_remat - g| <= 1e-4 |g| + 1e-5 (L2 norms).
+def _stack_blocks(params, depth):
+    """A loop stack's parameters ("block_0", ...) -> the scanned stack's ("blocks", leading depth axis)."""
+    blocks = [params[f"block_{i}"] for i in range(depth)]
+    return {"blocks": jax.tree.map(lambda *xs: jnp.stack(xs), *blocks), "ln_final": params["ln_final"]}
+
+
+@pytest.mark.parametrize("remat,scan", [("full", False), ("save_dots", False), ("none", True), ("full", True),
+                                        ("save_dots", True)])
+def test_remat_and_scan_same_outputs_and_gradients(remat, scan):
+    """nn.remat changes memory and nn.scan the program, not the maths. Checked on TransformerStack (with a causal
+    mask, as the text tower uses it) against the plain loop of blocks on the same weights (stacked for scan):
+    outputs and gradients equal to float32 rounding.
+    Tolerances: outputs rtol 1e-5 / atol 1e-6; each gradient leaf |g_new - g| <= 1e-4 |g| + 1e-5 (L2 norms).
     XLA fuses the recomputed graph differently, so single entries differ by rounding; the absolute floor covers
     leaves whose exact gradient is zero (attention key biases: softmax ignores a shift shared by all keys)."""
-    kwargs = dict(depth=2, num_heads=2, mlp_dim=32, ln_eps=1e-6)
-    plain, remat = TransformerStack(**kwargs), TransformerStack(**kwargs, remat=True)
+    depth = 3
+    kwargs = dict(depth=depth, num_heads=2, mlp_dim=32, ln_eps=1e-6)
+    plain, other = TransformerStack(**kwargs), TransformerStack(**kwargs, remat=remat, scan=scan)
     x = jax.random.normal(jax.random.key(11), (2, 6, 16))
     mask = nn.make_causal_mask(jnp.ones((1, 6), jnp.int32), dtype=jnp.bool_)
     params = jax.jit(plain.init)(jax.random.key(12), x, mask)["params"]  # jitted: op-by-op init is slower
-    remat_shapes = jax.eval_shape(remat.init, jax.random.key(12), x, mask)["params"]
-    assert jax.tree_util.tree_structure(remat_shapes) == jax.tree_util.tree_structure(params)
+    converted = _stack_blocks(params, depth) if scan else params
+    other_shapes = jax.eval_shape(other.init, jax.random.key(12), x, mask)["params"]
+    assert jax.tree.map(lambda a: a.shape, other_shapes) == jax.tree.map(lambda a: a.shape, converted)
     probe = jax.random.normal(jax.random.key(13), x.shape)
 
     def loss(p, module):
@@ -282,20 +293,33 @@ def test_remat_same_outputs_and_gradients():
 
     run = jax.jit(jax.grad(loss, has_aux=True), static_argnums=1)
     grads, out = run(params, plain)
-    grads_r, out_r = run(params, remat)
-    np.testing.assert_allclose(out_r, out, rtol=1e-5, atol=1e-6)
-    flat_r = jax.tree_util.tree_leaves_with_path(grads_r)
-    for (path, g_r), g in zip(flat_r, jax.tree_util.tree_leaves(grads)):
-        err, scale = np.linalg.norm(g_r - g), np.linalg.norm(g)
+    grads_o, out_o = run(converted, other)
+    np.testing.assert_allclose(out_o, out, rtol=1e-5, atol=1e-6)
+    want = _stack_blocks(grads, depth) if scan else grads
+    for (path, g_o), g in zip(jax.tree_util.tree_leaves_with_path(grads_o), jax.tree_util.tree_leaves(want)):
+        err, scale = np.linalg.norm(g_o - g), np.linalg.norm(g)
         assert err <= 1e-4 * scale + 1e-5, (jax.tree_util.keystr(path), err, scale)
     assert any(np.abs(g).max() > 1e-3 for g in jax.tree_util.tree_leaves(grads))
+
+
+def test_scanned_program_does_not_grow_with_depth():
+    x = jnp.ones((2, 6, 16))
+
+    def program_size(depth, scan):
+        stack = TransformerStack(depth=depth, num_heads=2, mlp_dim=32, ln_eps=1e-6, scan=scan)
+        params = jax.eval_shape(stack.init, jax.random.key(0), x)
+        return len(jax.jit(stack.apply).lower(params, x).as_text())
+
+    assert program_size(8, True) < 1.1 * program_size(2, True)
+    assert program_size(8, False) > 2.5 * program_size(2, False)
 
 
 def test_remat_config_reaches_both_towers(built):
     """model.remat=True turns remat on in both towers and leaves the parameter tree unchanged, so the stack-level
     test above covers the whole model."""
     model = make_model(tiny_config(remat=True))
-    assert model.image_encoder.remat and model.text_encoder.remat
+    assert model.image_encoder.remat == model.text_encoder.remat == "full"  # a bool from an older config
+    assert make_model(tiny_config(remat="save_dots")).text_encoder.remat == "save_dots"
     shapes = jax.eval_shape(lambda: init_params(model, jax.random.key(0), tiny_config(remat=True)))
     assert jax.tree_util.tree_structure(shapes) == jax.tree_util.tree_structure(built("wpce")[1])
 
@@ -316,6 +340,7 @@ def test_remat_config_reaches_both_towers(built):
     ("model.similarity", "cosine", "model.similarity"),
     ("model.dtype", "float16", "model.dtype"),
     ("model.remat", "yes", "model.remat"),
+    ("model.scan_blocks", "yes", "model.scan_blocks"),
     ("model.ln_eps", -1.0, "model.ln_eps"),
     ("model.weight_alpha", 0.0, "model.weight_alpha"),
     ("model.weight_bias", "no", "model.weight_bias"),
@@ -410,6 +435,15 @@ def test_mlp_activation_against_numpy(activation):
         h = 0.5 * h * (1 + np.vectorize(math.erf)(h / math.sqrt(2)))
     want = h @ params["fc2"]["kernel"] + params["fc2"]["bias"]
     np.testing.assert_allclose(np.asarray(block.apply({"params": params}, x)), want, rtol=1e-5, atol=1e-5)
+
+
+def test_scan_blocks_reaches_both_towers():
+    config = tiny_config(model__scan_blocks=True)
+    model = make_model(config)
+    assert model.image_encoder.scan and model.text_encoder.scan
+    params = jax.eval_shape(lambda: init_params(model, jax.random.key(0), config))
+    for tower in ("image_encoder", "text_encoder"):
+        assert params[tower]["encoder"]["blocks"]["attn"]["query"]["kernel"].shape[0] == 2  # depth 2, stacked
 
 
 def test_text_activation_and_weight_bias_reach_the_model():

@@ -74,7 +74,8 @@ class TextTransformer(nn.Module):
     eot_id: int
     ln_eps: float = 1e-6
     dtype: jnp.dtype = jnp.float32
-    remat: bool = False
+    remat: str = "none"  # transformer.REMAT_POLICIES
+    scan: bool = False   # blocks under nn.scan (transformer.TransformerStack)
     activation: str = "gelu"  # "quick_gelu": the reference release's text tower
 
     @nn.compact
@@ -96,5 +97,5 @@ class TextTransformer(nn.Module):
         # [1, 1, L, L]: one mask broadcast over batch and heads.
         causal = nn.make_causal_mask(jnp.ones((1, length), jnp.int32), dtype=jnp.bool_)
         return TransformerStack(depth=self.depth, num_heads=self.heads, mlp_dim=self.mlp_dim, ln_eps=self.ln_eps,
-                                dtype=self.dtype, remat=self.remat, activation=self.activation,
+                                dtype=self.dtype, remat=self.remat, scan=self.scan, activation=self.activation,
                                 name="encoder")(x, causal)

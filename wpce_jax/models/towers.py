@@ -31,7 +31,12 @@ raises ValueError naming the bad field; "optional" fields take the default shown
     model.ln_eps             float optional, default 1e-6: LayerNorm epsilon everywhere.
     model.dtype              str   optional, default "float32": compute dtype, "float32" or "bfloat16";
                                    parameters are float32 either way.
-    model.remat              bool  optional, default False: rematerialise each transformer block.
+    model.remat              str   optional, default "none": what each transformer block keeps for the backward
+                                   pass, "none" | "full" | "save_dots" (transformer.REMAT_POLICIES); True and
+                                   False (configs saved before) mean "full" and "none".
+    model.scan_blocks        bool  optional, default False: run each tower's blocks under nn.scan (compile time
+                                   independent of depth; the parameters of the blocks are stacked, so checkpoints
+                                   of the two settings are not interchangeable).
     model.weight_alpha       float optional, default 100.0: bound of the soft-clipped point weights.
     model.weight_bias        bool  optional, default True: the point-weight projection has a bias (the reference
                                    release's has none).
@@ -58,7 +63,7 @@ import jax.numpy as jnp
 
 from wpce_jax.models.heads import PointCloudHead
 from wpce_jax.models.text import TextTransformer, end_positions
-from wpce_jax.models.transformer import ACTIVATIONS
+from wpce_jax.models.transformer import ACTIVATIONS, REMAT_POLICIES
 from wpce_jax.models.vit import VIT_SIZES, VisionTransformer, ViTDims, parse_variant
 from wpce_jax.config_fields import get as _get, positive_int as _positive_int
 from wpce_jax.pointcloud import PointCloud
@@ -210,10 +215,11 @@ def validate_model_config(config, require_vocabulary: bool = True) -> None:
     dtype = _get(config, "model.dtype", "float32")
     if dtype not in DTYPES:
         raise ValueError(f"config field model.dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
-    for path in ("model.remat", "model.weight_bias"):
+    for path in ("model.scan_blocks", "model.weight_bias"):
         flag = _get(config, path, path == "model.weight_bias")
         if not isinstance(flag, bool):
             raise ValueError(f"config field {path} must be a bool, got {flag!r}")
+    _remat_policy(config)
     activation = _get(config, "model.text.activation", "gelu")
     if activation not in ACTIVATIONS:
         raise ValueError(f"config field model.text.activation must be one of {ACTIVATIONS}, got {activation!r}")
@@ -222,22 +228,33 @@ def validate_model_config(config, require_vocabulary: bool = True) -> None:
         raise ValueError(f"config field objective must be one of {OBJECTIVES}, got {objective!r}")
 
 
+def _remat_policy(config) -> str:
+    """model.remat as a REMAT_POLICIES name (bools from configs saved before the policies: True is "full")."""
+    remat = _get(config, "model.remat", "none")
+    if isinstance(remat, bool):
+        return "full" if remat else "none"
+    if remat not in REMAT_POLICIES:
+        raise ValueError(f"config field model.remat must be one of {tuple(REMAT_POLICIES)}, got {remat!r}")
+    return remat
+
+
 def make_model(config) -> DualEncoder:
     """Validated config -> DualEncoder (unbound; parameters come from `init_params`)."""
     validate_model_config(config)
     dims, patch = _image_dims(config)
     ln_eps = float(_get(config, "model.ln_eps", 1e-6))
     dtype = DTYPES[_get(config, "model.dtype", "float32")]
-    remat = _get(config, "model.remat", False)
+    remat, scan = _remat_policy(config), _get(config, "model.scan_blocks", False)
     text_width = _get(config, "model.text.width")
     image_encoder = VisionTransformer(patch_size=patch, width=dims.width, depth=dims.depth, heads=dims.heads,
-                                      mlp_dim=dims.mlp_dim, ln_eps=ln_eps, dtype=dtype, remat=remat)
+                                      mlp_dim=dims.mlp_dim, ln_eps=ln_eps, dtype=dtype, remat=remat,
+                                      scan=scan)
     text_encoder = TextTransformer(
         vocab_size=_get(config, "model.text.vocab_size"), width=text_width,
         depth=_get(config, "model.text.depth"), heads=_get(config, "model.text.heads"),
         mlp_dim=_get(config, "model.text.mlp_dim", 4 * text_width),
         context_length=_get(config, "model.text.context_length"), eot_id=_get(config, "model.text.eot_id"),
-        ln_eps=ln_eps, dtype=dtype, remat=remat, activation=_get(config, "model.text.activation", "gelu"))
+        ln_eps=ln_eps, dtype=dtype, remat=remat, scan=scan, activation=_get(config, "model.text.activation", "gelu"))
     return DualEncoder(image_encoder=image_encoder, text_encoder=text_encoder,
                        embed_dim=_get(config, "model.embed_dim"), similarity=_get(config, "model.similarity"),
                        weight_alpha=float(_get(config, "model.weight_alpha", 100.0)),

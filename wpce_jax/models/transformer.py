@@ -23,6 +23,10 @@ _KERNEL_INIT = nn.initializers.xavier_uniform()
 
 
 ACTIVATIONS = ("gelu", "quick_gelu")
+# What a rematerialised block keeps for the backward pass: "none" (no remat: everything), "full" (only its input;
+# the backward pass recomputes the block), "save_dots" (the outputs of the dense layers' matmuls; the attention
+# scores, softmax, norms and activations are recomputed).
+REMAT_POLICIES = {"none": None, "full": None, "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
 
 
 def quick_gelu(x: jax.Array) -> jax.Array:
@@ -61,9 +65,10 @@ class EncoderBlock(nn.Module):
     ln_eps: float
     dtype: jnp.dtype = jnp.float32
     activation: str = "gelu"
+    scan_form: bool = False  # return (x, None): the (carry, output) form nn.scan wants
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: Optional[jax.Array] = None) -> jax.Array:
+    def __call__(self, x: jax.Array, mask: Optional[jax.Array] = None):
         y = nn.LayerNorm(epsilon=self.ln_eps, dtype=self.dtype, param_dtype=jnp.float32, name="ln_attn")(x)
         y = nn.MultiHeadDotProductAttention(
             num_heads=self.num_heads, dtype=self.dtype, param_dtype=jnp.float32,
@@ -71,28 +76,43 @@ class EncoderBlock(nn.Module):
         x = x + y
         y = nn.LayerNorm(epsilon=self.ln_eps, dtype=self.dtype, param_dtype=jnp.float32, name="ln_mlp")(x)
         y = MlpBlock(self.mlp_dim, dtype=self.dtype, activation=self.activation, name="mlp")(y)
-        return x + y
+        return (x + y, None) if self.scan_form else x + y
 
 
 class TransformerStack(nn.Module):
     """`depth` EncoderBlocks followed by the final LayerNorm: [B, L, width] -> [B, L, width] (compute dtype).
 
-    remat: wrap each block in `nn.remat`, so that the backward pass recomputes a block's activations instead of
-    storing them (memory for compute; the outputs and gradients are unchanged). Block names do not depend on
-    `remat`, so one parameter tree serves both settings.
+    scan: the blocks run under `nn.scan`, one block's program applied `depth` times to parameters stacked on a
+    leading axis (params "blocks/..." of shape [depth, ...]), so compile time and program size do not grow
+    with depth; otherwise a Python loop over blocks named "block_0", "block_1", ... The two compute the same
+    function of the same weights (stack the loop's block parameters to convert).
+    remat: a REMAT_POLICIES name: "full" or "save_dots" wrap each block in `nn.remat`, so that the backward pass
+    recomputes what the policy does not keep (memory for compute; outputs and gradients unchanged). The parameter
+    tree does not depend on `remat`.
     """
     depth: int
     num_heads: int
     mlp_dim: int
     ln_eps: float
     dtype: jnp.dtype = jnp.float32
-    remat: bool = False
+    remat: str = "none"
     activation: str = "gelu"
+    scan: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: Optional[jax.Array] = None) -> jax.Array:
-        block_cls = nn.remat(EncoderBlock) if self.remat else EncoderBlock
-        for i in range(self.depth):
-            x = block_cls(num_heads=self.num_heads, mlp_dim=self.mlp_dim, ln_eps=self.ln_eps,
-                          dtype=self.dtype, activation=self.activation, name=f"block_{i}")(x, mask)
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"remat must be one of {tuple(REMAT_POLICIES)}, got {self.remat!r}")
+        block_cls = EncoderBlock
+        if self.remat != "none":  # under scan, the loop already keeps XLA from merging the recomputation away
+            block_cls = nn.remat(EncoderBlock, policy=REMAT_POLICIES[self.remat], prevent_cse=not self.scan)
+        block = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, ln_eps=self.ln_eps, dtype=self.dtype,
+                     activation=self.activation)
+        if self.scan:
+            blocks = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True},
+                             in_axes=nn.broadcast, length=self.depth)
+            x, _ = blocks(**block, scan_form=True, name="blocks")(x, mask)
+        else:
+            for i in range(self.depth):
+                x = block_cls(**block, name=f"block_{i}")(x, mask)
         return nn.LayerNorm(epsilon=self.ln_eps, dtype=self.dtype, param_dtype=jnp.float32, name="ln_final")(x)

@@ -63,7 +63,8 @@ class VisionTransformer(nn.Module):
     mlp_dim: int
     ln_eps: float = 1e-6
     dtype: jnp.dtype = jnp.float32
-    remat: bool = False
+    remat: str = "none"  # transformer.REMAT_POLICIES
+    scan: bool = False   # blocks under nn.scan (transformer.TransformerStack)
 
     @nn.compact
     def __call__(self, images: jax.Array) -> jax.Array:
@@ -85,4 +86,4 @@ class VisionTransformer(nn.Module):
                          jnp.float32)
         x = x + pos.astype(self.dtype)
         return TransformerStack(depth=self.depth, num_heads=self.heads, mlp_dim=self.mlp_dim, ln_eps=self.ln_eps,
-                                dtype=self.dtype, remat=self.remat, name="encoder")(x)
+                                dtype=self.dtype, remat=self.remat, scan=self.scan, name="encoder")(x)
