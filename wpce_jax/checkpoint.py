@@ -21,6 +21,7 @@ from etils import epath
 from ml_collections import ConfigDict
 
 from wpce_jax.paths import resolved
+from wpce_jax.pointcloud import PointCloud
 
 CHECKPOINT_SUBDIR = "checkpoints"
 
@@ -97,6 +98,8 @@ class LoadedModel:
     encode_texts:  list of N strings -> [N, F].
     similarity:    ([N, F], [K, F]) -> [N, K], the WPCE similarity estimate (cosine for the CLIP baseline),
                    without the logit scale.
+    image_clouds / text_clouds: the towers' PointClouds (numpy), for looking at the point weights;
+    patch_grid, token_strings: what the image and text points stand for (wpce_jax.visualize draws them).
     """
 
     def __init__(self, config: ConfigDict, model, params, eval_rff, step: int):
@@ -108,6 +111,9 @@ class LoadedModel:
                                        config.model.text.context_length)
         image_features, text_features = encoders(model, config)
         self._image, self._text = jax.jit(image_features), jax.jit(text_features)
+        self.model = model
+        self._image_cloud = jax.jit(lambda p, x: model.apply({"params": p}, x, method="encode_image"))
+        self._text_cloud = jax.jit(lambda p, t: model.apply({"params": p}, t, method="encode_text"))
 
     def preprocess(self, images: np.ndarray) -> np.ndarray:
         from wpce_jax.data.image_ops import eval_crop, normalize
@@ -132,6 +138,49 @@ class LoadedModel:
 
     def similarity(self, a, b) -> jax.Array:
         return jax.numpy.asarray(a) @ jax.numpy.asarray(b).T
+
+    # ------------------------------------------------------------------ the point clouds, for visualisation
+
+    @property
+    def patch_grid(self) -> tuple[int, int]:
+        """(rows, columns) of the ViT's patch grid: image point 1 + r * columns + c is patch (r, c)."""
+        from wpce_jax.models.towers import _image_dims
+        side = self.config.data.image_size // _image_dims(self.config)[1]
+        return side, side
+
+    def image_clouds(self, images) -> PointCloud:
+        """Images (as `encode_images` takes them) -> the image tower's clouds as numpy arrays: points [N, M, d],
+        weights [N, M], mask None. "wpce": M = 1 + rows * columns, point 0 the class token, then the patches in
+        row-major order (see `patch_grid`); "clip": M = 1, the class token with weight 1."""
+        cloud = self._image_cloud(self.params, self.preprocess(images))
+        return PointCloud(np.asarray(cloud.points), np.asarray(cloud.weights), None)
+
+    def text_clouds(self, texts) -> PointCloud:
+        """List of N strings -> the text tower's clouds as numpy arrays: points [N, M, d], weights [N, M], mask
+        None. "wpce": M = context_length, one point per token position (start, text, end and padding: padding
+        positions are points too); "clip": M = 1, the end-of-text position with weight 1."""
+        if isinstance(texts, str):
+            raise ValueError("texts must be a list of strings, got one string")
+        cloud = self._text_cloud(self.params, self.tokenizer(list(texts)))
+        return PointCloud(np.asarray(cloud.points), np.asarray(cloud.weights), None)
+
+    def token_strings(self, texts) -> list[list[str]]:
+        """List of N strings -> for each, context_length labels, one per token position as the text tower sees
+        them: "<sot>", the tokenizer's pieces (SentencePiece pieces keep their word-start mark "▁"; CLIP BPE
+        symbols their "</w>"), "<eot>", then "<pad>"."""
+        if isinstance(texts, str):
+            raise ValueError("texts must be a list of strings, got one string")
+        tok = self.tokenizer
+        if hasattr(tok, "_sp"):
+            piece = tok._sp.IdToPiece
+        else:
+            decoder = {v: k for k, v in tok.encoder.items()}
+            piece = decoder.__getitem__
+        out = []
+        for row in self.tokenizer(list(texts)):
+            end = int(np.flatnonzero(row == tok.eot_id)[0])
+            out.append(["<sot>"] + [piece(int(i)) for i in row[1:end]] + ["<eot>"] + ["<pad>"] * (len(row) - end - 1))
+        return out
 
 
 class Restored(NamedTuple):
