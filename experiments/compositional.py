@@ -1,0 +1,374 @@
+"""Compositional captions: WPCE against CLIP on pairs of real digit scans, tested on unseen combinations.
+
+Data. Every image is two of scikit-learn's handwritten digit scans side by side (each 8x8 scan upscaled to 16 wide
+x 32 high, dark ink on white, one 32x32 RGB JPEG); its caption names both digits in words and says which is where,
+in one of several phrasings, some naming the left digit first ("a three left of a seven", "three then seven"), some
+the right one ("a seven right of a three"). Of the 90 ordered pairs (a, b), a != b, 20 are held out entirely from
+training: two seeded permutations pick for every digit two right-hand partners, so each digit is held out twice on
+the left and twice on the right, and the reverse (b, a) of a held-out pair is always a training pair; every digit
+is on both sides in many training pairs. Training images use only the scans of the stratified 80% training split
+of the digits (the built-in dataset's split); test images use only the held-out 20% of the scans. The records are
+written with the project's writer (wpce_jax.data.records) and a SentencePiece model is trained on the training
+captions (wpce_jax.data.train_tokenizer).
+
+Models. configs/compositional.py (the towers of configs/digits.py), trained by wpce_jax.train.train_and_evaluate
+with the same seed, steps, batch and data order:
+  wpce        point dimension d = 64, D = 256 random Fourier features: compared vectors of d + D = 320
+  clip        embed_dim d = 64: equal compute (same towers, one point per input)
+  clip_wide   embed_dim d + D = 320: equal similarity width (not tested in the paper)
+
+Evaluation, from each final checkpoint (wpce_jax.checkpoint.load: encode_images, encode_texts), on test scans:
+  - zero-shot among all 90 pair captions (class vector from every caption template, as wpce_jax.evaluate.zeroshot
+    builds them): top-1 on the held-out pairs; "unordered": both digits right in either order; "swapped": the
+    prediction is exactly (b, a); left / right digit correct; top-1 among the 20 held-out pairs only; and top-1 on
+    seen pairs drawn from the test scans (the in-distribution control);
+  - image <-> text retrieval on the held-out test set (one caption per image), relevance by pair as the project's
+    digits retrieval does by digit: recall@1/5 in both directions (wpce_jax.evaluate.retrieval.direction_scores);
+    and the same queries against the held-out and the seen test sets together ("all": seen pairs, the reverse of
+    every held-out pair among them, as distractors).
+
+    python experiments/compositional.py [--quick] [--out FILE] [--seed S]
+"""
+import io
+import json
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import experiment_cli  # noqa: E402
+from wpce_jax.data import records  # noqa: E402
+from wpce_jax.data.digits import CLASS_NAMES  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(ROOT, "configs", "compositional.py")
+# {a}: the left digit's name, {b}: the right digit's. Half the phrasings name the right digit first, so word order
+# alone does not give the sides.
+TEMPLATES = [
+    "a {a} left of a {b}",
+    "{a} then {b}",
+    "a {a} to the left of a {b}",
+    "a {b} right of a {a}",
+    "{a} on the left and {b} on the right",
+    "a {b} to the right of a {a}",
+]
+PAIRS = [(a, b) for a in range(10) for b in range(10) if a != b]  # the 90 ordered pairs; a record's label indexes it
+PAIR_INDEX = {p: i for i, p in enumerate(PAIRS)}
+MODELS = ("wpce", "clip", "clip_wide")
+IMAGE_SIDE = 32
+_TEST_FRACTION, _SPLIT_SEED = 0.2, 0  # the built-in digits' split of the scans (wpce_jax/data/digits.py)
+# A word-level SentencePiece model: every word (digit names included) is one token. The captions hold 19 distinct
+# words; the trainer shrinks the requested size to what the corpus supports (23 pieces with the 4 special ones).
+SP_VOCAB = 64
+
+SETTINGS = {
+    # train_per_pair: training images per training pair; test_per_pair: test images per held-out pair;
+    # seen_per_pair: test images per training pair (the in-distribution control).
+    "quick": dict(steps=250, batch=128, train_per_pair=80, test_per_pair=20, seen_per_pair=4, held_out=20,
+                  overrides={}),
+    "full": dict(steps=1000, batch=128, train_per_pair=200, test_per_pair=25, seen_per_pair=5, held_out=20,
+                 overrides={}),
+}
+
+
+# --------------------------------------------------------------------------------------------- data
+
+def held_out_pairs(seed: int, count: int = 20) -> list[tuple[int, int]]:
+    """count = 10 k held-out ordered pairs: k permutations without fixed points, pairwise different at every digit,
+    so every digit is held out k times on each side; no held-out pair's reverse is held out. Seeded, sorted."""
+    if count % 10 or not 0 < count <= 40:
+        raise ValueError(f"held_out must be a multiple of 10 in [10, 40], got {count}")
+    k = count // 10
+    rng = np.random.default_rng(seed)
+    for _ in range(100000):
+        perms = [rng.permutation(10) for _ in range(k)]
+        if any(np.any(p == np.arange(10)) for p in perms):
+            continue
+        if k > 1 and any(len({int(p[a]) for p in perms}) < k for a in range(10)):
+            continue
+        pairs = {(a, int(p[a])) for p in perms for a in range(10)}
+        if any((b, a) in pairs for a, b in pairs):
+            continue
+        return sorted(pairs)
+    raise RuntimeError("no held-out set found")
+
+
+def sides(pairs) -> tuple[set, set]:
+    """(digits seen on the left, digits seen on the right) in a set of pairs."""
+    return {a for a, _ in pairs}, {b for _, b in pairs}
+
+
+def caption(a: int, b: int, template: int) -> str:
+    return TEMPLATES[template].format(a=CLASS_NAMES[a], b=CLASS_NAMES[b])
+
+
+def render_half(scan: np.ndarray, side: int = IMAGE_SIDE) -> np.ndarray:
+    """One 8x8 scan (values 0..16, ink high) -> uint8 [side, side // 2]: dark ink on white, bicubic (as digits.py)."""
+    gray = (255.0 - scan.astype(np.float64) * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
+    return np.asarray(Image.fromarray(gray, "L").resize((side // 2, side), Image.Resampling.BICUBIC))
+
+
+def render_pair(left: np.ndarray, right: np.ndarray, side: int = IMAGE_SIDE) -> bytes:
+    """Two scans side by side -> RGB JPEG (q95) of side x side."""
+    pixels = np.concatenate([render_half(left, side), render_half(right, side)], axis=1)
+    buf = io.BytesIO()
+    Image.fromarray(pixels, "L").convert("RGB").save(buf, format="JPEG", quality=95)
+    return buf.getvalue()
+
+
+def decode(image_bytes: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(image_bytes)).convert("RGB"))
+
+
+def split_scans():
+    """(scans [1797, 8, 8], labels, train indices, test indices): the built-in digits' stratified 80/20 split."""
+    from sklearn.datasets import load_digits
+
+    from wpce_jax.data.digits import _stratified_split
+
+    d = load_digits()
+    labels = d.target.astype(np.int64)
+    train, test = _stratified_split(labels, _TEST_FRACTION, _SPLIT_SEED)
+    return d.images, labels, train, test
+
+
+def _records(pairs, per_pair: int, scans, labels, pool: np.ndarray, rng: np.random.Generator, split: str):
+    """per_pair records of every pair in `pairs`, scans drawn (with replacement) from `pool` by digit."""
+    by_digit = {c: pool[labels[pool] == c] for c in range(10)}
+    out = []
+    for a, b in pairs:
+        for _ in range(per_pair):
+            i, j = int(rng.choice(by_digit[a])), int(rng.choice(by_digit[b]))
+            t = int(rng.integers(len(TEMPLATES)))
+            out.append(records.encode_record(
+                render_pair(scans[i], scans[j]), caption(a, b, t), key=f"{split}/{a}{b}/{i}-{j}",
+                source="sklearn.datasets.load_digits", label=PAIR_INDEX[(a, b)], left=a, right=b, left_index=i,
+                right_index=j, template=t, width=IMAGE_SIDE, height=IMAGE_SIDE))
+    order = rng.permutation(len(out))
+    return [out[k] for k in order]
+
+
+def build(out: str, setting: dict, seed: int) -> dict:
+    """Writes OUT/{train, test_heldout, test_seen} record sets, OUT/spm.model and OUT/pairs.json; returns the latter."""
+    from wpce_jax.data.train_tokenizer import train_sentencepiece
+
+    scans, labels, train_idx, test_idx = split_scans()
+    held = held_out_pairs(seed, setting["held_out"])
+    seen = [p for p in PAIRS if p not in set(held)]
+    left, right = sides(seen)
+    assert left == right == set(range(10)), "every digit must be on both sides in training"
+    rng = np.random.default_rng(seed + 1)
+    sets = {"train": _records(seen, setting["train_per_pair"], scans, labels, train_idx, rng, "train"),
+            "test_heldout": _records(held, setting["test_per_pair"], scans, labels, test_idx, rng, "test"),
+            "test_seen": _records(seen, setting["seen_per_pair"], scans, labels, test_idx, rng, "test")}
+    for name, recs in sets.items():
+        records.write_dataset(recs, os.path.join(out, name), num_shards=1, inputs=["sklearn.datasets.load_digits"],
+                              dropped={}, builder="experiments/compositional.py")
+    train_captions = [records.decode_header(r)[0]["caption"] for r in sets["train"]]
+    train_sentencepiece(train_captions, os.path.join(out, "spm"), SP_VOCAB, model_type="word")
+    info = {"held_out": held, "seen": seen, "counts": {k: len(v) for k, v in sets.items()}}
+    with open(os.path.join(out, "pairs.json"), "w") as f:
+        json.dump(info, f)
+    return info
+
+
+def read_set(directory: str) -> tuple[list[dict], np.ndarray]:
+    """(headers, uint8 images [N, S, S, 3]) of a record set, in record order."""
+    manifest = records.read_manifest(directory)
+    headers, images = [], []
+    for path in records.shard_paths(directory, manifest):
+        for b in records.read_records(path):
+            r = records.decode_record(b)
+            images.append(decode(r.pop("image")))
+            headers.append(r)
+    return headers, np.stack(images)
+
+
+# --------------------------------------------------------------------------------------------- training
+
+def make_config(name: str, setting: dict, data_dir: str, seed: int):
+    import runpy
+
+    config = runpy.run_path(CONFIG)["get_config"](name)
+    config.seed = seed
+    config.total_steps = setting["steps"]
+    config.batch_size = setting["batch"]
+    config.log_every_steps = max(setting["steps"] // 6, 1)
+    config.data.train_dir = os.path.join(data_dir, "train")
+    config.data.tokenizer_path = os.path.join(data_dir, "spm.model")
+    for key, value in setting.get("overrides", {}).items():
+        node = config
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    if name == "clip_wide":  # equal similarity width: d + D of the WPCE model with the same overrides
+        wpce = runpy.run_path(CONFIG)["get_config"]("wpce")
+        for key, value in setting.get("overrides", {}).items():
+            node = wpce
+            *parents, leaf = key.split(".")
+            for p in parents:
+                node = node[p]
+            node[leaf] = value
+        config.model.embed_dim = wpce.model.embed_dim + wpce.wpce.num_features
+    return config
+
+
+def train(name: str, setting: dict, data_dir: str, workdir: str, seed: int, log=print) -> dict:
+    from wpce_jax.train import train_and_evaluate
+
+    config = make_config(name, setting, data_dir, seed)
+    start = time.perf_counter()
+    train_and_evaluate(config, workdir)
+    seconds = time.perf_counter() - start
+    step_times, losses = [], {}
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        for line in f:
+            m = json.loads(line)
+            if "train/step_time_s" in m:
+                step_times.append(m["train/step_time_s"])
+            if "train/loss" in m:
+                losses[m["step"]] = m["train/loss"]
+    log(f"{name}: trained {config.total_steps} steps in {seconds:.1f} s")
+    return {"train_seconds": round(seconds, 1), "step_time_s": float(np.median(step_times)) if step_times else None,
+            "final_loss": losses[max(losses)] if losses else None}
+
+
+# --------------------------------------------------------------------------------------------- evaluation
+
+def evaluate(workdir: str, data_dir: str) -> dict:
+    """The metrics of the module docstring, from the run's latest checkpoint."""
+    import jax
+
+    from wpce_jax.checkpoint import load
+    from wpce_jax.evaluate.retrieval import direction_scores
+    from wpce_jax.evaluate.zeroshot import class_vectors
+
+    model = load(workdir)
+    similarity = model.config.model.similarity
+
+    def images(x):
+        return np.concatenate([np.asarray(model.encode_images(x[i:i + 256])) for i in range(0, len(x), 256)])
+
+    def texts(t):
+        return np.concatenate([np.asarray(model.encode_texts(t[i:i + 256])) for i in range(0, len(t), 256)])
+
+    prompts = [caption(a, b, t) for a, b in PAIRS for t in range(len(TEMPLATES))]
+    classes = class_vectors(texts(prompts)[:, None, :], len(PAIRS), similarity)[:, 0]  # [90, F]
+    with open(os.path.join(data_dir, "pairs.json")) as f:
+        held = [tuple(p) for p in json.load(f)["held_out"]]
+    held_idx = np.asarray([PAIR_INDEX[p] for p in held])
+
+    out = {"step": model.step, "feature_dim": int(classes.shape[1]),
+           "num_params": int(sum(x.size for x in jax.tree.leaves(model.params)))}
+    headers, pixels = read_set(os.path.join(data_dir, "test_heldout"))
+    feats = images(pixels)
+    truth = np.asarray([h["label"] for h in headers])
+    left, right = np.asarray([h["left"] for h in headers]), np.asarray([h["right"] for h in headers])
+    logits = feats @ classes.T
+    pred = logits.argmax(1)
+    pl, pr = np.asarray([PAIRS[p][0] for p in pred]), np.asarray([PAIRS[p][1] for p in pred])
+    out["zeroshot_top1"] = float(np.mean(pred == truth))
+    out["zeroshot_unordered"] = float(np.mean(((pl == left) & (pr == right)) | ((pl == right) & (pr == left))))
+    out["zeroshot_swapped"] = float(np.mean((pl == right) & (pr == left)))
+    out["zeroshot_left"] = float(np.mean(pl == left))
+    out["zeroshot_right"] = float(np.mean(pr == right))
+    out["zeroshot_pred_seen_pair"] = float(np.mean(~np.isin(pred, held_idx)))
+    out["zeroshot_top1_among_heldout"] = float(np.mean(held_idx[logits[:, held_idx].argmax(1)] == truth))
+    # Retrieval on the held-out test set, one caption per image, relevance by pair.
+    caps = texts([h["caption"] for h in headers])
+    for direction, args in (("i2t", (feats, caps, truth, truth)), ("t2i", (caps, feats, truth, truth))):
+        scores = direction_scores(*args)
+        for k in (1, 5):
+            out[f"{direction}_recall@{k}"] = scores[f"recall@{k}"]
+    # Control: pairs seen in training, drawn from the test scans.
+    seen_headers, seen_pixels = read_set(os.path.join(data_dir, "test_seen"))
+    seen_feats, seen_truth = images(seen_pixels), np.asarray([h["label"] for h in seen_headers])
+    out["seen_zeroshot_top1"] = float(np.mean((seen_feats @ classes.T).argmax(1) == seen_truth))
+    # Harder retrieval: the held-out queries against the held-out and the seen test sets together (seen pairs,
+    # among them the reverse of every held-out pair, as distractors).
+    all_feats = np.concatenate([feats, seen_feats])
+    all_caps = np.concatenate([caps, texts([h["caption"] for h in seen_headers])])
+    all_truth = np.concatenate([truth, seen_truth])
+    for direction, args in (("i2t", (feats, all_caps, truth, all_truth)),
+                            ("t2i", (caps, all_feats, truth, all_truth))):
+        scores = direction_scores(*args)
+        for k in (1, 5):
+            out[f"{direction}_all_recall@{k}"] = scores[f"recall@{k}"]
+    out["num_test_heldout"], out["num_test_seen"] = len(headers), len(seen_headers)
+    return out
+
+
+# --------------------------------------------------------------------------------------------- experiment
+
+def run_experiment(setting: dict, seed: int = 0, log=print, models=MODELS) -> dict:
+    with tempfile.TemporaryDirectory(prefix="compositional-") as tmp:
+        data_dir = os.path.join(tmp, "data")
+        start = time.perf_counter()
+        info = build(data_dir, setting, seed)
+        build_seconds = time.perf_counter() - start
+        log(f"data: {info['counts']} in {build_seconds:.1f} s; held out: "
+            + " ".join(f"{a}{b}" for a, b in info["held_out"]))
+        rows = []
+        for name in models:
+            workdir = os.path.join(tmp, name)
+            row = {"model": name, **train(name, setting, data_dir, workdir, seed, log)}
+            config = make_config(name, setting, data_dir, seed)
+            row.update(similarity=config.model.similarity, embed_dim=config.model.embed_dim,
+                       num_features=config.wpce.num_features if config.model.similarity == "wpce" else None,
+                       steps=config.total_steps, batch=config.batch_size)
+            start = time.perf_counter()
+            row.update(evaluate(workdir, data_dir))
+            row["eval_seconds"] = round(time.perf_counter() - start, 1)
+            log("  ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+            rows.append(row)
+    return {"seed": seed, "setting": setting, "templates": TEMPLATES, "held_out": info["held_out"],
+            "counts": info["counts"], "build_seconds": round(build_seconds, 1), "rows": rows}
+
+
+def plot(result: dict, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [("zeroshot_top1", "zero-shot\ntop-1 (of 90)"), ("zeroshot_unordered", "both digits,\nany order"),
+               ("zeroshot_swapped", "order\nswapped"), ("zeroshot_top1_among_heldout", "top-1 among\n20 held-out"),
+               ("i2t_recall@1", "i2t R@1"), ("t2i_recall@1", "t2i R@1"), ("i2t_recall@5", "i2t R@5"),
+               ("t2i_recall@5", "t2i R@5"), ("i2t_all_recall@1", "i2t R@1\n+seen distr."),
+               ("t2i_all_recall@1", "t2i R@1\n+seen distr."), ("seen_zeroshot_top1", "seen pairs\ntop-1 (control)")]
+    labels = {"wpce": "WPCE (d={d}, D={D})", "clip": "CLIP (d={d}, equal compute)",
+              "clip_wide": "CLIP (d={d}, equal width)"}
+    rows = result["rows"]
+    fig, ax = plt.subplots(figsize=(13, 4.2))
+    width = 0.8 / len(rows)
+    x = np.arange(len(metrics))
+    for i, row in enumerate(rows):
+        values = [row[m] for m, _ in metrics]
+        ax.bar(x + (i - (len(rows) - 1) / 2) * width, values, width,
+               label=labels[row["model"]].format(d=row["embed_dim"], D=row["num_features"]))
+    ax.set_xticks(x)
+    ax.set_xticklabels([label for _, label in metrics], fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("fraction")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    s = result["setting"]
+    ax.set_title(f"Held-out digit pairs ({len(result['held_out'])} of 90, unseen in training), {s['steps']} steps "
+                 f"x batch {s['batch']}, seed {result['seed']}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None):
+    return experiment_cli.main(__doc__, SETTINGS, run_experiment, plot,
+                               "fewer steps and images (minutes on 2 CPU cores)", argv)
+
+
+if __name__ == "__main__":
+    main()
