@@ -92,6 +92,16 @@ def test_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path, cache_
     assert_same_run(workdir, digits_run)
 
 
+def test_checkpoint_of_an_older_version_is_refused_not_skipped(tmp_path, cache_dir, digits_run):
+    workdir = str(tmp_path / "run")
+    shutil.copytree(digits_run, workdir)
+    step_dir = os.path.join(workdir, "checkpoints", "30")
+    os.rename(os.path.join(step_dir, "position"), os.path.join(step_dir, "data"))  # the old iterator-state layout
+    out = subprocess.run(cli(workdir, cache_dir), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 2 and "written by an older version of wpce_jax" in out.stderr, out.stderr[-2000:]
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10", "20", "30"]  # nothing moved aside
+
+
 def test_changed_config_on_resume_stops_before_compute_or_passes_with_a_line(tmp_path, cache_dir, digits_run):
     workdir = str(tmp_path / "run")
     shutil.copytree(digits_run, workdir)

@@ -35,6 +35,10 @@ def checkpoint_dir(workdir) -> epath.Path:
     return resolved(workdir) / CHECKPOINT_SUBDIR
 
 
+class IncompatibleCheckpointError(ValueError):
+    """A checkpoint written by an older version of the code, which this version cannot resume."""
+
+
 class Checkpointer:
     """The run's CheckpointManager: keeps the last `max_to_keep` checkpoints under DIR/checkpoints."""
 
@@ -62,6 +66,11 @@ class Checkpointer:
 
     def restore(self, step: int, abstract_state) -> tuple[Any, int]:
         """(state shaped and sharded like `abstract_state`, global examples consumed) of checkpoint `step`."""
+        if not (self.directory / str(step) / "position").exists() and (self.directory / str(step) / "data").exists():
+            raise IncompatibleCheckpointError(
+                f"{self.directory / str(step)} holds a data-iterator state instead of a data position: it was "
+                f"written by an older version of wpce_jax whose data order differs; resume it with that version, "
+                f"or start a new --workdir (checkpoint.load still reads it for evaluation)")
         restored = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), position=ocp.args.JsonRestore()))
         return restored["state"], int(restored["position"]["examples_seen"])

@@ -24,7 +24,7 @@ from jax.experimental import multihost_utils
 from ml_collections import ConfigDict
 
 from wpce_jax import mfu, platform, rng, run_record
-from wpce_jax.checkpoint import Checkpointer, abstract_like
+from wpce_jax.checkpoint import Checkpointer, IncompatibleCheckpointError, abstract_like
 from wpce_jax.config_validation import mode_settings, validate
 from wpce_jax.data import run_data
 from wpce_jax.data.image_ops import ViewAugment
@@ -140,6 +140,8 @@ def _restore(checkpointer: Checkpointer, config: ConfigDict, abstract) -> tuple[
             _say(f"changed since the step-{step} checkpoint: {line}")
         try:
             state, examples = checkpointer.restore(step, abstract)
+        except IncompatibleCheckpointError:
+            raise
         except Exception as e:  # noqa: BLE001
             _skip(checkpointer, step, e)
             continue
