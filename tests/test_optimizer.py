@@ -1,4 +1,4 @@
-"""AdamW decay mask, the warm-up + cosine schedule, clipping, accumulation, and the logit-scale bound."""
+"""AdamW decay mask, the warm-up + cosine schedule, clipping, one update per step, and the logit-scale bound."""
 import math
 import runpy
 
@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from runs import DIGITS
-from wpce_jax.optimizer import clip_logit_scale, decay_mask, learning_rate_schedule, make_optimizer
+from wpce_jax.optimizer import clip_logit_scale, decay_mask, learning_rate_schedule, make_optimizer, num_updates
 
 
 def config(**optim):
@@ -79,17 +79,21 @@ def test_gradient_clipping():
     np.testing.assert_allclose(np.asarray(nu), (1 - 0.98) * 0.5**2, rtol=1e-5)
 
 
-def test_accumulation_updates_every_k_steps_with_the_mean_gradient():
+def test_accum_steps_leaves_the_optimiser_and_schedule_alone():
+    # accum_steps splits a train step's batch (train_step.make_grad_fn); the optimiser updates on every call with
+    # the gradient it is given, and the schedule counts train steps (tests/test_accumulation.py runs the step).
     params = {"w": jnp.ones((2, 2))}
-    c = config(accum_steps=2, weight_decay=0.0)
-    tx, plain = make_optimizer(c), make_optimizer(config(weight_decay=0.0))
-    g1, g2 = {"w": jnp.full((2, 2), 1.0)}, {"w": jnp.full((2, 2), 3.0)}
-    state = tx.init(params)
-    u1, state = tx.update(g1, state, params)
-    assert not np.any(np.asarray(u1["w"]))  # no update on the first micro-step
-    u2, state = tx.update(g2, state, params)
-    want, _ = plain.update({"w": jnp.full((2, 2), 2.0)}, plain.init(params), params)
-    np.testing.assert_allclose(np.asarray(u2["w"]), np.asarray(want["w"]), rtol=1e-6)
+    split, plain = config(accum_steps=4, weight_decay=0.0), config(weight_decay=0.0)
+    assert num_updates(split) == num_updates(plain) == 100
+    for s in (0, 5, 10, 55, 100):
+        assert float(learning_rate_schedule(split)(s)) == float(learning_rate_schedule(plain)(s))
+    tx, reference = make_optimizer(split), make_optimizer(plain)
+    state, ref_state = tx.init(params), reference.init(params)
+    for g in (1.0, 3.0):
+        grads = {"w": jnp.full((2, 2), g)}
+        (u, state), (want, ref_state) = tx.update(grads, state, params), reference.update(grads, ref_state, params)
+        assert np.any(np.asarray(u["w"]))  # an update on every call
+        np.testing.assert_array_equal(np.asarray(u["w"]), np.asarray(want["w"]))
 
 
 @pytest.mark.parametrize("similarity,low,high", [("wpce", 1.0, 100.0), ("clip", 0.0, math.log(100.0))])

@@ -114,9 +114,11 @@ def validate_config(config: ConfigDict) -> None:
     for path, size in (("batch_size", config.batch_size), ("eval.batch_size", config.eval.batch_size)):
         if size % devices:
             raise ValueError(f"config field {path} = {size} must be divisible by the number of devices ({devices})")
-    if epochs is None and config.total_steps % config.optim.accum_steps:
-        raise ValueError(f"config field total_steps = {config.total_steps} must be a multiple of "
-                         f"optim.accum_steps = {config.optim.accum_steps}")
+    accum = config.optim.accum_steps  # micro-batches of the global batch, each spread over every device
+    if accum > 1 and config.batch_size % (accum * devices):
+        raise ValueError(f"config fields batch_size = {config.batch_size} and optim.accum_steps = {accum}: "
+                         f"batch_size must be divisible by optim.accum_steps x the number of devices "
+                         f"({accum} x {devices} = {accum * devices}), so that every micro-batch is spread evenly")
     per_class = _get(config, "data.samples_per_class", 0)
     if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class == 1 or per_class < 0:
         raise ValueError(f"config field data.samples_per_class must be 0 (uniform) or an int >= 2, got {per_class!r}")

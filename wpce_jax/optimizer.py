@@ -1,9 +1,11 @@
-"""AdamW with the paper's decay mask and schedule, optional clipping and accumulation, and the logit-scale bound.
+"""AdamW with the paper's decay mask and schedule, optional clipping, and the logit-scale bound.
 
 Schedule: linear warm-up from `optim.init_lr` to `optim.lr` over `optim.warmup_steps`, then cosine to `optim.end_lr`
-at update `num_updates` (the last update runs just above `optim.end_lr`). Weight decay touches matrices only:
-dense kernels (attention projections included), token and position embeddings; never biases (the attention q/k/v
-biases are [heads, head_dim] but still biases), norm scales, the class token or the logit scale.
+at update `num_updates` (the last update runs just above `optim.end_lr`). There is one update per train step
+whatever `optim.accum_steps` (which only splits a step's batch into micro-batches, train_step.make_grad_fn), so the
+schedule counts train steps. Weight decay touches matrices only: dense kernels (attention projections included),
+token and position embeddings; never biases (the attention q/k/v biases are [heads, head_dim] but still biases),
+norm scales, the class token or the logit scale.
 """
 import math
 
@@ -14,8 +16,8 @@ from ml_collections import ConfigDict
 
 
 def num_updates(config: ConfigDict) -> int:
-    """Optimizer updates in the run: one per `optim.accum_steps` train steps."""
-    return config.total_steps // config.optim.accum_steps
+    """Optimizer updates in the run: one per train step."""
+    return config.total_steps
 
 
 def learning_rate_schedule(config: ConfigDict) -> optax.Schedule:
@@ -42,8 +44,6 @@ def make_optimizer(config: ConfigDict) -> optax.GradientTransformation:
                      mask=decay_mask)
     if o.grad_clip_norm:
         tx = optax.chain(optax.clip_by_global_norm(o.grad_clip_norm), tx)
-    if o.accum_steps > 1:
-        tx = optax.MultiSteps(tx, every_k_schedule=o.accum_steps)
     return tx
 
 

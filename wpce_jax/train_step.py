@@ -1,10 +1,11 @@
 """The training state and the jit-compiled, data-parallel training step.
 
-The towers run under jit on a batch sharded over the "data" axis; the objective (`config.objective`, held by the
-model as `model.objective`: symmetric InfoNCE, SigLIP's sigmoid loss with the learned "logit_bias", or NCE) runs in
-shard_map over the global batch (each device gathers the other side's features). A step whose loss or gradient is
-not finite changes nothing and records its number in `bad_step`; every later step is a no-op too, so the state (and
-any checkpoint written from it) stays the last good one until the host notices and stops the run.
+The towers run under jit on a batch sharded over the "data" axis (`make_encode_fn`); the objective
+(`make_objective_fn`; `config.objective`, held by the model as `model.objective`: symmetric InfoNCE, SigLIP's
+sigmoid loss with the learned "logit_bias", or NCE) runs in shard_map over the global batch (each device gathers the
+other side's features). A step whose loss or gradient is not finite changes nothing and records its number in
+`bad_step`; every later step is a no-op too, so the state (and any checkpoint written from it) stays the last good
+one until the host notices and stops the run.
 
 `config.mode` (config_validation.mode_settings) picks what is trained: "image_text" (the objective above), or the
 image tower alone: "two_view" (SimCLR's NT-Xent over the compared vectors of two augmented views of each image,
@@ -12,6 +13,11 @@ batch["image"] and batch["image2"]) or "labelled" (triplet or margin contrastive
 batch["label"]). In the image-only modes the text tower is never run, so its parameters and the logit scale get a
 zero gradient; the step also applies no update to them (AdamW's weight decay would otherwise shrink them), so they
 stay exactly at their initial values.
+
+`optim.accum_steps` = k splits the towers' work into k micro-batches to save memory (`make_grad_fn`, GradCache): the
+objective is still taken over the whole global batch (`batch_size` is the contrastive batch), the step has one RFF
+draw and makes one optimiser update, and its loss and gradient are those of the unsplit step (up to float32
+rounding of the gradient's sum). The cost is one more forward pass of the towers per step.
 """
 from functools import partial
 from typing import Any, NamedTuple, Optional
@@ -19,7 +25,7 @@ from typing import Any, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import PartitionSpec as P
+from jax.sharding import NamedSharding, PartitionSpec as P
 from ml_collections import ConfigDict
 
 from wpce_jax.config_validation import mode_settings
@@ -81,58 +87,70 @@ def _pair_distances(x, labels):
     return mean(similar), mean(dissimilar)
 
 
-def _image_only_loss_fn(model, config: ConfigDict, mesh):
-    settings = mode_settings(config)
+# The batch entries each mode's towers read (what accumulation splits into micro-batches).
+ENCODED_INPUTS = {"image_text": ("image", "tokens"), "two_view": ("image", "image2"), "labelled": ("image",)}
 
-    def compared(params, images, rff):
+
+def make_encode_fn(model, config: ConfigDict):
+    """encode(params, batch, rff) -> the mode's compared vectors, a tuple of [B, F] arrays: the towers and
+    `similarity.embed`, row i from example i alone. "image_text": (x images, y captions); "two_view": (x, x2) of
+    batch["image"] and batch["image2"]; "labelled": (x,)."""
+    mode = mode_settings(config).mode
+
+    def image(params, images, rff):
         return embed(model.apply({"params": params}, images, method="encode_image"), rff, config)
 
+    if mode == "image_text":
+        def encode(params, batch, rff):
+            image_cloud, text_cloud = model.apply({"params": params}, batch["image"], batch["tokens"])
+            return embed(image_cloud, rff, config), embed(text_cloud, rff, config)
+    elif mode == "two_view":
+        def encode(params, batch, rff):
+            return image(params, batch["image"], rff), image(params, batch["image2"], rff)
+    else:
+        def encode(params, batch, rff):
+            return (image(params, batch["image"], rff),)
+    return encode
+
+
+def make_objective_fn(model, config: ConfigDict, mesh):
+    """objective(params, vectors, batch) -> (loss, metrics): the mode's objective over the global batch, in
+    shard_map, of `make_encode_fn`'s vectors (sharded over the data axis). params feed only the logit scale (and
+    SigLIP's bias); batch only the labels ("labelled")."""
+    settings = mode_settings(config)
     if settings.mode == "two_view":
         sharded = jax.shard_map(partial(_two_view_loss, settings.temperature), mesh=mesh,
                                 in_specs=(P(DATA_AXIS), P(DATA_AXIS)), out_specs=(P(), P()))
 
-        def loss_fn(params, batch, rff):
-            x, y = compared(params, batch["image"], rff), compared(params, batch["image2"], rff)
-            loss, top1 = sharded(x, y)
+        def objective(params, vectors, batch):
+            loss, top1 = sharded(*vectors)
             return loss, {"train/view_top1": top1}
 
-        return loss_fn
+        return objective
 
-    if settings.metric_loss == "triplet":
-        objective = partial(triplet_loss, margin=settings.margin, mining=settings.mining, axis_name=DATA_AXIS)
-    else:
-        objective = partial(margin_contrastive_loss, margin=settings.margin, axis_name=DATA_AXIS)
-    sharded = jax.shard_map(objective, mesh=mesh, in_specs=(P(DATA_AXIS), P(DATA_AXIS)), out_specs=P())
+    if settings.mode == "labelled":
+        if settings.metric_loss == "triplet":
+            loss = partial(triplet_loss, margin=settings.margin, mining=settings.mining, axis_name=DATA_AXIS)
+        else:
+            loss = partial(margin_contrastive_loss, margin=settings.margin, axis_name=DATA_AXIS)
+        sharded = jax.shard_map(loss, mesh=mesh, in_specs=(P(DATA_AXIS), P(DATA_AXIS)), out_specs=P())
 
-    def loss_fn(params, batch, rff):
-        x = compared(params, batch["image"], rff)
-        loss = sharded(x, batch["label"])
-        positive, negative = _pair_distances(jax.lax.stop_gradient(x).astype(jnp.float32), batch["label"])
-        return loss, {"train/positive_sq_dist": positive, "train/negative_sq_dist": negative}
+        def objective(params, vectors, batch):
+            (x,) = vectors
+            positive, negative = _pair_distances(jax.lax.stop_gradient(x).astype(jnp.float32), batch["label"])
+            return sharded(x, batch["label"]), {"train/positive_sq_dist": positive,
+                                                "train/negative_sq_dist": negative}
 
-    return loss_fn
+        return objective
 
-
-def make_loss_fn(model, config: ConfigDict, mesh):
-    """loss_fn(params, batch, rff) -> (loss, metrics): the towers, the compared vectors, and the mode's objective
-    over the global batch in shard_map.
-
-    mode "image_text": the model's objective; metrics "train/logit_scale", "train/i2t_top1", "train/t2i_top1", and
-    "train/logit_bias" for the sigmoid objective. "two_view": NT-Xent; "train/view_top1". "labelled": triplet or
-    margin contrastive loss; "train/positive_sq_dist" and "train/negative_sq_dist" (mean squared distances of the
-    same-label and different-label pairs)."""
-    if mode_settings(config).mode != "image_text":
-        return _image_only_loss_fn(model, config, mesh)
     similarity = config.model.similarity
-    objective = model.objective
-    sigmoid = objective == "sigmoid"
-    sharded_loss = jax.shard_map(partial(_loss_and_accuracy, objective), mesh=mesh,
+    sigmoid = model.objective == "sigmoid"
+    sharded_loss = jax.shard_map(partial(_loss_and_accuracy, model.objective), mesh=mesh,
                                  in_specs=(P(DATA_AXIS), P(DATA_AXIS), P()) + ((P(),) if sigmoid else ()),
                                  out_specs=(P(), P()))
 
-    def loss_fn(params, batch, rff):
-        image_cloud, text_cloud = model.apply({"params": params}, batch["image"], batch["tokens"])
-        x, y = embed(image_cloud, rff, config), embed(text_cloud, rff, config)
+    def objective(params, vectors, batch):
+        x, y = vectors
         scale = logit_scale_value(params, similarity)
         bias = (params["logit_bias"],) if sigmoid else ()
         loss, accuracy = sharded_loss(x, y, scale, *bias)
@@ -142,20 +160,98 @@ def make_loss_fn(model, config: ConfigDict, mesh):
             metrics["train/logit_bias"] = bias[0]
         return loss, metrics
 
+    return objective
+
+
+def make_loss_fn(model, config: ConfigDict, mesh):
+    """loss_fn(params, batch, rff) -> (loss, metrics): the towers, the compared vectors, and the mode's objective
+    over the global batch in shard_map; objective(params, encode(params, batch, rff), batch) of
+    `make_objective_fn` and `make_encode_fn`.
+
+    mode "image_text": the model's objective; metrics "train/logit_scale", "train/i2t_top1", "train/t2i_top1", and
+    "train/logit_bias" for the sigmoid objective. "two_view": NT-Xent; "train/view_top1". "labelled": triplet or
+    margin contrastive loss; "train/positive_sq_dist" and "train/negative_sq_dist" (mean squared distances of the
+    same-label and different-label pairs)."""
+    encode, objective = make_encode_fn(model, config), make_objective_fn(model, config, mesh)
+
+    def loss_fn(params, batch, rff):
+        return objective(params, encode(params, batch, rff), batch)
+
     return loss_fn
+
+
+def split_micro_batches(tree, k: int, mesh):
+    """Global arrays [B, ...] sharded over the data axis -> [k, B/k, ...], micro-batch j on axis 0 sharded over the
+    data axis on axis 1: every device's local rows [j m, (j + 1) m) (m = B / (k n), n devices), so each micro-batch
+    is spread evenly over the devices and nothing moves between them (a local reshape in shard_map)."""
+    def split(a):
+        return a.reshape(k, a.shape[0] // k, *a.shape[1:])
+    return jax.shard_map(lambda t: jax.tree.map(split, t), mesh=mesh, in_specs=P(DATA_AXIS),
+                         out_specs=P(None, DATA_AXIS))(tree)
+
+
+def join_micro_batches(tree, k: int, mesh):
+    """The inverse of `split_micro_batches`: [k, B/k, ...] -> [B, ...] in the batch's own row order."""
+    def join(a):
+        return a.reshape(k * a.shape[1], *a.shape[2:])
+    return jax.shard_map(lambda t: jax.tree.map(join, t), mesh=mesh, in_specs=P(None, DATA_AXIS),
+                         out_specs=P(DATA_AXIS))(tree)
+
+
+def make_grad_fn(model, config: ConfigDict, mesh):
+    """grad_fn(params, batch, rff) -> ((loss, metrics), grads): `make_loss_fn`'s loss over the whole global batch,
+    its metrics, and its gradient with respect to params.
+
+    With `optim.accum_steps` k > 1 the objective is still the whole batch's (every negative of the batch); only the
+    towers run on k micro-batches of B/k examples (`split_micro_batches`), one at a time, so that one micro-batch's
+    activations are alive at once (GradCache, Gao et al. 2021; open_clip's accum_freq):
+      1. encode each micro-batch (lax.map, no gradient: nothing is kept but the compared vectors);
+      2. the objective, and its gradient with respect to params (logit scale, bias) and to the vectors [B, F];
+      3. each micro-batch's towers again, with their VJP against its slice of the vectors' gradient (lax.scan),
+         summed into the parameter gradient.
+    The cost is one more forward pass of the towers. Loss and metrics are those of k = 1; the gradient equals
+    k = 1's up to float32 rounding (the batch sum is taken in k parts)."""
+    encode, objective = make_encode_fn(model, config), make_objective_fn(model, config, mesh)
+    k = config.optim.accum_steps
+    if k == 1:
+        return jax.value_and_grad(lambda p, b, r: objective(p, encode(p, b, r), b), has_aux=True)
+    inputs = ENCODED_INPUTS[mode_settings(config).mode]
+    rows, micro_rows = NamedSharding(mesh, P(DATA_AXIS)), NamedSharding(mesh, P(None, DATA_AXIS))
+
+    def grad_fn(params, batch, rff):
+        micro = split_micro_batches({name: batch[name] for name in inputs}, k, mesh)
+
+        def encode_micro(p, mb):  # one micro-batch [B/k, ...], spread over the devices like the batch
+            vectors = encode(p, jax.lax.with_sharding_constraint(mb, rows), rff)
+            return jax.lax.with_sharding_constraint(vectors, rows)
+
+        vectors = jax.lax.with_sharding_constraint(jax.lax.map(partial(encode_micro, params), micro), micro_rows)
+        (loss, metrics), (grads, vector_grads) = jax.value_and_grad(objective, argnums=(0, 1), has_aux=True)(
+            params, join_micro_batches(vectors, k, mesh), batch)
+
+        def backward(total, xs):
+            mb, cotangent = xs
+            _, vjp = jax.vjp(lambda p: encode_micro(p, mb), params)
+            return jax.tree.map(jnp.add, total, vjp(cotangent)[0]), None
+
+        grads, _ = jax.lax.scan(backward, grads, (micro, split_micro_batches(vector_grads, k, mesh)))
+        return (loss, metrics), grads
+
+    return grad_fn
 
 
 def make_train_step(model, config: ConfigDict, mesh, tx: optax.GradientTransformation):
     """Returns step(state, batch) -> (state, metrics); batch {"image" [B,H,W,3], "tokens" [B,L]} global arrays
-    (two_view: "image" and "image2"; labelled: "image" and "label" [B] int32)."""
+    (two_view: "image" and "image2"; labelled: "image" and "label" [B] int32). One RFF draw and one optimiser update
+    per step, whatever `optim.accum_steps` (which only splits the towers' work, `make_grad_fn`)."""
     similarity = config.model.similarity
     image_only = mode_settings(config).mode != "image_text"
     schedule = learning_rate_schedule(config)
-    loss_fn = make_loss_fn(model, config, mesh)
+    grad_fn = make_grad_fn(model, config, mesh)
 
     def step(state: TrainState, batch):
         rff = train_rff(jax.random.wrap_key_data(state.rng), state.step, config)
-        (loss, loss_metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rff)
+        (loss, loss_metrics), grads = grad_fn(state.params, batch, rff)
         grad_norm = optax.tree.norm(grads)
         ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & (state.bad_step < 0)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -168,7 +264,7 @@ def make_train_step(model, config: ConfigDict, mesh, tx: optax.GradientTransform
         new_state = state._replace(params=keep(params, state.params), opt_state=keep(opt_state, state.opt_state),
                                    step=state.step + 1, bad_step=bad_step)
         metrics = {"train/loss": loss, "train/grad_norm": grad_norm, **loss_metrics,
-                   "train/learning_rate": schedule(state.step // config.optim.accum_steps)}
+                   "train/learning_rate": schedule(state.step)}
         return new_state, metrics
 
     return step

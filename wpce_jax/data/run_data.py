@@ -60,8 +60,7 @@ def schedule(config: ConfigDict, num_examples: int) -> tuple[int, int]:
         raise ValueError(f"config field epochs: the training set's {num_examples} examples fill no batch of "
                          f"batch_size = {config.batch_size}")
     warmup = config.warmup_epochs
-    accum = config.optim.accum_steps  # whole optimiser updates
-    return max(round(epochs * steps_per_epoch) // accum, 1) * accum, round(warmup * steps_per_epoch)
+    return max(round(epochs * steps_per_epoch), 1), round(warmup * steps_per_epoch)
 
 
 def resolve(config: ConfigDict, workdir, is_main: bool = True) -> RunData:
