@@ -21,10 +21,10 @@ def peak_flops(device_kind: str) -> Optional[float]:
     return None
 
 
-def step_flops(compiled) -> Optional[float]:
-    """FLOPs of one call of a compiled (jax.jit(...).lower(...).compile()) computation per device, from XLA's cost
-    analysis; None when the backend reports none."""
-    analysis = compiled.cost_analysis()
+def step_flops(computation) -> Optional[float]:
+    """FLOPs of one call of a lowered (jax.jit(...).lower(...): the whole program) or compiled (.compile(): one
+    device's part) computation, from XLA's cost analysis; None when the backend reports none."""
+    analysis = computation.cost_analysis()
     if isinstance(analysis, (list, tuple)):  # older JAX: one dict per partition
         analysis = analysis[0] if analysis else None
     flops = (analysis or {}).get("flops")

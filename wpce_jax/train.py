@@ -222,13 +222,24 @@ def _global_batches(local_batches: Iterator[dict], mode: str, mesh) -> Iterator[
 
 def _compile(model, config, mesh, tx, state, batch):
     """The train step compiled for the real batch's shapes (compile time stays out of the first step's rate), and
-    its FLOPs per device."""
-    step = jax.jit(make_train_step(model, config, mesh, tx), donate_argnums=0,
-                   out_shardings=(replicated(mesh), replicated(mesh)))
+    the model FLOPs of one step per device: those of the unsplit step, since accumulation's second forward pass is
+    recomputation, not model work (and XLA's cost analysis counts a loop body once)."""
+    def lower(config):
+        step = jax.jit(make_train_step(model, config, mesh, tx), donate_argnums=0,
+                       out_shardings=(replicated(mesh), replicated(mesh)))
+        return step.lower(state, batch)
+
     started = time.perf_counter()
-    compiled = step.lower(state, batch).compile()
+    lowered = lower(config)
+    compiled = lowered.compile()
     _say(f"compiled the train step in {time.perf_counter() - started:.1f}s")
-    return compiled, mfu.step_flops(compiled)
+    if config.optim.accum_steps > 1:
+        unsplit = config.copy_and_resolve_references()
+        with unsplit.unlocked():
+            unsplit.optim.accum_steps = 1
+        lowered = lower(unsplit)
+    flops = mfu.step_flops(lowered)  # the whole (unpartitioned) program
+    return compiled, flops / jax.device_count() if flops else None
 
 
 def _check_finite(run: _Run) -> None:
