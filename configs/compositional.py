@@ -17,7 +17,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import base  # noqa: E402
+from digits import get_config as digits_config  # noqa: E402
 
 ARGS = ("wpce", "clip", "clip_wide")
 
@@ -25,37 +25,17 @@ ARGS = ("wpce", "clip", "clip_wide")
 def get_config(arg: str = "wpce"):
     if arg not in ARGS:
         raise ValueError(f"configs/compositional.py takes one of {[':' + a for a in ARGS]}, got {arg!r}")
-    c = base()
+    c = digits_config("wpce" if arg == "wpce" else "clip")  # the digits towers, batch and optimiser
     c.total_steps = 1000
-    c.batch_size = 128
     c.log_every_steps = 50
     c.eval_every_steps = 100000       # evaluated by the experiment from the final checkpoint
     c.checkpoint_every_steps = 100000  # (a checkpoint is always written at the last step)
+    for task in ("zeroshot", "linear_probe", "retrieval", "image_retrieval"):
+        c.eval[task] = ""
     c.data.kind = "arrayrecord"
     c.data.tokenizer = "sentencepiece"
-    c.data.image_size = 32            # two 8x8 scans, each upscaled to 16 wide x 32 high, side by side
     c.data.crop_scale = (0.85, 1.0)   # milder than digits: a strong crop would cut off part of a side digit
-    c.model.embed_dim = 64
-    c.model.image.variant = "custom"
-    c.model.image.patch_size = 8      # 16 patches (8 per digit) + class token = 17 points per image
-    c.model.image.width = 128
-    c.model.image.depth = 3
-    c.model.image.heads = 4
-    c.model.image.mlp_dim = 256
-    c.model.text.width = 128
-    c.model.text.depth = 2
-    c.model.text.heads = 4
-    c.model.text.mlp_dim = 256
     c.model.text.context_length = 16  # the longest caption: 9 words, 11 tokens with start and end
-    c.wpce.num_features = 256
-    c.optim.lr = 1e-3
-    c.optim.warmup_steps = 50
-    c.optim.weight_decay = 0.1
-    c.eval.batch_size = 128
-    if arg == "wpce":
-        c.model.similarity = "wpce"
-    else:
-        c.model.similarity = "clip"
-        if arg == "clip_wide":
-            c.model.embed_dim = 64 + c.wpce.num_features
+    if arg == "clip_wide":
+        c.model.embed_dim += c.wpce.num_features  # equal similarity width: compared vectors as wide as WPCE's
     return c
