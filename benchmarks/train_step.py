@@ -1,24 +1,56 @@
-"""Time of one training step, WPCE against the CLIP baseline, side by side in one run.
+"""Time of one training step, WPCE against the CLIP baseline, and accumulation 4 against 1, side by side in one run.
 
-    python benchmarks/train_step.py [--config=configs/digits.py] [--steps 50]
+    python benchmarks/train_step.py [--preset=digits|small|ti16|b16] [--steps 20]
+    python benchmarks/train_step.py --config=configs/digits.py          # any config's own towers and batch
 
-Both use the config's towers and batch; they differ only in the similarity (point clouds + RFF feature maps vs one
-point per input). Prints seconds per step and the WPCE / CLIP ratio.
+Presets (random inputs of the right shapes; the vocabulary is CLIP's 49,408 ids except for digits):
+    digits  configs/digits.py as it is
+    small   ViT width 192, depth 4, patch 8 on 64 px, batch 64, the digits text tower (a CPU-sized step)
+    ti16    ViT-Ti/16 on 224 px, text tower width 256, depth 4, batch 32
+    b16     configs/vitb16_cc12m.py (ViT-B/16, 12-block text, bfloat16): batch 512 per device on accelerators,
+            8 per device on CPU
+Prints, per setting, the compile time, seconds per step and, on TPUs and NVIDIA GPUs, the MFU (wpce_jax/mfu.py).
 """
 import argparse
+import os
 import runpy
 import time
 
 import jax
 import numpy as np
 
+from wpce_jax import mfu
 from wpce_jax.models.towers import make_model
 from wpce_jax.optimizer import make_optimizer
 from wpce_jax.parallel import global_batch, make_mesh, replicated
 from wpce_jax.train_step import initial_state, make_train_step
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-def seconds_per_step(config, steps: int) -> float:
+
+def preset_config(name: str, similarity: str):
+    """The preset's config for "wpce" or "clip"."""
+    path = "vitb16_cc12m.py" if name == "b16" else "digits.py"
+    c = runpy.run_path(os.path.join(ROOT, "configs", path))["get_config"](similarity)
+    vocab = 128 if name == "digits" else 49408
+    c.model.text.vocab_size, c.model.text.eot_id = vocab, vocab - 1
+    c.total_steps = 1000
+    if name == "small":
+        c.data.image_size, c.batch_size = 64, 64
+        c.model.image.update(dict(patch_size=8, width=192, depth=4, heads=3, mlp_dim=768))
+    elif name == "ti16":
+        c.data.image_size, c.batch_size = 224, 32
+        c.model.image.update(dict(variant="Ti/16", patch_size=None, width=None, depth=None, heads=None,
+                                  mlp_dim=None))
+        c.model.text.update(dict(width=256, depth=4, heads=4, mlp_dim=1024))
+    elif name == "b16":
+        per_device = 8 if jax.devices()[0].platform == "cpu" else 512
+        c.batch_size = per_device * jax.device_count()
+    return c
+
+
+def measure(config, steps: int) -> dict:
+    """Compile seconds, seconds per step and MFU (None off accelerators) of the config's train step."""
     mesh = make_mesh()
     model, tx = make_model(config), make_optimizer(config)
     state = jax.device_put(initial_state(model, tx, config, jax.random.key(0)), replicated(mesh))
@@ -28,30 +60,50 @@ def seconds_per_step(config, steps: int) -> float:
                           "tokens": rng.integers(0, config.model.text.vocab_size - 1,
                                                  (config.batch_size, length)).astype(np.int32)}, mesh)
     step = jax.jit(make_train_step(model, config, mesh, tx), donate_argnums=0, out_shardings=replicated(mesh))
-    for _ in range(3):  # compile and warm up
-        state, metrics = step(state, batch)
+    started = time.perf_counter()
+    lowered = step.lower(state, batch)
+    compiled = lowered.compile()
+    compile_s = time.perf_counter() - started
+    for _ in range(2):  # warm up
+        state, metrics = compiled(state, batch)
     jax.block_until_ready(metrics)
-    start = time.perf_counter()
+    started = time.perf_counter()
     for _ in range(steps):
-        state, metrics = step(state, batch)
+        state, metrics = compiled(state, batch)
     jax.block_until_ready(metrics)
-    return (time.perf_counter() - start) / steps
+    seconds = (time.perf_counter() - started) / steps
+    flops = mfu.step_flops(lowered)
+    utilisation = mfu.mfu(flops / jax.device_count() if flops else None, seconds, jax.devices()[0].device_kind)
+    return {"compile_s": compile_s, "step_s": seconds, "mfu": utilisation}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="configs/digits.py")
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--vocab_size", type=int, default=128, help="stands in for the tokenizer's vocabulary")
+    parser.add_argument("--preset", choices=("digits", "small", "ti16", "b16"), default="digits")
+    parser.add_argument("--config", help="a config file instead of a preset (its own towers and batch)")
+    parser.add_argument("--steps", type=int, default=20)
     args = parser.parse_args()
-    times = {}
-    for mode in ("wpce", "clip"):
-        config = runpy.run_path(args.config)["get_config"](mode)
-        config.model.text.vocab_size, config.model.text.eot_id = args.vocab_size, args.vocab_size - 1
-        times[mode] = seconds_per_step(config, args.steps)
-    print(f"{args.config}, batch {config.batch_size}, {jax.device_count()} x {jax.devices()[0].device_kind}")
-    print(f"{'WPCE s/step':>12} {'CLIP s/step':>12} {'WPCE / CLIP':>12}")
-    print(f"{times['wpce']:>12.4f} {times['clip']:>12.4f} {times['wpce'] / times['clip']:>12.2f}")
+
+    def config_for(similarity, accum=1):
+        if args.config:
+            c = runpy.run_path(args.config)["get_config"](similarity)
+            c.model.text.vocab_size, c.model.text.eot_id = 128, 127
+        else:
+            c = preset_config(args.preset, similarity)
+        c.optim.accum_steps = accum
+        return c
+
+    rows = [("WPCE", config_for("wpce")), ("CLIP", config_for("clip")), ("WPCE, accum 4", config_for("wpce", 4))]
+    first = rows[0][1]
+    print(f"{args.config or args.preset}: batch {first.batch_size}, image {first.data.image_size} px, "
+          f"{jax.device_count()} x {jax.devices()[0].device_kind}")
+    print(f"{'':>14} {'compile s':>10} {'s/step':>10} {'vs WPCE':>8} {'MFU':>6}")
+    base = None
+    for name, config in rows:
+        r = measure(config, args.steps)
+        base = base or r["step_s"]
+        mfu_text = f"{100 * r['mfu']:5.1f}%" if r["mfu"] is not None else "   n/a"
+        print(f"{name:>14} {r['compile_s']:>10.1f} {r['step_s']:>10.4f} {r['step_s'] / base:>8.2f} {mfu_text:>6}")
 
 
 if __name__ == "__main__":
