@@ -32,6 +32,14 @@ def test_fields_the_checkpoint_lacks_are_allowed(cache_dir):
     assert fatal == [] and allowed == ["objective: '(absent)' -> 'infonce'"]
 
 
+def test_values_of_older_configs_that_mean_the_same_are_equal(cache_dir):
+    saved = config_to_json(tiny_config(cache_dir))
+    saved["model"]["remat"] = False  # written before remat policies
+    assert run_record.compare(saved, tiny_config(cache_dir)) == ([], [])
+    saved["model"]["remat"] = True
+    assert run_record.compare(saved, tiny_config(cache_dir))[0] == ["model.remat: 'full' -> 'none'"]
+
+
 def test_check_resume_lists_every_fatal_field(cache_dir):
     saved = config_to_json(tiny_config(cache_dir))
     with pytest.raises(run_record.ConfigChangedError, match=r"step-20 checkpoint(.|\n)*model.embed_dim: 16 -> 32"

@@ -42,6 +42,14 @@ def flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
+# Values older configs wrote that mean what a current value means.
+_ALIASES = {"model.remat": {False: "none", True: "full"}}
+
+
+def _normalised(field: str, value):
+    return _ALIASES.get(field, {}).get(value, value) if isinstance(value, bool) else value
+
+
 def _may_change(field: str) -> bool:
     return any(field == m or (m.endswith(".") and field.startswith(m)) for m in MAY_CHANGE)
 
@@ -50,6 +58,7 @@ def compare(saved: dict, current: ConfigDict) -> tuple[list[str], list[str]]:
     """(fields that may not change but did, fields that may change and did), each as "field: old -> new" lines.
     A field the checkpoint's config lacks (added to the code since) counts as allowed."""
     old, new = flatten(saved), flatten(config_to_json(current))
+    old = {field: _normalised(field, value) for field, value in old.items()}
     fatal, allowed = [], []
     for field in sorted(set(old) | set(new)):
         if field in old and field in new and old[field] == new[field]:
