@@ -195,7 +195,7 @@ def test_preemption_at_an_evaluation_step_saves_without_evaluating(cache_dir, tm
     evaluated = []
     real_call = train.Evaluator.__call__
     monkeypatch.setattr(train.Evaluator, "__call__", lambda self, *a: evaluated.append(1) or real_call(self, *a))
-    monkeypatch.setattr(train._StopSignals, "reached", lambda self, step: step == 10)
+    monkeypatch.setattr(train.StopSignals, "reached", lambda self, step: step == 10)
     config = tiny_config(cache_dir, eval_every_steps=10, checkpoint_every_steps=100)
     assert train.train_and_evaluate(config, str(tmp_path)) == {}
     assert evaluated == [] and sorted(os.listdir(tmp_path / "checkpoints")) == ["10"]

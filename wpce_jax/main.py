@@ -9,7 +9,6 @@ The console shows the project's own lines; libraries' INFO logs (Orbax, absl, gr
 (and DEBUG with --verbosity=1, which also shows the traceback behind an error message).
 """
 import os
-import signal
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -50,15 +49,14 @@ def main(argv):
     config = load_config()
     if config is None:
         fail("--config is required, e.g. --config=configs/digits.py")
-    from wpce_jax.train import train_and_evaluate
+    from wpce_jax.train import StopSignals, train_and_evaluate
 
+    # Entered for the rest of the process: after a stop, a late second Ctrl-C or SIGTERM must not kill the exit.
+    stop = StopSignals().__enter__()
     try:
-        results = train_and_evaluate(config, FLAGS.workdir)
+        results = train_and_evaluate(config, FLAGS.workdir, stop_signals=stop)
     except user_errors() as e:
         fail(str(e))
-    # Everything is saved; a late second Ctrl-C or SIGTERM must not turn the clean exit into a kill.
-    for s in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(s, signal.SIG_IGN)
     if jax.process_index() == 0 and results:
         print("final: " + "  ".join(f"{k} {v:.4f}" for k, v in sorted(results.items())), flush=True)
 

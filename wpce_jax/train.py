@@ -10,6 +10,7 @@ computation (run_record.py). A checkpoint that does not restore is moved aside a
 SIGTERM (preemption) or SIGINT (Ctrl-C) finishes the current step, writes a checkpoint (before any evaluation that
 was due), waits for it to be complete, says so and returns; signals that arrive meanwhile are ignored.
 """
+import contextlib
 import dataclasses
 import itertools
 import os
@@ -49,14 +50,15 @@ def _say(text: str) -> None:
         print(text, flush=True)
 
 
-class _StopSignals:
+class StopSignals:
     """When to stop for SIGTERM (preemption) or SIGINT (Ctrl-C), agreed by every process.
 
     One process: the handler sets a flag that the loop reads after each step (a handler must not do work). Several:
     each host may get the notice at a different step, and a host that saves while another steps would deadlock their
     collectives; JAX's preemption sync manager (it catches SIGTERM itself) picks one step for all, so SIGINT is turned
     into a SIGTERM to this process. The handlers stay until the final checkpoint is complete, so a second signal
-    cannot kill the save.
+    cannot kill the save; the command line enters them for the whole process (`main.py`), so that a late signal
+    cannot kill its exit either.
     """
 
     def __init__(self):
@@ -110,7 +112,7 @@ class _Run:
     checkpointer: Checkpointer
     writer: MetricWriter
     lock: WorkdirLock
-    stop: _StopSignals
+    stop: StopSignals
     start: int                  # the step restored from (0 for a new run)
 
 
@@ -156,14 +158,17 @@ def _skip(checkpointer: Checkpointer, step: int, error: Exception) -> None:
          f"moved to {target}")
 
 
-def train_and_evaluate(config: ConfigDict, workdir) -> dict[str, float]:
+def train_and_evaluate(config: ConfigDict, workdir, stop_signals: "StopSignals | None" = None) -> dict[str, float]:
     """Trains per `config` in `workdir` (local or gs://; resuming from its latest checkpoint). Returns the last
-    evaluation."""
+    evaluation. stop_signals: an entered StopSignals that outlives the call (the command line's); by default the
+    call installs its own and restores the previous handlers when it returns."""
     validate(config)
     platform.check_accelerator(config.get("require_accelerator", False))
     workdir = _workdir(workdir)
     is_main = jax.process_index() == 0
-    with _StopSignals() as stop, WorkdirLock(workdir, enabled=is_main, log=_say) as lock:
+    with contextlib.ExitStack() as scope:
+        stop = stop_signals or scope.enter_context(StopSignals())
+        lock = scope.enter_context(WorkdirLock(workdir, enabled=is_main, log=_say))
         _say(platform.describe())
         data = run_data.resolve(config, workdir, is_main)
         config = data.config
