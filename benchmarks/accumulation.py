@@ -10,42 +10,14 @@ step's loss (the same for every k: one RFF draw per step, the whole batch's nega
 XLA_FLAGS=--xla_force_host_platform_device_count=N to split a CPU into N devices.
 """
 import argparse
+import os
 import runpy
-import time
+import sys
 
 import jax
-import numpy as np
 
-from wpce_jax.models.towers import make_model
-from wpce_jax.optimizer import make_optimizer
-from wpce_jax.parallel import global_batch, make_mesh, replicated
-from wpce_jax.train_step import initial_state, make_train_step
-
-
-def measure(config, steps: int):
-    """(seconds per step, temporary bytes per device or None, first step's loss)."""
-    mesh = make_mesh()
-    model, tx = make_model(config), make_optimizer(config)
-    state = jax.device_put(initial_state(model, tx, config, jax.random.key(0)), replicated(mesh))
-    rng = np.random.default_rng(0)
-    size, length = config.data.image_size, config.model.text.context_length
-    batch = global_batch({"image": rng.normal(size=(config.batch_size, size, size, 3)).astype(np.float32),
-                          "tokens": rng.integers(0, config.model.text.vocab_size - 1,
-                                                 (config.batch_size, length)).astype(np.int32)}, mesh)
-    step = jax.jit(make_train_step(model, config, mesh, tx), donate_argnums=0, out_shardings=replicated(mesh))
-    compiled = step.lower(state, batch).compile()
-    analysis = compiled.memory_analysis()
-    temp = None if analysis is None else analysis.temp_size_in_bytes
-    state, metrics = compiled(state, batch)
-    loss = float(metrics["train/loss"])
-    for _ in range(2):  # warm up
-        state, metrics = compiled(state, batch)
-    jax.block_until_ready(metrics)
-    start = time.perf_counter()
-    for _ in range(steps):
-        state, metrics = compiled(state, batch)
-    jax.block_until_ready(metrics)
-    return (time.perf_counter() - start) / steps, temp, loss
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from train_step import measure  # noqa: E402  (benchmarks/train_step.py)
 
 
 def main():
@@ -63,7 +35,8 @@ def main():
         config.batch_size = args.batch_size
         config.optim.accum_steps = k
         config.model.text.vocab_size, config.model.text.eot_id = args.vocab_size, args.vocab_size - 1
-        rows.append((k, *measure(config, args.steps)))
+        r = measure(config, args.steps)
+        rows.append((k, r["step_s"], r["temp_bytes"], r["loss"]))
     devices = jax.device_count()
     print(f"{args.config}:{args.arg}, global batch {args.batch_size}, {devices} x {jax.devices()[0].device_kind}")
     print(f"{'accum':>6} {'rows/device':>12} {'s/step':>9} {'vs 1':>6} {'temp MiB':>9} {'vs 1':>6} {'loss':>10}")

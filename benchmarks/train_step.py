@@ -50,7 +50,8 @@ def preset_config(name: str, similarity: str):
 
 
 def measure(config, steps: int) -> dict:
-    """Compile seconds, seconds per step and MFU (None off accelerators) of the config's train step."""
+    """The config's train step on random inputs: compile seconds, seconds per step, MFU (None off accelerators),
+    the compiled step's temporary bytes per device (None when XLA reports none) and the first step's loss."""
     mesh = make_mesh()
     model, tx = make_model(config), make_optimizer(config)
     state = jax.device_put(initial_state(model, tx, config, jax.random.key(0)), replicated(mesh))
@@ -64,6 +65,9 @@ def measure(config, steps: int) -> dict:
     lowered = step.lower(state, batch)
     compiled = lowered.compile()
     compile_s = time.perf_counter() - started
+    analysis = compiled.memory_analysis()
+    state, metrics = compiled(state, batch)
+    loss = float(metrics["train/loss"])
     for _ in range(2):  # warm up
         state, metrics = compiled(state, batch)
     jax.block_until_ready(metrics)
@@ -74,7 +78,8 @@ def measure(config, steps: int) -> dict:
     seconds = (time.perf_counter() - started) / steps
     flops = mfu.step_flops(lowered)
     utilisation = mfu.mfu(flops / jax.device_count() if flops else None, seconds, jax.devices()[0].device_kind)
-    return {"compile_s": compile_s, "step_s": seconds, "mfu": utilisation}
+    return {"compile_s": compile_s, "step_s": seconds, "mfu": utilisation, "loss": loss,
+            "temp_bytes": None if analysis is None else analysis.temp_size_in_bytes}
 
 
 def main():
