@@ -80,6 +80,10 @@ def base() -> ml_collections.ConfigDict:
     c.optim.accum_steps = 1           # k micro-batches per step, to save memory: the towers run on batch_size / k at
                                       # a time; the loss is still over all of batch_size (GradCache); 1 update a step
 
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.fsdp = 1                   # devices that split the parameters and optimiser state (FSDP); must divide
+                                      # the device count; the batch is always split over every device
+
     c.eval = ml_collections.ConfigDict()
     c.eval.batch_size = 256           # global evaluation batch
     # Datasets per evaluation: comma-separated specs, NAME (registry) or NAME=KIND:LOCATION with KIND tfds,

@@ -174,6 +174,7 @@ def test_one_step_on_8_devices_equals_1_device(cache_dir, tmp_path):
     ({"wpce.a_lin": 0.0, "wpce.a_rff": 0.0}, "wpce.a_lin and wpce.a_rff are both 0"),
     ({"profile_steps": (5, 2)}, "profile_steps must be"),
     ({"epochs": 2.0}, "warmup_epochs is required"),
+    ({"mesh.fsdp": 3}, "mesh.fsdp = 3 must be a positive divisor of the number of devices"),
 ])
 def test_bad_configs_fail_before_compute(cache_dir, tmp_path, overrides, match):
     with pytest.raises((ValueError, FileNotFoundError), match=match):

@@ -94,9 +94,12 @@ class Checkpointer:
         self.manager.close()
 
 
-def abstract_like(tree, sharding) -> Any:
-    """ShapeDtypeStructs of `tree` placed with `sharding`: the restore target."""
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+def abstract_like(tree, shardings) -> Any:
+    """ShapeDtypeStructs of `tree` placed with `shardings` (one Sharding for all, or a tree of them like `tree`):
+    the restore target. Orbax reads each array straight into that placement, whatever the saving run's was."""
+    if isinstance(shardings, jax.sharding.Sharding):
+        shardings = jax.tree.map(lambda _: shardings, tree)
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
 class LoadedModel:

@@ -114,6 +114,10 @@ def validate_config(config: ConfigDict) -> None:
     for path, size in (("batch_size", config.batch_size), ("eval.batch_size", config.eval.batch_size)):
         if size % devices:
             raise ValueError(f"config field {path} = {size} must be divisible by the number of devices ({devices})")
+    fsdp = _get(config, "mesh.fsdp", 1)
+    if isinstance(fsdp, bool) or not isinstance(fsdp, int) or fsdp < 1 or devices % fsdp:
+        raise ValueError(f"config field mesh.fsdp = {fsdp!r} must be a positive divisor of the number of devices "
+                         f"({devices})")
     accum = config.optim.accum_steps  # micro-batches of the global batch, each spread over every device
     if accum > 1 and config.batch_size % (accum * devices):
         raise ValueError(f"config fields batch_size = {config.batch_size} and optim.accum_steps = {accum}: "

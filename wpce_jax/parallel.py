@@ -1,7 +1,13 @@
 """The device mesh, its shardings, and process-local batches turned into global arrays.
 
-Training is data parallel over one mesh axis, "data", spanning every device of every process. Each process feeds
-its own slice of the global batch; `global_batch` stitches the slices into one jax.Array sharded over the axis.
+The mesh has two axes, "data" x "fsdp" (`config.mesh.fsdp` devices on "fsdp"), and the batch is split over both,
+that is over every device of every process (`DATA_AXIS` names the pair). Each process feeds its own slice of the
+global batch; `global_batch` stitches the slices into one jax.Array sharded over the batch axes.
+
+Parameters and optimiser state are split over "fsdp" (`state_shardings`; fully sharded data parallel, ZeRO-3):
+each array along its largest dimension that "fsdp" divides, everything else replicated. Under jit, XLA gathers a
+layer's weights where the towers use them and reduce-scatters their gradients, so with fsdp = f each device holds
+1/f of the parameters and of Adam's moments. fsdp = 1 (the default) is plain data parallelism.
 """
 from typing import Any
 
@@ -9,19 +15,48 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-DATA_AXIS = "data"
+FSDP_AXIS = "fsdp"
+DATA_AXIS = ("data", FSDP_AXIS)  # the mesh axes the batch is split over (all of them); shard_map's axis_name
+SCANNED = "blocks"  # parameters under this name are stacked on a leading layer axis (nn.scan), never split
 
 
-def make_mesh(devices=None) -> Mesh:
-    """A 1-D mesh over `devices` (default: all). Auto axis types: jit propagates the batch sharding through the
-    towers."""
+def make_mesh(devices=None, fsdp: int = 1) -> Mesh:
+    """A ("data", "fsdp") mesh of shape (n / fsdp, fsdp) over `devices` (default: all). Auto axis types: jit
+    propagates the batch and parameter shardings through the towers."""
     devices = jax.devices() if devices is None else list(devices)
-    return jax.make_mesh((len(devices),), (DATA_AXIS,), axis_types=(AxisType.Auto,), devices=devices)
+    if fsdp < 1 or len(devices) % fsdp:
+        raise ValueError(f"config.mesh.fsdp = {fsdp} must be a divisor of the number of devices ({len(devices)})")
+    return jax.make_mesh((len(devices) // fsdp, fsdp), ("data", FSDP_AXIS), axis_types=(AxisType.Auto,) * 2,
+                         devices=devices)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Leading (batch) axis split over "data", the rest whole."""
+    """Leading (batch) axis split over every device, the rest whole."""
     return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def fsdp_spec(path, shape: tuple[int, ...], fsdp: int) -> P:
+    """The PartitionSpec of one parameter (or optimiser moment) of `shape` at tree `path`: its largest dimension
+    that `fsdp` divides (the last of equals) split over "fsdp", except the layer axis of scanned blocks, which the
+    scan slices; replicated when no dimension divides, and for scalars."""
+    if fsdp == 1:
+        return P()
+    scanned = any(getattr(k, "key", None) == SCANNED for k in path)
+    axes = [a for a in range(scanned, len(shape)) if shape[a] % fsdp == 0]
+    if not axes:
+        return P()
+    axis = max(axes, key=lambda a: (shape[a], a))
+    return P(*(FSDP_AXIS if a == axis else None for a in range(len(shape))))
+
+
+def state_shardings(state, mesh: Mesh) -> Any:
+    """NamedShardings for a TrainState (arrays or ShapeDtypeStructs): params and opt_state per `fsdp_spec`, the
+    rest (step, keys, evaluation RFF draw) replicated."""
+    fsdp = mesh.shape[FSDP_AXIS]
+    split = lambda tree: jax.tree_util.tree_map_with_path(  # noqa: E731
+        lambda path, x: NamedSharding(mesh, fsdp_spec(path, x.shape, fsdp)), tree)
+    rest = jax.tree.map(lambda _: replicated(mesh), state._replace(params=None, opt_state=None))
+    return rest._replace(params=split(state.params), opt_state=split(state.opt_state))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

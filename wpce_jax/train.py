@@ -24,7 +24,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 from ml_collections import ConfigDict
 
-from wpce_jax import mfu, platform, rng, run_record
+from wpce_jax import config_fields, mfu, platform, rng, run_record
 from wpce_jax.checkpoint import Checkpointer, IncompatibleCheckpointError, abstract_like
 from wpce_jax.config_validation import mode_settings, validate
 from wpce_jax.data import run_data
@@ -35,7 +35,7 @@ from wpce_jax.metric_writer import MetricWriter, write_eval_json
 from wpce_jax.models.towers import make_model
 from wpce_jax.optimizer import make_optimizer
 from wpce_jax.paths import is_remote, resolved
-from wpce_jax.parallel import global_batch, make_mesh, per_process_batch, replicated, to_host
+from wpce_jax.parallel import global_batch, make_mesh, per_process_batch, replicated, state_shardings, to_host
 from wpce_jax.progress import Progress
 from wpce_jax.train_step import TrainState, initial_state, make_train_step
 from wpce_jax.workdir_lock import WorkdirLock
@@ -175,18 +175,18 @@ def train_and_evaluate(config: ConfigDict, workdir, stop_signals: "StopSignals |
         if config.get("epochs") is not None:
             _say(f"{config.epochs:g} epochs of {data.num_examples:,} examples at batch {config.batch_size:,}: "
                  f"{config.total_steps:,} steps, {config.optim.warmup_steps:,} of warm-up")
-        mesh = make_mesh()
+        mesh = make_mesh(fsdp=config_fields.get(config, "mesh.fsdp", 1))
         model, tx = make_model(config), make_optimizer(config)
         init = lambda: initial_state(model, tx, config, rng.root_key(config.seed))  # noqa: E731
+        shardings = state_shardings(jax.eval_shape(init), mesh)
         checkpointer = Checkpointer(workdir, config.keep_checkpoints, config.async_checkpoints)
         writer = MetricWriter(workdir, enabled=is_main)
         try:
-            start, state, examples = _restore(checkpointer, config, abstract_like(jax.eval_shape(init),
-                                                                                  replicated(mesh)))
+            start, state, examples = _restore(checkpointer, config, abstract_like(jax.eval_shape(init), shardings))
             if start:
                 _say(f"resumed from the step-{start} checkpoint in {workdir}")
             else:
-                state = jax.jit(init, out_shardings=replicated(mesh))()
+                state = jax.jit(init, out_shardings=shardings)()
             if is_main:
                 run_record.write(workdir, config, platform.describe())
             writer.truncate_after(start)  # lines a killed run wrote after its last checkpoint (or before its first)
@@ -231,7 +231,7 @@ def _compile(model, config, mesh, tx, state, batch):
     recomputation, not model work (and XLA's cost analysis counts a loop body once)."""
     def lower(config):
         step = jax.jit(make_train_step(model, config, mesh, tx), donate_argnums=0,
-                       out_shardings=(replicated(mesh), replicated(mesh)))
+                       out_shardings=(state_shardings(state, mesh), replicated(mesh)))
         return step.lower(state, batch)
 
     started = time.perf_counter()

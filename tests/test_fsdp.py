@@ -1,0 +1,124 @@
+"""FSDP (`mesh.fsdp`): the sharding rule, training steps equal to replicated ones on 8 devices, checkpoints that
+restore under another split, and a run resumed with another split."""
+import os
+import shutil
+from functools import partial
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from wpce_jax import checkpoint
+from wpce_jax.checkpoint import Checkpointer, abstract_like
+from wpce_jax.data import run_data
+from wpce_jax.models.towers import make_model
+from wpce_jax.optimizer import make_optimizer
+from wpce_jax.parallel import FSDP_AXIS, fsdp_spec, global_batch, make_mesh, state_shardings
+from wpce_jax.train_step import initial_state, make_train_step
+from runs import final_params, losses, run_cli, tiny_config
+
+K = jax.tree_util.DictKey
+
+
+def test_fsdp_spec_splits_the_largest_divisible_axis_and_never_a_scanned_layer_axis():
+    assert fsdp_spec((K("dense"), K("kernel")), (64, 256), 8) == P(None, FSDP_AXIS)
+    assert fsdp_spec((K("dense"), K("kernel")), (256, 64), 8) == P(FSDP_AXIS, None)
+    assert fsdp_spec((K("dense"), K("kernel")), (64, 64), 8) == P(None, FSDP_AXIS)     # equals: the last
+    assert fsdp_spec((K("dense"), K("kernel")), (64, 36), 8) == P(FSDP_AXIS, None)     # 36 not divisible
+    assert fsdp_spec((K("ln"), K("scale")), (36,), 8) == P()                          # nothing divisible
+    assert fsdp_spec((K("logit_scale"),), (), 8) == P()
+    assert fsdp_spec((K("blocks"), K("kernel")), (64, 32, 16), 8) == P(None, FSDP_AXIS, None)
+    assert fsdp_spec((K("blocks"), K("bias")), (64, 36), 8) == P()                    # the layer axis stays whole
+    assert fsdp_spec((K("dense"), K("kernel")), (64, 256), 1) == P()
+
+
+def _setup(cache_dir, tmp_path, **overrides):
+    data = run_data.resolve(tiny_config(cache_dir, **{"model.scan_blocks": True, **overrides}), str(tmp_path))
+    config = data.config
+    model, tx = make_model(config), make_optimizer(config)
+    rng = np.random.default_rng(0)
+    batches = [{"image": rng.normal(size=(32, 32, 32, 3)).astype(np.float32),
+                "tokens": data.tokenizer([f"a handwritten {w}" for w in rng.choice(["one", "two", "seven"], 32)])}
+               for _ in range(3)]
+    return config, model, tx, batches
+
+
+@pytest.mark.parametrize("accum", [1, 2])
+def test_fsdp_steps_equal_replicated_steps(cache_dir, tmp_path, accum):
+    assert jax.device_count() == 8
+    config, model, tx, batches = _setup(cache_dir, tmp_path, **{"optim.accum_steps": accum})
+    state0 = initial_state(model, tx, config, jax.random.key(3))
+    results = {}
+    for fsdp in (1, 2, 8):
+        mesh = make_mesh(fsdp=fsdp)
+        shardings = state_shardings(state0, mesh)
+        state = jax.device_put(state0, shardings)
+        step = jax.jit(make_train_step(model, config, mesh, tx), out_shardings=(shardings, None))
+        step_losses = []
+        for batch in batches:
+            state, metrics = step(state, global_batch(batch, mesh))
+            step_losses.append(float(metrics["train/loss"]))
+        if fsdp == 8:  # the parameters and Adam's moments really are split: each device holds 1/8 of a kernel
+            big = max(jax.tree.leaves(state.params), key=lambda a: a.size)
+            assert big.addressable_shards[0].data.size == big.size // 8, big.sharding
+            assert max(jax.tree.leaves(state.opt_state), key=lambda a: a.size).addressable_shards[0].data.size \
+                == big.size // 8
+        results[fsdp] = (step_losses, jax.tree.map(np.asarray, state.params))
+    losses1, params1 = results[1]
+    for fsdp in (2, 8):
+        got_losses, got_params = results[fsdp]
+        np.testing.assert_allclose(got_losses, losses1, rtol=1e-5)
+        jax.tree.map_with_path(partial(_assert_params_close, tol=1e-5, noise=1e-4), got_params, params1)
+
+
+def _assert_params_close(path, got, want, tol, noise):
+    """Within `tol`, except the attention key biases: softmax ignores a shift of the keys, so their exact gradient
+    is zero and AdamW (which divides by the gradient's own size) moves them by rounding-noise-signed steps of the
+    learning rate, whatever the reduction order; they are only checked to stay below `noise`."""
+    name = jax.tree_util.keystr(path)
+    if "key" in name and name.endswith("['bias']"):
+        assert np.abs(got).max() < noise and np.abs(want).max() < noise, name
+    else:
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol, err_msg=name)
+
+
+def test_checkpoint_saved_split_restores_under_another_split(cache_dir, tmp_path):
+    config, model, tx, batches = _setup(cache_dir, tmp_path)
+    state = initial_state(model, tx, config, jax.random.key(5))
+    mesh2 = make_mesh(fsdp=2)
+    step = jax.jit(make_train_step(model, config, mesh2, tx), out_shardings=(state_shardings(state, mesh2), None))
+    state, _ = step(jax.device_put(state, state_shardings(state, mesh2)), global_batch(batches[0], mesh2))
+    saver = Checkpointer(tmp_path / "run", max_to_keep=1, async_save=False)
+    saver.save(1, state, 32, config)
+    saver.close()
+    want = jax.tree.map(np.asarray, state)
+    for fsdp in (8, 1):
+        mesh = make_mesh(fsdp=fsdp)
+        shardings = state_shardings(state, mesh)
+        loader = Checkpointer(tmp_path / "run", max_to_keep=1)
+        restored, examples = loader.restore(1, abstract_like(state, shardings))
+        loader.close()
+        assert examples == 32
+        jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, restored), want)
+        jax.tree.map(lambda a, s: a.sharding.is_equivalent_to(s, a.ndim) or pytest.fail(f"{a.sharding} != {s}"),
+                     restored, shardings)
+
+
+def test_run_resumed_with_another_split_follows_the_replicated_run(tmp_path, cache_dir, digits_run):
+    """The shared run (fsdp 1) cut back to its step-10 checkpoint and resumed with fsdp 4 to step 30: the same
+    losses and parameters up to float32 reduction order."""
+    workdir = str(tmp_path / "run")
+    shutil.copytree(digits_run, workdir)
+    for step in ("20", "30"):
+        shutil.rmtree(os.path.join(workdir, "checkpoints", step))
+    out = run_cli(workdir, cache_dir, **{"mesh.fsdp": 4})
+    assert "resumed from the step-10 checkpoint" in out.stdout
+    assert "changed since the step-10 checkpoint: mesh.fsdp: 1 -> 4" in out.stdout
+    want, got = losses(digits_run), losses(workdir)
+    assert sorted(got) == list(range(1, 31))
+    np.testing.assert_allclose([got[s] for s in range(11, 31)], [want[s] for s in range(11, 31)], rtol=1e-5)
+    # 20 steps of float32 reduction-order differences, amplified by Adam on small gradients: 1e-4.
+    jax.tree.map_with_path(partial(_assert_params_close, tol=1e-4, noise=2e-3), final_params(workdir),
+                           final_params(digits_run))
+    assert checkpoint.load(workdir).step == 30
