@@ -22,7 +22,7 @@ import numpy as np
 from wpce_jax import mfu
 from wpce_jax.models.towers import make_model
 from wpce_jax.optimizer import make_optimizer
-from wpce_jax.parallel import global_batch, make_mesh, replicated
+from wpce_jax.parallel import global_batch, make_mesh, replicated, state_shardings
 from wpce_jax.train_step import initial_state, make_train_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,15 +52,18 @@ def preset_config(name: str, similarity: str):
 def measure(config, steps: int) -> dict:
     """The config's train step on random inputs: compile seconds, seconds per step, MFU (None off accelerators),
     the compiled step's temporary bytes per device (None when XLA reports none) and the first step's loss."""
-    mesh = make_mesh()
+    mesh = make_mesh(fsdp=config.mesh.fsdp)
     model, tx = make_model(config), make_optimizer(config)
-    state = jax.device_put(initial_state(model, tx, config, jax.random.key(0)), replicated(mesh))
+    state = initial_state(model, tx, config, jax.random.key(0))
+    shardings = state_shardings(state, mesh)
+    state = jax.device_put(state, shardings)
     rng = np.random.default_rng(0)
     size, length = config.data.image_size, config.model.text.context_length
     batch = global_batch({"image": rng.normal(size=(config.batch_size, size, size, 3)).astype(np.float32),
                           "tokens": rng.integers(0, config.model.text.vocab_size - 1,
                                                  (config.batch_size, length)).astype(np.int32)}, mesh)
-    step = jax.jit(make_train_step(model, config, mesh, tx), donate_argnums=0, out_shardings=replicated(mesh))
+    step = jax.jit(make_train_step(model, config, mesh, tx), donate_argnums=0,
+                   out_shardings=(shardings, replicated(mesh)))
     started = time.perf_counter()
     lowered = step.lower(state, batch)
     compiled = lowered.compile()

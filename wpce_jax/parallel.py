@@ -49,6 +49,34 @@ def fsdp_spec(path, shape: tuple[int, ...], fsdp: int) -> P:
     return P(*(FSDP_AXIS if a == axis else None for a in range(len(shape))))
 
 
+def _is_block(key) -> bool:
+    name = str(getattr(key, "key", ""))
+    return name == SCANNED or name.startswith("block_")
+
+
+def gather_fsdp(tree, skip_blocks: bool = False) -> Any:
+    """Parameters gathered whole where they are used, when traced under `jax.sharding.use_abstract_mesh(mesh)` of
+    a mesh with fsdp > 1 (the train step and the evaluation encoders do this); otherwise `tree` unchanged.
+
+    Each leaf is held split per `fsdp_spec`, then constrained whole: XLA all-gathers it at that point and
+    reduce-scatters its gradient there. Left to itself, sharding propagation meets batch-split activations and
+    fsdp-split weights at every matmul and may gather the batch instead (every device then computes the whole
+    batch), or gather a scanned stack of layers before the loop. The transformer blocks call this on their own
+    weights, layer by layer (models/transformer.py); `skip_blocks` leaves those subtrees to them."""
+    mesh = jax.sharding.get_abstract_mesh()
+    fsdp = dict(zip(mesh.axis_names, mesh.axis_sizes)).get(FSDP_AXIS, 1)
+    if fsdp == 1:
+        return tree
+
+    def gather(path, x):
+        if skip_blocks and any(_is_block(k) for k in path):
+            return x
+        split = jax.lax.with_sharding_constraint(x, fsdp_spec(path, x.shape, fsdp))
+        return jax.lax.with_sharding_constraint(split, P())
+
+    return jax.tree.map_with_path(gather, tree)
+
+
 def state_shardings(state, mesh: Mesh) -> Any:
     """NamedShardings for a TrainState (arrays or ShapeDtypeStructs): params and opt_state per `fsdp_spec`, the
     rest (step, keys, evaluation RFF draw) replicated."""

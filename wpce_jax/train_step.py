@@ -34,7 +34,7 @@ from wpce_jax.losses import (infonce_and_accuracy, margin_contrastive_loss, nce_
                              sigmoid_loss, triplet_loss)
 from wpce_jax.models.towers import init_params, logit_scale_value
 from wpce_jax.optimizer import clip_logit_scale, learning_rate_schedule
-from wpce_jax.parallel import DATA_AXIS
+from wpce_jax.parallel import DATA_AXIS, gather_fsdp
 from wpce_jax.rng import init_key
 from wpce_jax.similarity import embed, eval_rff, train_rff
 
@@ -110,7 +110,8 @@ def make_encode_fn(model, config: ConfigDict):
     else:
         def encode(params, batch, rff):
             return (image(params, batch["image"], rff),)
-    return encode
+    # Under FSDP: the weights outside the transformer blocks are gathered here, the blocks' where they run.
+    return lambda params, batch, rff: encode(gather_fsdp(params, skip_blocks=True), batch, rff)
 
 
 def make_objective_fn(model, config: ConfigDict, mesh):
@@ -251,7 +252,8 @@ def make_train_step(model, config: ConfigDict, mesh, tx: optax.GradientTransform
 
     def step(state: TrainState, batch):
         rff = train_rff(jax.random.wrap_key_data(state.rng), state.step, config)
-        (loss, loss_metrics), grads = grad_fn(state.params, batch, rff)
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):  # for gather_fsdp (FSDP's weight gathers)
+            (loss, loss_metrics), grads = grad_fn(state.params, batch, rff)
         grad_norm = optax.tree.norm(grads)
         ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & (state.bad_step < 0)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)

@@ -20,7 +20,7 @@ from ml_collections import ConfigDict
 from wpce_jax.data.pipeline import make_eval_dataset
 from wpce_jax.progress import Progress
 from wpce_jax.kernels import RFF
-from wpce_jax.parallel import batch_sharding, global_batch, per_process_batch, replicated
+from wpce_jax.parallel import batch_sharding, gather_fsdp, global_batch, per_process_batch, replicated
 from wpce_jax.pointcloud import PointCloud
 from wpce_jax.similarity import embed
 
@@ -45,14 +45,18 @@ class Encoders:
     def __init__(self, model, config: ConfigDict, mesh: Mesh):
         self.config, self.mesh = config, mesh
 
+        def apply(params, inputs, method):  # FSDP-split params are gathered where used (parallel.gather_fsdp)
+            with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+                return model.apply({"params": gather_fsdp(params, skip_blocks=True)}, inputs, method=method)
+
         def images(params, batch, rffs):
-            cloud, pooled = model.apply({"params": params}, batch["image"], method="encode_image_and_pool")
+            cloud, pooled = apply(params, batch["image"], "encode_image_and_pool")
             # The labels and masks ride along so that they come back in the same (global) row order.
             return {"compared": embed_draws(cloud, rffs, config), "pooled": pooled, "labels": batch["label"],
                     "mask": batch["mask"], "corrupt": batch["corrupt"], "index": batch["index"]}
 
         def texts(params, tokens, rffs):
-            return embed_draws(model.apply({"params": params}, tokens, method="encode_text"), rffs, config)
+            return embed_draws(apply(params, tokens, "encode_text"), rffs, config)
 
         self._images = jax.jit(images, out_shardings=replicated(mesh))
         self._texts = jax.jit(texts, out_shardings=replicated(mesh))

@@ -17,6 +17,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from wpce_jax.parallel import gather_fsdp
+
 # Xavier-uniform for every matrix, as in the reference ViT and CLIP implementations; Flax's default
 # lecun-normal would scale activations differently at initialisation.
 _KERNEL_INIT = nn.initializers.xavier_uniform()
@@ -108,6 +110,8 @@ class TransformerStack(nn.Module):
             block_cls = nn.remat(EncoderBlock, policy=REMAT_POLICIES[self.remat], prevent_cse=not self.scan)
         block = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, ln_eps=self.ln_eps, dtype=self.dtype,
                      activation=self.activation)
+        # Under FSDP each block gathers its own weights where it runs (inside the scan's loop: one layer at a time).
+        block_cls = nn.map_variables(block_cls, "params", trans_in_fn=gather_fsdp, init=self.is_initializing())
         if self.scan:
             blocks = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True},
                              in_axes=nn.broadcast, length=self.depth)
