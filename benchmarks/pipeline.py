@@ -1,13 +1,17 @@
 """Input pipeline throughput, measured side by side in one run.
 
-    python benchmarks/pipeline.py [--num_images 768] [--side 256] [--batch_size 64] [--legacy] [--grain_only]
+    python benchmarks/pipeline.py [--num_images 768] [--side 256] [--batch_size 64] [--legacy] [--host_normalise]
+                                  [--grain_only]
 
 Every figure is the best of --trials interleaved trials. Prints, for each JPEG decoder (PIL and simplejpeg):
-  * decode + RandomResizedCrop(224, scale (0.5, 1), bicubic) + ImageNet normalise of 256-pixel JPEGs,
-    images/s in 1 process and in all processes (per core too), the ratio against PIL;
-  * the full grain pipeline (record read, decode, crop, tokenize, batch, normalise) with 0 and all workers;
+  * decode + RandomResizedCrop(224, scale (0.5, 1), bicubic) of 256-pixel JPEGs, images/s in 1 process and in
+    all processes (per core too), the ratio against PIL;
+  * the full grain pipeline (record read, decode, crop, tokenize, batch of uint8 pixels) with 0 and all workers;
     with --legacy also the training pipeline as it was before the global, index-addressed stream (grain's
-    per-process shuffle and RandomMap; kept here only as a reference), in the same interleaved trials;
+    per-process shuffle and RandomMap; kept here only as a reference), and with --host_normalise the pipeline
+    as it was before uint8 batches (ImageNet normalisation to float32 on the host, in the workers), in the same
+    interleaved trials; with --host_normalise also the bytes per batch and the host -> device copy time of
+    uint8 against float32 batches;
 then the converter's samples/s on tar shards of the same images with 1 and all workers (not with --grain_only,
 which also skips the decode-only columns).
 The images are sklearn digit scans upscaled to 256 pixels with smooth colour texture and fine noise, so the
@@ -61,7 +65,7 @@ def _work(args):
     jpegs, decoder, seed = args
     rng = np.random.default_rng(seed)
     for j in jpegs:
-        image_ops.normalize(image_ops.train_crop(j, CROP, rng, (0.5, 1.0), decoder))
+        image_ops.train_crop(j, CROP, rng, (0.5, 1.0), decoder)
     return len(jpegs)
 
 
@@ -114,11 +118,26 @@ def legacy_make_dataset(data_dir, *, tokenizer, image_size, batch_size, seed, wo
     return pipeline._batched(ds, batch_size, True, worker_count, None)
 
 
-def time_grain(data_dir, tok, decoder, workers, batch_size, num_batches, legacy=False):
-    make = legacy_make_dataset if legacy else pipeline.make_dataset
-    kw = {} if legacy else {"train": True}
-    ds = make(data_dir, tokenizer=tok, image_size=CROP, batch_size=batch_size, seed=0, worker_count=workers,
-              decoder=decoder, **kw)
+class _HostNormalise(grain.transforms.Map):
+    """What the pipeline did before uint8 batches: each example's pixels normalised to float32 on the host."""
+
+    def map(self, example: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {k: image_ops.normalize(v) if k in ("image", "image2") else v for k, v in example.items()}
+
+
+def time_grain(data_dir, tok, decoder, workers, batch_size, num_batches, variant="grain"):
+    """(images/s, CPU ms per image) of `variant`: "grain" (the pipeline), "legacy" (before the global stream) or
+    "host_normalise" (before uint8 batches)."""
+    make = legacy_make_dataset if variant == "legacy" else pipeline.make_dataset
+    kw = {} if variant == "legacy" else {"train": True}
+    batched = pipeline._batched
+    if variant == "host_normalise":  # the normalisation ran in the workers, before batching
+        pipeline._batched = lambda ds, *rest: batched(ds.map(_HostNormalise()), *rest)
+    try:
+        ds = make(data_dir, tokenizer=tok, image_size=CROP, batch_size=batch_size, seed=0, worker_count=workers,
+                  decoder=decoder, **kw)
+    finally:
+        pipeline._batched = batched
     it = iter(ds)
     next(it)  # start-up (worker spawn) is not throughput
     t, cpu = time.perf_counter(), time.process_time()
@@ -133,6 +152,22 @@ def time_grain(data_dir, tok, decoder, workers, batch_size, num_batches, legacy=
     return rate, cpu_ms
 
 
+def transfer(batch: dict, trials: int) -> None:
+    """Bytes of one batch's images and the host -> device copy time, uint8 pixels against normalised float32."""
+    import jax
+
+    pixels = batch["image"]
+    device = jax.devices()[0]
+    for name, images in (("uint8", pixels), ("float32", image_ops.normalize(pixels))):
+        seconds = []
+        for _ in range(max(trials, 5)):
+            started = time.perf_counter()
+            jax.block_until_ready(jax.device_put(images, device))
+            seconds.append(time.perf_counter() - started)
+        print(f"to {device.platform}: {name:>7} batch of {len(images)} images, {images.nbytes / 2**20:6.1f} MiB, "
+              f"copied in {1000 * min(seconds):.1f} ms")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--num_images", type=int, default=768)
@@ -142,12 +177,14 @@ def main():
     p.add_argument("--convert_repeat", type=int, default=4, help="converter input = the images this many times")
     p.add_argument("--legacy", action="store_true",
                    help="also time the training pipeline as it was before the global stream, side by side")
+    p.add_argument("--host_normalise", action="store_true",
+                   help="also time the pipeline as it was before uint8 batches (float32 normalised on the host)")
     p.add_argument("--grain_only", action="store_true",
                    help="only the grain pipeline columns: no decode-only timing, no converter")
     args = p.parse_args()
     cores = os.cpu_count() or 1
     print(f"{cores} CPU cores; {args.num_images} JPEGs of {args.side}x{args.side}, quality 95; "
-          f"RandomResizedCrop {CROP}, bicubic, ImageNet normalisation; load average now "
+          f"RandomResizedCrop {CROP}, bicubic; load average now "
           f"{os.getloadavg()[0]:.1f} (other work on the machine slows every column alike)", flush=True)
     jpegs = make_jpegs(args.num_images, args.side)
     print(f"mean JPEG size {np.mean([len(j) for j in jpegs]) / 1024:.1f} KiB", flush=True)
@@ -163,8 +200,10 @@ def main():
 
         # Best of several trials, decoders interleaved inside each trial: on a shared machine a slow moment
         # then hits both decoders alike instead of deciding the comparison.
-        best = {d: [0.0] * 6 for d in image_ops.DECODERS}  # 1 proc, all procs, grain 0 / n wkr, legacy 0 / n
-        cpu = {d: [float("inf")] * 2 for d in image_ops.DECODERS}  # CPU ms per image, 0 workers: grain, legacy
+        variants = ["grain"] + ["legacy"] * args.legacy + ["host_normalise"] * args.host_normalise
+        # Per decoder: 1 proc, all procs, then 0 / all workers of each variant; CPU ms per image at 0 workers.
+        best = {d: [0.0] * (2 + 2 * len(variants)) for d in image_ops.DECODERS}
+        cpu = {d: [float("inf")] * len(variants) for d in image_ops.DECODERS}
         n_batches = max(2, len(jpegs) // args.batch_size - 2)
         if not args.grain_only:
             ctx = mp.get_context("spawn")
@@ -175,28 +214,32 @@ def main():
                         best[d][:2] = [max(x, y) for x, y in zip(best[d][:2], got)]
         for _ in range(args.trials):
             for d in image_ops.DECODERS:
-                for col, legacy in ((2, False), (4, True)) if args.legacy else ((2, False),):
-                    (r0, c0), (rn, _) = (time_grain(data_dir, tok, d, 0, args.batch_size, n_batches, legacy),
-                                         time_grain(data_dir, tok, d, cores, args.batch_size, n_batches, legacy))
+                for v, variant in enumerate(variants):
+                    col = 2 + 2 * v
+                    (r0, c0), (rn, _) = (time_grain(data_dir, tok, d, 0, args.batch_size, n_batches, variant),
+                                         time_grain(data_dir, tok, d, cores, args.batch_size, n_batches, variant))
                     best[d][col:col + 2] = [max(best[d][col], r0), max(best[d][col + 1], rn)]
-                    cpu[d][col // 2 - 1] = min(cpu[d][col // 2 - 1], c0)
+                    cpu[d][v] = min(cpu[d][v], c0)
         rows = [(d, best[d][0], best[d][1]) for d in image_ops.DECODERS]
 
         pil_one = rows[0][1] or 1.0
         print()
-        legacy_head = f" {'legacy 0 wkr':>12} {f'legacy {cores} wkr':>13}" if args.legacy else ""
+        names = {"grain": "grain", "legacy": "legacy", "host_normalise": "host norm."}
+        heads = "".join(f" {names[v] + ' 0 wkr':>16} {f'{names[v]} {cores} wkr':>16}" for v in variants)
         print(f"{'decoder':<12} {'1 proc img/s':>13} {f'{cores} procs img/s':>16} {'per core':>9} "
-              f"{'vs PIL':>7} {'grain 0 wkr':>12} {f'grain {cores} wkr':>12}" + legacy_head)
+              f"{'vs PIL':>7}" + heads)
         for decoder, one, allp in rows:
-            g0, gn, l0, ln = best[decoder][2:]
-            legacy_cols = f" {l0:>12.0f} {ln:>13.0f}" if args.legacy else ""
-            print(f"{decoder:<12} {one:>13.0f} {allp:>16.0f} {allp / cores:>9.0f} {one / pil_one:>6.2f}x "
-                  f"{g0:>12.0f} {gn:>12.0f}" + legacy_cols)
+            cols = "".join(f" {x:>16.0f}" for x in best[decoder][2:])
+            print(f"{decoder:<12} {one:>13.0f} {allp:>16.0f} {allp / cores:>9.0f} {one / pil_one:>6.2f}x" + cols)
         print("grain 0 workers, CPU time per image (least of the trials): "
-              + "; ".join(f"{d} {cpu[d][0]:.3f} ms" + (f" (legacy {cpu[d][1]:.3f} ms)" if args.legacy else "")
+              + "; ".join(f"{d} " + ", ".join(f"{names[v]} {cpu[d][i]:.3f} ms" for i, v in enumerate(variants))
                           for d in image_ops.DECODERS))
         if args.legacy:
             print("(grain: the global, index-addressed stream; legacy: the per-process grain shuffle before it)")
+        if args.host_normalise:
+            print("(host norm.: float32 batches normalised on the host, as before uint8 batches)")
+            transfer(next(iter(pipeline.make_dataset(data_dir, tokenizer=tok, image_size=CROP,
+                                                     batch_size=args.batch_size, seed=0, train=True))), args.trials)
         if args.grain_only:
             return
         # Chosen on the 1-process column: it is the per-core figure, and the all-process column is at the mercy

@@ -39,7 +39,7 @@ def test_every_tfds_registry_set_through_mock_data(name):
             items = _all_items(data.source)
             n = len(data.source)
             assert items["mask"].sum() == n and not items["corrupt"].any()
-            assert items["image"].shape[1:] == (SIZE, SIZE, 3) and items["image"].dtype == np.float32
+            assert items["image"].shape[1:] == (SIZE, SIZE, 3) and items["image"].dtype == np.uint8
             labels = items["label"][items["mask"]]
             assert labels.min() >= 0 and labels.max() < len(data.class_names)
             raw = [int(data.source[i]["label"]) for i in range(n)]
@@ -51,7 +51,7 @@ def test_tfds_pixels_are_the_eval_crop_of_the_decoded_image():
         data = eval_sources.tfds_source("oxford_iiit_pet", "test", "/data/tfds")
         first = data.source[0]["image"]
         batch = next(iter(pipeline.make_eval_dataset(data.source, image_size=SIZE, batch_size=3)))
-    np.testing.assert_array_equal(batch["image"][0], image_ops.normalize(image_ops.eval_crop(first, SIZE)))
+    np.testing.assert_array_equal(batch["image"][0], image_ops.eval_crop(first, SIZE))
 
 
 def test_missing_tfds_dataset_names_the_prepare_command(tmp_path):

@@ -98,6 +98,22 @@ def test_output_shapes_and_float32(built, similarity, m_img, m_txt, dtype):
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(params))
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_uint8_pixels_are_normalised_on_the_device(built, dtype):
+    """The pipeline hands uint8 pixels; the tower's output on them equals its output on the host-normalised
+    float32 images (image_ops.normalize; 1e-6 in float32: the same arithmetic, possibly fused differently)."""
+    from wpce_jax.data.image_ops import normalize
+
+    model, params, apply = built("wpce", dtype)
+    pixels = np.random.default_rng(0).integers(0, 256, (BATCH, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    on_device = apply({"params": params}, pixels, method="encode_image")
+    on_host = apply({"params": params}, normalize(pixels), method="encode_image")
+    tol = 1e-6 if dtype == "float32" else 2e-2
+    for a, b in zip(on_device, on_host):
+        if a is not None:
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=tol, atol=tol)
+
+
 def test_bfloat16_compute_tracks_float32(built):
     """Same parameters, bf16 compute: outputs agree with float32 to bf16 accuracy (relative error < 5%), so the
     dtype really is only the compute precision."""

@@ -9,11 +9,12 @@ import subprocess
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
 
-from wpce_jax import checkpoint, train
+from wpce_jax import checkpoint, train, train_step
 from wpce_jax.data import run_data
 from wpce_jax.data import digits
 from wpce_jax.data.records import decode_record, read_manifest, read_records, shard_paths
@@ -204,16 +205,29 @@ def test_preemption_at_an_evaluation_step_saves_without_evaluating(cache_dir, tm
 
 
 def test_non_finite_guard_keeps_last_good_checkpoint(cache_dir, tmp_path, monkeypatch):
-    real = train.global_batch
+    """Step 13 gets a NaN loss and gradient: its images are all black (uint8 pixels cannot be NaN), which a patched
+    gradient function turns into NaN, as a diverging run would."""
+    real_batch, real_grad_fn = train.global_batch, train_step.make_grad_fn
     calls = {"n": 0}
 
-    def poisoned(local, mesh):  # step 13 sees NaN pixels
+    def black_at_13(local, mesh):
         calls["n"] += 1
         if calls["n"] == 13:
-            local = {**local, "image": np.full_like(local["image"], np.nan)}
-        return real(local, mesh)
+            local = {**local, "image": np.zeros_like(local["image"])}
+        return real_batch(local, mesh)
 
-    monkeypatch.setattr(train, "global_batch", poisoned)
+    def nan_when_black(model, config, mesh):
+        grad_fn = real_grad_fn(model, config, mesh)
+
+        def poisoned(params, batch, rff):
+            (loss, metrics), grads = grad_fn(params, batch, rff)
+            nan = jnp.where(jnp.all(batch["image"] == 0), jnp.nan, 1.0)
+            return (loss * nan, metrics), jax.tree.map(lambda g: g * nan, grads)
+
+        return poisoned
+
+    monkeypatch.setattr(train, "global_batch", black_at_13)
+    monkeypatch.setattr(train_step, "make_grad_fn", nan_when_black)
     config = tiny_config(cache_dir, checkpoint_every_steps=5, async_checkpoints=False)
     with pytest.raises(train.NonFiniteError, match=r"step 13; .*Last good checkpoint: step 10"):
         train.train_and_evaluate(config, str(tmp_path))

@@ -128,13 +128,14 @@ class LoadedModel:
         self._text_cloud = jax.jit(lambda p, t: model.apply({"params": p}, t, method="encode_text"))
 
     def preprocess(self, images: np.ndarray) -> np.ndarray:
-        from wpce_jax.data.image_ops import eval_crop, normalize
+        """uint8 [N, H, W, 3] -> uint8 [N, S, S, 3] (the evaluation crop); normalised float [N, S, S, 3] -> float32."""
+        from wpce_jax.data.image_ops import eval_crop
         images = np.asarray(images)
         if images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"images must be [N, H, W, 3], got shape {images.shape}")
         size = self.config.data.image_size
-        if images.dtype == np.uint8:  # the evaluation transform: short side to `size` (bicubic), centre crop
-            return normalize(np.stack([eval_crop(im, size) for im in images]))
+        if images.dtype == np.uint8:  # the evaluation transform: short side to `size` (bicubic), centre crop;
+            return np.stack([eval_crop(im, size) for im in images])  # the image tower normalises uint8 pixels
         if images.shape[1:3] != (size, size):
             raise ValueError(f"float images must be normalised [N, {size}, {size}, 3]; pass uint8 images to have "
                              f"them resized, got shape {images.shape}")

@@ -10,7 +10,7 @@ B = batch_size * process_count.
     -> process p of P takes rows [k B + p b, k B + (p + 1) b) of global batch k (b = batch_size), so the
        concatenation over processes of their k-th batches does not depend on P
     -> RandomResizedCrop (and the two-view augmentation) drawn from an RNG keyed by (seed, g) alone
-    -> decode, crop, tokenize -> batches of b -> normalise
+    -> decode, crop, tokenize -> batches of b, images as uint8 pixels (normalised on the device, models/vit.py)
 Global batch k is a function of (dataset, seed, B, k) and the augmentation settings only: the worker count, the
 process count (for a fixed B) and where a run was interrupted change nothing. A run that has consumed `start_example` global examples (a multiple
 of B; the trainer checkpoints step * B) resumes with make_dataset(..., start_example=start_example), which
@@ -182,13 +182,6 @@ class _Read(grain.transforms.Map):
         return g, self.source[index]
 
 
-class _Normalize(grain.transforms.Map):
-    """Batch-level so the float conversion is one vectorised pass; keeps uint8 through decode and batch."""
-
-    def map(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {k: image_ops.normalize(v) if k in ("image", "image2") else v for k, v in batch.items()}
-
-
 def make_eval_dataset(source, *, image_size: int, batch_size: int, process_index: int = 0,
                       process_count: int = 1, worker_count: int = 0, decoder: str = image_ops.DEFAULT_DECODER,
                       read_threads: int | None = None, pad: bool = True, tokenizer=None) -> grain.IterDataset:
@@ -198,7 +191,7 @@ def make_eval_dataset(source, *, image_size: int, batch_size: int, process_index
       (wpce_jax.data.eval_sources). Process p reads [p N / P, (p + 1) N / P) in order.
     pad: every process yields ceil(ceil(N / P) / b) full batches (what a multi-process jit step needs), the
       missing rows copies of item 0 with "mask" False; otherwise the last batch is partial.
-    Returns batches {"image": float32 [b, S, S, 3] normalised, "label": int32 [b], "mask": bool [b] (real and
+    Returns batches {"image": uint8 [b, S, S, 3], "label": int32 [b], "mask": bool [b] (real and
     decodable), "corrupt": bool [b] (real but undecodable), "index" int32 [b] (position in the source, -1 for
     padding: batches of several processes interleave, so this restores the source order), "tokens" int32 [b, L]
     with a tokenizer}.
@@ -272,8 +265,9 @@ def make_dataset(
         and dataset). The training checkpoint holds this count, not an iterator state: the trainer resumes with
         make_dataset(..., start_example=step * B). Past the end of num_epochs the stream is empty.
     Returns:
-      grain.IterDataset of dicts: "image" float32 [b, S, S, 3] (ImageNet-normalised), "tokens" int32
-      [b, L], "label" int32 [b] (-1 for unlabelled records); with `views` also "image2" float32 [b, S, S, 3];
+      grain.IterDataset of dicts: "image" uint8 [b, S, S, 3] (pixels: the image tower normalises them on the
+      device, a quarter of the bytes of float32), "tokens" int32 [b, L], "label" int32 [b] (-1 for unlabelled
+      records); with `views` also "image2" uint8 [b, S, S, 3];
       evaluation adds "mask" and "corrupt" bool [b] (make_eval_dataset).
     """
     if not 0 <= process_index < process_count:
@@ -332,11 +326,10 @@ def _batched(ds: grain.MapDataset, batch_size: int, drop_remainder: bool, worker
     # Batching on the MapDataset keeps batch composition independent of the worker count (workers take
     # whole batches), so evaluation has exactly one partial batch.
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-    ds = ds.map(_Normalize())
     if read_threads is None:
         # Worker processes are the parallelism there; more threads would only multiply buffered batches.
         read_threads = 1 if worker_count > 0 else min(8, os.cpu_count() or 1)
-    # Elements are whole float32 batches: a buffer of a few is enough and bounds memory.
+    # Elements are whole batches: a buffer of a few is enough and bounds memory.
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=read_threads))
     if worker_count > 0:
         from absl import flags

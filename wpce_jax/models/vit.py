@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from wpce_jax.data.image_ops import normalize
 from wpce_jax.models.transformer import TransformerStack
 
 
@@ -51,7 +52,8 @@ def num_patches(image_size: int, patch_size: int) -> int:
 class VisionTransformer(nn.Module):
     """ViT with class token, learned position embeddings, pre-norm blocks and a final LayerNorm.
 
-    Call: images [B, H, W, 3] float (any float dtype; cast to `dtype`) -> tokens [B, 1 + N, width] in `dtype`,
+    Call: images [B, H, W, 3], uint8 pixels (ImageNet-normalised here, image_ops.normalize) or already normalised
+    float (any float dtype; cast to `dtype`) -> tokens [B, 1 + N, width] in `dtype`,
     N = (H / patch_size) * (W / patch_size). H and W must be multiples of patch_size (ValueError otherwise,
     raised at trace time since shapes are static). The position table is sized from the input shape, so the
     parameters depend on the image size used at initialisation.
@@ -70,6 +72,8 @@ class VisionTransformer(nn.Module):
     def __call__(self, images: jax.Array) -> jax.Array:
         if images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"images must be [B, H, W, 3], got shape {images.shape}")
+        if images.dtype == jnp.uint8:  # pixels as the input pipeline hands them: normalised here, on the device
+            images = normalize(images)
         _, height, width_px, _ = images.shape
         for name, size in (("height", height), ("width", width_px)):
             if size % self.patch_size:
