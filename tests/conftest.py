@@ -9,6 +9,9 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # gcsfs would otherwise probe every bucket over gRPC (60 s each against the test's fake GCS); read at its import.
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+# The training subprocesses start with huge pages for their allocator, as the command line gives itself
+# (wpce_jax/huge_pages.py), without re-executing.
+os.environ.setdefault("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")
 
 
 @pytest.fixture(scope="session")

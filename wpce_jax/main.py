@@ -8,6 +8,10 @@ checkpoints into DIR (local or gs://), resuming from DIR's latest checkpoint whe
 The console shows the project's own lines; libraries' INFO logs (Orbax, absl, grain) appear with --verbosity=0
 (and DEBUG with --verbosity=1, which also shows the traceback behind an error message).
 """
+if __name__ == "__main__":  # first: glibc reads its tunables only at process start (huge_pages.py)
+    from wpce_jax.huge_pages import reexec_with_huge_pages
+    reexec_with_huge_pages()
+
 import os
 
 from absl import app, flags

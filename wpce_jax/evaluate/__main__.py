@@ -12,6 +12,10 @@ Only evaluation fields (eval.*) and data.worker_count / data.cache_dir may be ov
 trained model. Multi-host: the same flags as training (--distributed, or --coordinator_address, --num_processes,
 --process_id); each process reads its part of the data and every process computes the same numbers.
 """
+if __name__ == "__main__":  # first: glibc reads its tunables only at process start (huge_pages.py)
+    from wpce_jax.huge_pages import reexec_with_huge_pages
+    reexec_with_huge_pages()
+
 import ast
 import sys
 
