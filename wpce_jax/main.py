@@ -61,6 +61,8 @@ def main(argv):
         results = train_and_evaluate(config, FLAGS.workdir, stop_signals=stop)
     except user_errors() as e:
         fail(str(e))
+    finally:
+        stop.ignore_from_now_on()
     if jax.process_index() == 0 and results:
         print("final: " + "  ".join(f"{k} {v:.4f}" for k, v in sorted(results.items())), flush=True)
 

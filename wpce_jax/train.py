@@ -98,6 +98,13 @@ class StopSignals:
         for s, previous in self._previous.items():
             signal.signal(s, previous)
 
+    def ignore_from_now_on(self) -> None:
+        """For a process that is about to exit: Python's finalization puts the default disposition (death by the
+        signal) back in place of these handlers, but leaves ignored signals ignored; so a second signal arriving
+        during the exit cannot turn a clean exit into a kill."""
+        for s in self._previous:
+            signal.signal(s, signal.SIG_IGN)
+
 
 @dataclasses.dataclass
 class _Run:
