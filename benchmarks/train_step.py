@@ -10,7 +10,13 @@ Presets (random inputs of the right shapes; the vocabulary is CLIP's 49,408 ids 
     b16     configs/vitb16_cc12m.py (ViT-B/16, 12-block text, bfloat16): batch 512 per device on accelerators,
             8 per device on CPU
 Prints, per setting, the compile time, seconds per step and, on TPUs and NVIDIA GPUs, the MFU (wpce_jax/mfu.py).
+The small and ti16 presets take the reference release's text activation (QuickGELU) and weight projection (no bias),
+so that benchmarks/torch_reference_step.py times the same step in PyTorch.
 """
+if __name__ == "__main__":  # as the training command does (wpce_jax/huge_pages.py); WPCE_HUGE_PAGES=0 to compare
+    from wpce_jax.huge_pages import reexec_with_huge_pages
+    reexec_with_huge_pages()
+
 import argparse
 import os
 import runpy
@@ -35,6 +41,8 @@ def preset_config(name: str, similarity: str):
     vocab = 128 if name == "digits" else 49408
     c.model.text.vocab_size, c.model.text.eot_id = vocab, vocab - 1
     c.total_steps = 1000
+    if name in ("small", "ti16"):  # the reference release's choices (benchmarks/torch_reference_step.py runs it)
+        c.model.text.activation, c.model.weight_bias = "quick_gelu", False
     if name == "small":
         c.data.image_size, c.batch_size = 64, 64
         c.model.image.update(dict(patch_size=8, width=192, depth=4, heads=3, mlp_dim=768))
@@ -59,7 +67,7 @@ def measure(config, steps: int) -> dict:
     state = jax.device_put(state, shardings)
     rng = np.random.default_rng(0)
     size, length = config.data.image_size, config.model.text.context_length
-    batch = global_batch({"image": rng.normal(size=(config.batch_size, size, size, 3)).astype(np.float32),
+    batch = global_batch({"image": rng.integers(0, 256, (config.batch_size, size, size, 3), dtype=np.uint8),
                           "tokens": rng.integers(0, config.model.text.vocab_size - 1,
                                                  (config.batch_size, length)).astype(np.int32)}, mesh)
     step = jax.jit(make_train_step(model, config, mesh, tx), donate_argnums=0,
@@ -104,7 +112,7 @@ def main():
     rows = [("WPCE", config_for("wpce")), ("CLIP", config_for("clip")), ("WPCE, accum 4", config_for("wpce", 4))]
     first = rows[0][1]
     print(f"{args.config or args.preset}: batch {first.batch_size}, image {first.data.image_size} px, "
-          f"{jax.device_count()} x {jax.devices()[0].device_kind}")
+          f"{jax.device_count()} x {jax.devices()[0].device_kind}, GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES')}")
     print(f"{'':>14} {'compile s':>10} {'s/step':>10} {'vs WPCE':>8} {'MFU':>6}")
     base = None
     for name, config in rows:
