@@ -1,7 +1,8 @@
 """The dual encoder: a ViT image tower and a causal text tower, each ending in a point-cloud head.
 
-    images [B, H, W, 3] uint8 or normalised float -> encode_image -> PointCloud(points [B, M_img, d], weights [B, M_img], mask None)
-    tokens [B, L] int32       -> encode_text  -> PointCloud(points [B, M_txt, d], weights [B, M_txt], mask None)
+    images [B, H, W, 3] -> encode_image -> PointCloud(points [B, M_img, d], weights [B, M_img], mask None)
+    tokens [B, L] int32 -> encode_text  -> PointCloud(points [B, M_txt, d], weights [B, M_txt], mask None)
+(images: uint8 pixels, normalised inside the ViT, or float already ImageNet-normalised)
 
 similarity "wpce": M_img = 1 + (H/p)(W/p) (class token and every patch), M_txt = L (every position, padding
 included); weights alpha * tanh(x / alpha). similarity "clip": M = 1 (class token; end-of-text token), weights 1.
@@ -106,8 +107,9 @@ class DualEncoder(nn.Module):
             self.logit_bias = self.param("logit_bias", nn.initializers.constant(SIGMOID_INIT_BIAS), (), jnp.float32)
 
     def encode_image(self, images: jax.Array) -> PointCloud:
-        """images [B, H, W, 3] uint8 pixels or normalised float -> PointCloud, points [B, M, d] f32, weights [B, M] f32, mask None;
-        M = 1 + (H/p)(W/p) for "wpce" (class token first), 1 (class token) for "clip"."""
+        """images [B, H, W, 3] (uint8 pixels, or float already ImageNet-normalised) -> PointCloud, points [B, M, d]
+        f32, weights [B, M] f32, mask None; M = 1 + (H/p)(W/p) for "wpce" (class token first), 1 (class token)
+        for "clip"."""
         return self.encode_image_and_pool(images)[0]
 
     def encode_image_and_pool(self, images: jax.Array) -> tuple[PointCloud, jax.Array]:
