@@ -185,11 +185,12 @@ def train_and_evaluate(config: ConfigDict, workdir, stop_signals: "StopSignals |
         mesh = make_mesh(fsdp=config_fields.get(config, "mesh.fsdp", 1))
         model, tx = make_model(config), make_optimizer(config)
         init = lambda: initial_state(model, tx, config, rng.root_key(config.seed))  # noqa: E731
-        shardings = state_shardings(jax.eval_shape(init), mesh)
+        abstract = jax.eval_shape(init)  # shapes only: traces the model's init, allocates nothing
+        shardings = state_shardings(abstract, mesh)
         checkpointer = Checkpointer(workdir, config.keep_checkpoints, config.async_checkpoints)
         writer = MetricWriter(workdir, enabled=is_main)
         try:
-            start, state, examples = _restore(checkpointer, config, abstract_like(jax.eval_shape(init), shardings))
+            start, state, examples = _restore(checkpointer, config, abstract_like(abstract, shardings))
             if start:
                 _say(f"resumed from the step-{start} checkpoint in {workdir}")
             else:
