@@ -31,7 +31,8 @@ def load_safetensors(path) -> dict[str, np.ndarray]:
     Args:
       path: a `.safetensors` file, local or gs:// (read whole into memory).
     Returns:
-      name -> array of the stored shape and dtype (BF16 as ml_dtypes.bfloat16), in the file's order.
+      name -> array of the stored shape and dtype (BF16 as ml_dtypes.bfloat16), in the file's order
+      (safetensors stores tensors by dtype size, so not necessarily the order they were saved in).
     Raises:
       WeightsFileError: missing, truncated or not a safetensors file, or a dtype NumPy cannot hold.
     """

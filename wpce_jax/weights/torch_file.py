@@ -88,7 +88,7 @@ def _tensor(storage: _Storage, offset: int, size, stride, dtype=None) -> np.ndar
     flat = flat.reshape(numel, per)
     view = np.lib.stride_tricks.as_strided(
         flat[offset:], shape=size + (per,), strides=tuple(s * dtype.itemsize for s in stride) + (unit,))
-    out = np.array(view, dtype=np.dtype(f"=u{unit}"))  # one copy, in native byte order
+    out = np.array(view, dtype=np.dtype(f"=u{unit}"), order="C")  # one copy, in native byte order
     return out.view(dtype).reshape(size)
 
 
