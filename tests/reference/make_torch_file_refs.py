@@ -96,6 +96,7 @@ def checkpoint():
     sd["scalar"] = torch.tensor(2.6592)  # 0-d, like logit_scale
     sd["empty"] = torch.zeros(0, 3)
     sd["param"] = torch.nn.Parameter(torch.randn(2, 3, generator=g))
+    torch.manual_seed(0)  # the Linear initialisation below
     model = torch.nn.Linear(3, 2)
     opt = torch.optim.AdamW(model.parameters(), lr=5e-4, betas=(0.9, 0.98), eps=1e-8, weight_decay=0.5)
     model(torch.randn(4, 3, generator=g)).sum().backward()
@@ -109,6 +110,7 @@ def checkpoint():
         "lr": 5e-4, "lr_start": 1e-6, "lr_end": 1e-5, "betas": [0.9, 0.98], "eps": 1e-8, "wd": 0.5,
         "epochs": 32, "warmup_epochs": 1, "batch_size": 256, "disable_scaler": False, "resume": "",
         "output_dir": "./output/wpse", "seed": 0, "imagenet_valsplit": "val",
+        "lr_peak": "${lr}", "train_data": "???",  # an interpolation and a missing value stay as written
         "note": "caf\u00e9 \u2014 \U0001F600", "nested_list": [[1, 2], {"a": None, "b": "x"}, 3.5, True],
     })
     OmegaConf.set_struct(args, True)
