@@ -12,9 +12,9 @@ from __future__ import annotations
 import functools
 import gzip
 import html
-import unicodedata
 from typing import Iterable, Sequence
 
+import ftfy
 import numpy as np
 import regex
 from etils import epath
@@ -73,37 +73,6 @@ def _get_pairs(word: tuple[str, ...]) -> set[tuple[str, str]]:
     return set(zip(word[:-1], word[1:]))
 
 
-# ftfy.fix_text (6.3), which CLIP runs before tokenising, without its mojibake repair (fix_encoding, fix_c1_controls:
-# heuristics over mis-decoded text, and ftfy is not a dependency). The steps below change well-encoded text, so they
-# decide the ids of ordinary captions; they are ftfy's tables, applied in its order until nothing changes.
-_LIGATURES = str.maketrans({
-    "\u0132": "IJ", "\u0133": "ij", "\u0149": "\u02bcn", "\u01f1": "DZ", "\u01f2": "Dz", "\u01f3": "dz",
-    "\u01c4": "D\u017d", "\u01c5": "D\u017e", "\u01c6": "d\u017e", "\u01c7": "LJ", "\u01c8": "Lj", "\u01c9": "lj",
-    "\u01ca": "NJ", "\u01cb": "Nj", "\u01cc": "nj", "\ufb00": "ff", "\ufb01": "fi", "\ufb02": "fl", "\ufb03": "ffi",
-    "\ufb04": "ffl", "\ufb05": "\u017ft", "\ufb06": "st"})
-# Fullwidth and halfwidth forms to their standard width; the ideographic space to a space.
-_WIDTH = str.maketrans({0x3000: " ", **{i: unicodedata.normalize("NFKC", chr(i)) for i in range(0xFF01, 0xFFF0)
-                                        if unicodedata.normalize("NFKC", chr(i)) != chr(i)}})
-_QUOTES = str.maketrans({**{c: "'" for c in "\u02bc\u2018\u2019\u201a\u201b"},
-                         **{c: '"' for c in "\u201c\u201d\u201e\u201f"}})
-_TERMINAL_ESCAPE = regex.compile("\033\\[((?:\\d|;)*)([a-zA-Z])")
-# ASCII controls except tab/newline/form feed/carriage return, deprecated Arabic controls, the BOM, interlinear
-# annotations and the object replacement character.
-_CONTROL = dict.fromkeys([*range(0x00, 0x09), 0x0B, *range(0x0E, 0x20), 0x7F, *range(0x206A, 0x2070), 0xFEFF,
-                          *range(0xFFF9, 0xFFFD)])
-
-
-def ftfy_fixes(text: str) -> str:
-    """ftfy.fix_text's fixes of well-encoded text (see above): ligatures, character width, curly quotes,
-    terminal escapes, control characters, NFC."""
-    while True:
-        fixed = text.translate(_LIGATURES).translate(_WIDTH).translate(_QUOTES)
-        fixed = unicodedata.normalize("NFC", _TERMINAL_ESCAPE.sub("", fixed).translate(_CONTROL))
-        if fixed == text:
-            return text
-        text = fixed
-
-
 # CLIP's pre-tokenisation, minus the two special-token alternatives: a caption that spells "<|endoftext|>"
 # must become ordinary tokens, or the end-of-text position the model looks for would be wrong.
 _CLIP_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
@@ -116,8 +85,8 @@ class ClipBpeTokenizer(Tokenizer):
 
     The file is gzip text: a version header line, then one merge "a b" per line. Vocabulary: the 256 byte
     symbols, the same with "</w>", one symbol per merge, then <|startoftext|> and <|endoftext|>; with the
-    standard file that is 49408 ids. Text goes through ftfy's fixes of well-encoded text (`ftfy_fixes`: CLIP
-    runs ftfy.fix_text, whose mojibake repair is left out here), is HTML-unescaped twice, whitespace-collapsed and
+    standard file that is 49408 ids. Text is repaired by ftfy.fix_text (mojibake, ligatures,
+    character width, curly quotes, control characters), HTML-unescaped twice, whitespace-collapsed and
     lower-cased, as in CLIP's SimpleTokenizer (tests/test_weights_readers.py checks the ids against it).
     """
 
@@ -202,7 +171,7 @@ class ClipBpeTokenizer(Tokenizer):
 
     @staticmethod
     def clean(text: str) -> str:
-        text = html.unescape(html.unescape(ftfy_fixes(text)))
+        text = html.unescape(html.unescape(ftfy.fix_text(text)))
         return " ".join(text.split()).lower()
 
     def encode(self, text: str) -> list[int]:
