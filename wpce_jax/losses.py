@@ -16,6 +16,11 @@ Labelled objectives, over one set x [B, F] with integer labels [B] (equal labels
 - `triplet_loss`: FaceNet's triplet loss on squared distances with "semihard", "hard" (batch-hard) or "all"
   triplet mining.
 
+Ranking objective, over queries x and items y [B, F] with graded relevance [B, B] (query i against item j):
+
+- `ranking_loss`: rax's softmax, pairwise logistic (RankNet), ApproxNDCG and pointwise sigmoid losses of the scores
+  `logit_scale * x @ y.T`, with rax's default reductions.
+
 Every objective returns a float32 scalar (float64 under x64) whatever the input dtype. With `axis_name` each runs
 inside `shard_map` on local shards: the device gathers the global batch over the axis (the gather's transpose, a
 reduce-scatter, carries the gradients back), computes the terms of its own rows against every row, and the sums
@@ -258,3 +263,63 @@ def triplet_loss(x: jax.Array, labels: jax.Array, margin, mining: str = "semihar
     terms = jnp.where(pairs, below * t - jnp.take_along_axis(prefix, below, axis=-1), 0)
     # Counted in floating point: B^3 triplets overflow int32 at B ~ 1300.
     return _mean(jnp.sum(terms), jnp.sum(jnp.where(pairs, count[:, None].astype(dtype), 0)), axis_name)
+
+
+RANKING_KINDS = ("softmax", "pairwise_logistic", "approx_ndcg", "pointwise_sigmoid")
+
+
+def ranking_loss(x: jax.Array, y: jax.Array, relevance: jax.Array, logit_scale, kind: str,
+                 axis_name: AxisName = None) -> jax.Array:
+    """A learning-to-rank loss of the queries x against the items y with graded relevance (a scalar).
+
+    x, y: [B, F] (or [b, F] shards of the same rows with `axis_name`); relevance: [B, B] (or [b, B]: this device's
+    queries against every global item), float >= 0. Each query i is a list over the B items, scored by
+    s_ij = logit_scale * x_i . y_j (logit_scale: scalar, used as is). The value is rax 0.4.0's loss with its
+    default reductions on the global [B, B] scores and relevance (query = list, item = list entry):
+    - "softmax" (rax.softmax_loss): per query -sum_j rel_ij log softmax(s_i)_j, relevance as given (not
+      normalised); the mean over all B queries, a query with no relevant item counting 0.
+    - "pairwise_logistic" (RankNet, rax.pairwise_logistic_loss): log(1 + exp(-(s_ij - s_ik))) for every pair of
+      items with rel_ij > rel_ik in the same query; the mean over all such pairs of all queries (queries with more
+      pairs weigh more); 0 when there is no pair at all.
+    - "approx_ndcg" (Qin et al. 2010; rax.approx_t12n(rax.ndcg_metric), temperature 1): approximate ranks
+      r_ij = 1 + sum_{k != j} sigmoid(s_ik - s_ij), gains 2^rel - 1, NDCG_i = sum_j gain_ij / log2(1 + r_ij)
+      divided by the ideal DCG (the gains sorted descending, at ranks 1..B); NDCG_i = 0 where the ideal DCG is 0
+      (no relevant item). The loss is -mean_i NDCG_i over all B queries: as rax's default, queries without a
+      relevant item count 0 and are not excluded.
+    - "pointwise_sigmoid" (rax.pointwise_sigmoid_loss): the binary cross-entropy of sigmoid(s_ij) against
+      rel_ij clipped to [0, 1] (give grades divided by the largest one); the mean over all B * B entries.
+    Memory: "pairwise_logistic" and "approx_ndcg" build [b, B, B] pair terms on each device (rax does the same
+    per list): 4 b B^2 bytes in float32, e.g. 0.5 GiB per device at B = 1024 on 8 devices, but 32 GiB at B = 4096;
+    fine at the batch sizes this mode is trained with, not at CLIP's. "softmax" and "pointwise_sigmoid" are [b, B].
+    Raises ValueError for another `kind` or mismatched shapes.
+    """
+    if kind not in RANKING_KINDS:
+        raise ValueError(f"kind must be one of {RANKING_KINDS}, got {kind!r}")
+    _check_pair(x, y)
+    dtype, (x, y, relevance) = _float(x, y, relevance)
+    local = x.shape[0]
+    (y_all,), _ = _global(axis_name, local, y)
+    total = y_all.shape[0]  # x is split like y, so this is also the global number of queries
+    if relevance.shape != (local, total):
+        raise ValueError(f"relevance must be [queries, global items] = {(local, total)}, got {relevance.shape}")
+    s = jnp.asarray(logit_scale, dtype) * (x @ y_all.T)  # [b, B]
+    if kind == "softmax":
+        terms = -relevance * jax.nn.log_softmax(s, axis=-1)
+        return _psum(jnp.sum(terms), axis_name) / total
+    if kind == "pointwise_sigmoid":
+        # -[l log sigmoid(s) + (1 - l) log sigmoid(-s)] = softplus(s) - l s, stable for large |s|.
+        terms = jax.nn.softplus(s) - s * jnp.clip(relevance, 0, 1)
+        return _psum(jnp.sum(terms), axis_name) / (total * total)
+    if kind == "pairwise_logistic":
+        # [b, B, B]: pair (j, k) of query i; the mean over a data-dependent number of pairs needs the global count.
+        preferred = relevance[:, :, None] > relevance[:, None, :]
+        terms = jnp.where(preferred, jax.nn.softplus(s[:, None, :] - s[:, :, None]), 0)
+        return _mean(jnp.sum(terms), jnp.sum(preferred), axis_name)
+    # approx_ndcg. sum_k sigmoid(s_ik - s_ij) over all k includes k = j, which is sigmoid(0) = 1/2 (with no gradient
+    # through it), so the rank is 1/2 + the full sum: no diagonal mask.
+    ranks = 0.5 + jnp.sum(jax.nn.sigmoid(s[:, None, :] - s[:, :, None]), axis=-1)  # [b, B]
+    gains = jnp.exp2(relevance) - 1
+    dcg = jnp.sum(gains / jnp.log2(1 + ranks), axis=-1)
+    ideal = jnp.sum(jnp.sort(gains, axis=-1)[:, ::-1] / jnp.log2(2 + jnp.arange(total, dtype=dtype)), axis=-1)
+    ndcg = dcg / jnp.where(ideal == 0, 1, ideal)
+    return -_psum(jnp.sum(ndcg), axis_name) / total
