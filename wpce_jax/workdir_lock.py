@@ -13,6 +13,7 @@ import time
 
 from etils import epath
 
+from wpce_jax.errors import UserError
 from wpce_jax.paths import write_text
 
 LOCK_NAME = "run.lock"
@@ -20,7 +21,7 @@ STALE_AFTER_S = 600.0
 HEARTBEAT_EVERY_S = 60.0
 
 
-class WorkdirLockedError(RuntimeError):
+class WorkdirLockedError(UserError, RuntimeError):
     """Another live run holds the workdir."""
 
 
