@@ -310,7 +310,6 @@ def _loop(run: _Run) -> dict[str, float]:
             progress.update(force=True, note=f"{shown}  {steps_per_s * config.batch_size:,.0f} ex/s  "
                                              f"data wait {100 * logged['train/data_wait_share']:.0f}%")
             data_wait, window_start = 0.0, step
-            run.lock.heartbeat()
             _check_finite(run)  # after logging, so the bad loss is on record
         if run.stop.reached(step):  # before evaluating: a preempted run has seconds, not minutes
             with progress.pause():
