@@ -30,7 +30,7 @@ from wpce_jax.config_validation import mode_settings, validate
 from wpce_jax.data import run_data
 from wpce_jax.data.image_ops import ViewAugment
 from wpce_jax.data.pipeline import make_dataset
-from wpce_jax.errors import ConfigError, WrongPathError
+from wpce_jax.errors import ConfigError, UserError, WrongPathError
 from wpce_jax.evaluate.evaluator import Evaluator
 from wpce_jax.metric_writer import MetricWriter, write_eval_json
 from wpce_jax.models.towers import make_model
@@ -42,7 +42,7 @@ from wpce_jax.train_step import TrainState, initial_state, make_train_step
 from wpce_jax.workdir_lock import WorkdirLock
 
 
-class NonFiniteError(FloatingPointError):
+class NonFiniteError(UserError, FloatingPointError):  # its message names the fix (learning rate, clipping, data)
     pass
 
 
