@@ -1,15 +1,15 @@
 """The command line: a user's mistake gets one line on stderr that names the input and the fix, exit status 2;
 two runs cannot share a workdir."""
 import os
-import signal
 import subprocess
 import sys
 
 import pytest
 
+from wpce_jax import cli, train
 from wpce_jax.data.run_data import prepare_digits
-from runs import DIGITS, cli, tiny_config
-from test_train import wait_for
+from runs import DIGITS, ROOT, tiny_config
+from runs import cli as train_cmd
 
 
 def one_line_error(cmd):
@@ -33,26 +33,33 @@ def test_user_mistakes_get_one_line(tmp_path, cache_dir, case):
         assert "modle" in line and "--config.KEY" in line
     elif case == "unwritable_workdir":
         (tmp_path / "file").write_text("")
-        line = one_line_error(cli(str(tmp_path / "file" / "run"), cache_dir))
+        line = one_line_error(train_cmd(str(tmp_path / "file" / "run"), cache_dir))
         assert "--workdir" in line and "cannot create it" in line
     else:
         train_dir = prepare_digits(tiny_config(cache_dir)).train_dir  # a converted dataset
-        line = one_line_error(cli(str(tmp_path / "run"), cache_dir, **{
+        line = one_line_error(train_cmd(str(tmp_path / "run"), cache_dir, **{
             "data.kind": "arrayrecord", "data.train_dir": train_dir, "data.tokenizer": "sentencepiece",
             "data.tokenizer_path": str(tmp_path)}))
         assert "data.tokenizer_path" in line and "is a directory" in line
 
 
-def test_a_second_run_on_a_live_workdir_is_refused(tmp_path, cache_dir):
+HOLD = "import sys; from wpce_jax.workdir_lock import WorkdirLock\nwith WorkdirLock(sys.argv[1]):\n    " \
+       "print('held', flush=True); sys.stdin.read()"
+
+
+def test_a_second_run_on_a_live_workdir_is_refused(tmp_path, cache_dir, capsys):
+    """A run holding the workdir (a process that only holds its lock) stops a second one before any compute, with
+    one line naming the holder; in-process through the command lines' error handling."""
     workdir = str(tmp_path / "run")
-    first = subprocess.Popen(cli(workdir, cache_dir, total_steps=2000, log_every_steps=1, eval_every_steps=2000,
-                                 checkpoint_every_steps=2000), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True)
+    first = subprocess.Popen([sys.executable, "-c", HOLD, workdir], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True, env=dict(os.environ, PYTHONPATH=ROOT))
     try:
-        wait_for(lambda: os.path.exists(os.path.join(workdir, "metrics.jsonl")), first)
-        line = one_line_error(cli(workdir, cache_dir))
-        assert f"in use by another run (pid {first.pid} on " in line
+        assert first.stdout.readline() == "held\n"
+        with pytest.raises(SystemExit) as exited:
+            cli.report_errors(train.train_and_evaluate)(tiny_config(cache_dir), workdir)
     finally:
-        first.send_signal(signal.SIGTERM)
-        first.communicate(timeout=300)
-    assert first.returncode == 0
+        first.communicate(timeout=60)  # stdin closed: it releases the lock
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert exited.value.code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(f"error: {workdir} is in use by another run (pid {first.pid} on "), lines
+    assert first.returncode == 0 and not os.listdir(workdir)  # nothing written by the second run

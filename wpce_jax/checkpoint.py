@@ -20,6 +20,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from ml_collections import ConfigDict
 
+from wpce_jax.errors import MissingInputError, UserError
 from wpce_jax.paths import resolved
 from wpce_jax.pointcloud import PointCloud
 
@@ -35,7 +36,7 @@ def checkpoint_dir(workdir) -> epath.Path:
     return resolved(workdir) / CHECKPOINT_SUBDIR
 
 
-class IncompatibleCheckpointError(ValueError):
+class IncompatibleCheckpointError(UserError, ValueError):
     """A checkpoint written by an older version of the code, which this version cannot resume."""
 
 
@@ -213,16 +214,16 @@ def restore(path, step: Optional[int] = None) -> Restored:
 
     directory = checkpoint_dir(path)
     if not directory.is_dir():
-        raise FileNotFoundError(f"no checkpoints under {directory}: is {path!r} a training workdir?")
+        raise MissingInputError(f"no checkpoints under {directory}: is {path!r} a training workdir?")
     manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))
     try:
         steps = manager.all_steps()
         if step is None:
             step = manager.latest_step()
         elif step not in steps:
-            raise FileNotFoundError(f"{directory} has no step-{step} checkpoint; it has steps {sorted(steps)}")
+            raise MissingInputError(f"{directory} has no step-{step} checkpoint; it has steps {sorted(steps)}")
         if step is None:
-            raise FileNotFoundError(f"{directory} holds no complete checkpoint")
+            raise MissingInputError(f"{directory} holds no complete checkpoint")
         config = ConfigDict(manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"])
         # The run kept its tokenizer in DIR/tokenizer/; find it there even if DIR was moved or copied since.
         beside = directory.parent / "tokenizer" / epath.Path(config.data.tokenizer_path).name

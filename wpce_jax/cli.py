@@ -1,12 +1,18 @@
 """What the command lines share: library logs kept below the console, and one line for a user's mistake.
 
-Errors that describe a mistake in the inputs (a config file that does not exist, an unknown --config.KEY, an
-unwritable workdir, a changed config on resume, ...) print "error: <what, and the fix>" and exit with status 2
-instead of a traceback; --verbosity=1 shows the traceback. --verbosity=0 shows the libraries' INFO logs.
+Errors that describe a mistake in the inputs (wpce_jax.errors.UserError: a config file that does not exist, an
+unknown --config.KEY, an unwritable workdir, a changed config on resume, ...) print "error: <what, and the fix>" and
+exit with status 2 instead of a traceback; --verbosity=1 shows the traceback. Any other exception is a fault in the
+code or a library: its traceback stays, followed by one summary line, and the exit status is 1. --verbosity=0 shows
+the libraries' INFO logs.
 """
+import functools
 import sys
+import traceback
 
-from absl import flags, logging
+from absl import app, flags, logging
+
+from wpce_jax.errors import UserError
 
 FLAGS = flags.FLAGS
 
@@ -15,17 +21,6 @@ def quiet_libraries() -> None:
     """Library INFO logs below the console unless --verbosity was given."""
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
-
-
-def user_errors() -> tuple[type, ...]:
-    """Errors that describe a mistake in the inputs (their message names the input and the fix)."""
-    from wpce_jax.data.records import ManifestError
-    from wpce_jax.platform import AcceleratorMissingError
-    from wpce_jax.run_record import ConfigChangedError
-    from wpce_jax.workdir_lock import WorkdirLockedError
-
-    return (ValueError, FileNotFoundError, IsADirectoryError, PermissionError, ManifestError,
-            AcceleratorMissingError, ConfigChangedError, WorkdirLockedError)
 
 
 def fail(message: str) -> None:
@@ -52,3 +47,22 @@ def parse_flags(argv):
             else ""
         print(f"error: {one_line(e)}{hint}", file=sys.stderr)
         sys.exit(2)
+
+
+def report_errors(main):
+    """`main` (an absl main function) with a UserError as one line and exit status 2, and any other exception as its
+    traceback plus a summary line and exit status 1. absl's UsageError goes on to app.run, which prints the usage."""
+    @functools.wraps(main)
+    def wrapped(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except app.UsageError:
+            raise
+        except UserError as e:
+            fail(str(e))  # our own message: its line breaks, if any, are meant (a changed config lists fields)
+        except Exception as e:  # noqa: BLE001 - a fault: report it whole
+            traceback.print_exc()
+            print(f"error: internal error ({type(e).__name__}: {one_line(e)}); the traceback above is the one to "
+                  f"report", file=sys.stderr, flush=True)
+            sys.exit(1)
+    return wrapped

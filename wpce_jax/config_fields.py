@@ -2,6 +2,8 @@
 from numbers import Real
 from typing import Any
 
+from wpce_jax.errors import ConfigError
+
 REQUIRED = object()
 
 
@@ -12,7 +14,7 @@ def get(config, path: str, default: Any = REQUIRED) -> Any:
         node = node.get(key) if hasattr(node, "get") else None
         if node is None:
             if default is REQUIRED:
-                raise ValueError(f"config field {path} is required but missing")
+                raise ConfigError(f"config field {path} is required but missing")
             return default
     return node
 
@@ -20,7 +22,7 @@ def get(config, path: str, default: Any = REQUIRED) -> Any:
 def positive_int(config, path: str, default: Any = REQUIRED) -> int:
     value = get(config, path, default)
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"config field {path} must be a positive int, got {value!r}")
+        raise ConfigError(f"config field {path} must be a positive int, got {value!r}")
     return value
 
 
@@ -29,6 +31,6 @@ def number(config, path: str, low: float, low_inclusive: bool = True) -> float:
     value = get(config, path)
     ok = isinstance(value, Real) and not isinstance(value, bool) and (value >= low if low_inclusive else value > low)
     if not ok:
-        raise ValueError(f"config field {path} must be a number {'>=' if low_inclusive else '>'} {low}, "
-                         f"got {value!r}")
+        raise ConfigError(f"config field {path} must be a number {'>=' if low_inclusive else '>'} {low}, "
+                          f"got {value!r}")
     return value

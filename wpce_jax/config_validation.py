@@ -5,6 +5,7 @@ import jax
 from ml_collections import ConfigDict
 
 from wpce_jax.config_fields import get as _get, number as _number, positive_int as _positive_int
+from wpce_jax.errors import ConfigError
 from wpce_jax.kernels import KINDS
 from wpce_jax.losses import MININGS
 from wpce_jax.models.towers import validate_model_config
@@ -45,7 +46,7 @@ def mode_settings(config: ConfigDict) -> ModeSettings:
     """
     mode = _get(config, "mode", "image_text")
     if mode not in MODES:
-        raise ValueError(f"config field mode must be one of {MODES}, got {mode!r}")
+        raise ConfigError(f"config field mode must be one of {MODES}, got {mode!r}")
     temperature = _get(config, "mode_temperature", MODE_TEMPERATURE)
     metric_loss = _get(config, "metric_loss", "triplet")
     margin = _get(config, "margin", None)
@@ -53,27 +54,27 @@ def mode_settings(config: ConfigDict) -> ModeSettings:
     views = None
     if mode == "two_view":
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
-            raise ValueError(f"config field mode_temperature must be a number > 0, got {temperature!r}")
+            raise ConfigError(f"config field mode_temperature must be a number > 0, got {temperature!r}")
         views = {"strength": _get(config, "views.strength", 1.0), "flip": _get(config, "views.flip", False),
                  "jitter_prob": _get(config, "views.jitter_prob", 0.8),
                  "grayscale_prob": _get(config, "views.grayscale_prob", 0.2)}
         for field, value in views.items():
             if field == "flip":
                 if not isinstance(value, bool):
-                    raise ValueError(f"config field views.flip must be a bool, got {value!r}")
+                    raise ConfigError(f"config field views.flip must be a bool, got {value!r}")
                 continue
             ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
             if not ok or (field != "strength" and value > 1):
-                raise ValueError(f"config field views.{field} must be a number "
-                                 f"{'>= 0' if field == 'strength' else 'in [0, 1]'}, got {value!r}")
+                raise ConfigError(f"config field views.{field} must be a number "
+                                  f"{'>= 0' if field == 'strength' else 'in [0, 1]'}, got {value!r}")
     if mode == "labelled":
         if metric_loss not in METRIC_LOSSES:
-            raise ValueError(f"config field metric_loss must be one of {METRIC_LOSSES}, got {metric_loss!r}")
+            raise ConfigError(f"config field metric_loss must be one of {METRIC_LOSSES}, got {metric_loss!r}")
         if metric_loss == "triplet" and mining not in MININGS:
-            raise ValueError(f"config field mining must be one of {MININGS}, got {mining!r}")
+            raise ConfigError(f"config field mining must be one of {MININGS}, got {mining!r}")
         margin = MARGINS[metric_loss] if margin is None else margin
         if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not margin > 0:
-            raise ValueError(f"config field margin must be a number > 0, got {margin!r}")
+            raise ConfigError(f"config field margin must be a number > 0, got {margin!r}")
     return ModeSettings(mode, float(temperature) if mode == "two_view" else MODE_TEMPERATURE, metric_loss,
                         float(margin) if margin is not None else 0.0, mining, views)
 
@@ -106,60 +107,60 @@ def validate_config(config: ConfigDict) -> None:
     profile = _get(config, "profile_steps", ())
     if profile and not (len(profile) == 2 and all(isinstance(s, int) and not isinstance(s, bool) for s in profile)
                         and 1 <= profile[0] <= profile[1]):
-        raise ValueError(f"config field profile_steps must be () or (first, last) steps with 1 <= first <= last, "
-                         f"got {tuple(profile)!r}")
+        raise ConfigError(f"config field profile_steps must be () or (first, last) steps with 1 <= first <= last, "
+                          f"got {tuple(profile)!r}")
     if not isinstance(config.seed, int):
-        raise ValueError(f"config field seed must be an int, got {config.seed!r}")
+        raise ConfigError(f"config field seed must be an int, got {config.seed!r}")
     devices = jax.device_count()
     for path, size in (("batch_size", config.batch_size), ("eval.batch_size", config.eval.batch_size)):
         if size % devices:
-            raise ValueError(f"config field {path} = {size} must be divisible by the number of devices ({devices})")
+            raise ConfigError(f"config field {path} = {size} must be divisible by the number of devices ({devices})")
     fsdp = _get(config, "mesh.fsdp", 1)
     if isinstance(fsdp, bool) or not isinstance(fsdp, int) or fsdp < 1 or devices % fsdp:
-        raise ValueError(f"config field mesh.fsdp = {fsdp!r} must be a positive divisor of the number of devices "
-                         f"({devices})")
+        raise ConfigError(f"config field mesh.fsdp = {fsdp!r} must be a positive divisor of the number of devices "
+                          f"({devices})")
     accum = config.optim.accum_steps  # micro-batches of the global batch, each spread over every device
     if accum > 1 and config.batch_size % (accum * devices):
-        raise ValueError(f"config fields batch_size = {config.batch_size} and optim.accum_steps = {accum}: "
-                         f"batch_size must be divisible by optim.accum_steps x the number of devices "
-                         f"({accum} x {devices} = {accum * devices}), so that every micro-batch is spread evenly")
+        raise ConfigError(f"config fields batch_size = {config.batch_size} and optim.accum_steps = {accum}: "
+                          f"batch_size must be divisible by optim.accum_steps x the number of devices "
+                          f"({accum} x {devices} = {accum * devices}), so that every micro-batch is spread evenly")
     per_class = _get(config, "data.samples_per_class", 0)
     if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class == 1 or per_class < 0:
-        raise ValueError(f"config field data.samples_per_class must be 0 (uniform) or an int >= 2, got {per_class!r}")
+        raise ConfigError(f"config field data.samples_per_class must be 0 (uniform) or an int >= 2, got {per_class!r}")
     if per_class and config.batch_size % (per_class * jax.process_count()):
-        raise ValueError(f"config field batch_size = {config.batch_size} must be a multiple of data.samples_per_class "
-                         f"({per_class}) x processes ({jax.process_count()})")
+        raise ConfigError(f"config field batch_size = {config.batch_size} must be a multiple of data.samples_per_class "
+                          f"({per_class}) x processes ({jax.process_count()})")
     if config.data.kind not in DATA_KINDS:
-        raise ValueError(f"config field data.kind must be one of {DATA_KINDS}, got {config.data.kind!r}")
+        raise ConfigError(f"config field data.kind must be one of {DATA_KINDS}, got {config.data.kind!r}")
     if config.data.kind == "arrayrecord":
         if not config.data.train_dir:
-            raise ValueError("config field data.train_dir is required for data.kind='arrayrecord': a directory "
-                             "made by `python -m wpce_jax.data.convert` (holding manifest.json)")
+            raise ConfigError("config field data.train_dir is required for data.kind='arrayrecord': a directory "
+                              "made by `python -m wpce_jax.data.convert` (holding manifest.json)")
         if config.data.tokenizer not in TOKENIZERS:
-            raise ValueError(f"config field data.tokenizer must be one of {TOKENIZERS}, got {config.data.tokenizer!r}")
+            raise ConfigError(f"config field data.tokenizer must be one of {TOKENIZERS}, got {config.data.tokenizer!r}")
         if not config.data.tokenizer_path:
-            raise ValueError("config field data.tokenizer_path is required: bpe_simple_vocab_16e6.txt.gz for "
-                             "clip_bpe, a .model file for sentencepiece")
+            raise ConfigError("config field data.tokenizer_path is required: bpe_simple_vocab_16e6.txt.gz for "
+                              "clip_bpe, a .model file for sentencepiece")
     lo, hi = config.data.crop_scale
     if not 0 < lo <= hi <= 1:
-        raise ValueError(f"config field data.crop_scale must satisfy 0 < lo <= hi <= 1, got {tuple(config.data.crop_scale)}")
+        raise ConfigError(f"config field data.crop_scale must satisfy 0 < lo <= hi <= 1, got {tuple(config.data.crop_scale)}")
     if config.wpce.kernel not in KINDS:
-        raise ValueError(f"config field wpce.kernel must be one of {KINDS}, got {config.wpce.kernel!r}")
+        raise ConfigError(f"config field wpce.kernel must be one of {KINDS}, got {config.wpce.kernel!r}")
     _number(config, "wpce.scale", 0, low_inclusive=False)
     _number(config, "wpce.a_lin", 0)
     _number(config, "wpce.a_rff", 0)
     if config.model.similarity == "wpce" and config.wpce.a_lin == 0 and config.wpce.a_rff == 0:
-        raise ValueError("config fields wpce.a_lin and wpce.a_rff are both 0: the similarity would be 0 for every "
-                         "pair; give at least one kernel a positive weight (the paper: a_lin 0.667, a_rff 0.333)")
+        raise ConfigError("config fields wpce.a_lin and wpce.a_rff are both 0: the similarity would be 0 for every "
+                          "pair; give at least one kernel a positive weight (the paper: a_lin 0.667, a_rff 0.333)")
     for path in ("optim.lr", "optim.init_lr", "optim.end_lr", "optim.weight_decay", "optim.grad_clip_norm",
                  "optim.eps"):
         _number(config, path, 0)
     for path in ("optim.b1", "optim.b2"):
         beta = _number(config, path, 0)
         if not beta < 1:
-            raise ValueError(f"config field {path} must lie in [0, 1), got {beta!r}")
+            raise ConfigError(f"config field {path} must lie in [0, 1), got {beta!r}")
     if not isinstance(config.optim.warmup_steps, int) or config.optim.warmup_steps < 0:
-        raise ValueError(f"config field optim.warmup_steps must be an int >= 0, got {config.optim.warmup_steps!r}")
+        raise ConfigError(f"config field optim.warmup_steps must be an int >= 0, got {config.optim.warmup_steps!r}")
     if not 0 < _number(config, "logit_scale_min", 0, False) < _number(config, "logit_scale_max", 0, False):
-        raise ValueError(f"config fields logit_scale_min < logit_scale_max required, got "
-                         f"{config.logit_scale_min} and {config.logit_scale_max}")
+        raise ConfigError(f"config fields logit_scale_min < logit_scale_max required, got "
+                          f"{config.logit_scale_min} and {config.logit_scale_max}")

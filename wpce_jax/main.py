@@ -18,7 +18,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from wpce_jax import distributed
-from wpce_jax.cli import fail, one_line, parse_flags, quiet_libraries, user_errors
+from wpce_jax.cli import fail, one_line, parse_flags, quiet_libraries, report_errors
 
 flags.DEFINE_string("workdir", None, "Directory (local or gs://) for checkpoints, metrics.jsonl and TensorBoard "
                                      "events; a run restarted with the same workdir resumes.", required=True)
@@ -43,6 +43,7 @@ def load_config():
     return config
 
 
+@report_errors
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -59,8 +60,6 @@ def main(argv):
     stop = StopSignals().__enter__()
     try:
         results = train_and_evaluate(config, FLAGS.workdir, stop_signals=stop)
-    except user_errors() as e:
-        fail(str(e))
     finally:
         stop.ignore_from_now_on()
     if jax.process_index() == 0 and results:

@@ -15,6 +15,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from wpce_jax.errors import ConfigError
+
 FSDP_AXIS = "fsdp"
 DATA_AXIS = ("data", FSDP_AXIS)  # the mesh axes the batch is split over (all of them); shard_map's axis_name
 SCANNED = "blocks"  # parameters under this name are stacked on a leading layer axis (nn.scan), never split
@@ -25,7 +27,7 @@ def make_mesh(devices=None, fsdp: int = 1) -> Mesh:
     propagates the batch and parameter shardings through the towers."""
     devices = jax.devices() if devices is None else list(devices)
     if fsdp < 1 or len(devices) % fsdp:
-        raise ValueError(f"config.mesh.fsdp = {fsdp} must be a divisor of the number of devices ({len(devices)})")
+        raise ConfigError(f"config.mesh.fsdp = {fsdp} must be a divisor of the number of devices ({len(devices)})")
     return jax.make_mesh((len(devices) // fsdp, fsdp), ("data", FSDP_AXIS), axis_types=(AxisType.Auto,) * 2,
                          devices=devices)
 
@@ -101,7 +103,7 @@ def per_process_batch(global_size: int, what: str = "batch_size") -> int:
     """The slice of a global batch each process feeds, with a clear error when it does not divide evenly."""
     devices, processes = jax.device_count(), jax.process_count()
     if global_size % devices:
-        raise ValueError(f"config.{what} = {global_size} must be divisible by the number of devices ({devices})")
+        raise ConfigError(f"config.{what} = {global_size} must be divisible by the number of devices ({devices})")
     return global_size // processes
 
 

@@ -18,12 +18,14 @@ from typing import Callable, Optional, Sequence
 
 import jax
 
+from wpce_jax.errors import UserError
+
 # pip distributions that give JAX an accelerator backend: if one is installed and JAX still runs on the CPU, the
 # plugin failed to start (JAX logged why), which is a different fix from installing it.
 ACCELERATOR_PLUGINS = ("libtpu", "libtpu-nightly", "jax-cuda12-plugin", "jax-cuda13-plugin")
 
 
-class AcceleratorMissingError(RuntimeError):
+class AcceleratorMissingError(UserError, RuntimeError):
     """The config requires an accelerator (`require_accelerator`) but JAX's default backend is the CPU."""
 
 

@@ -16,6 +16,7 @@ from etils import epath
 from ml_collections import ConfigDict
 
 from wpce_jax.checkpoint import config_to_json
+from wpce_jax.errors import ConfigError
 from wpce_jax.paths import write_text
 
 # Fields a resumed run may change: when and what to evaluate, log and checkpoint, the input workers, where the
@@ -28,7 +29,7 @@ MAY_CHANGE = ("eval.", "log_every_steps", "eval_every_steps", "checkpoint_every_
 PACKAGES = ("jax", "jaxlib", "libtpu", "jax-cuda12-plugin", "jax-cuda13-plugin", "flax", "optax", "orbax-checkpoint", "grain", "numpy", "ml-collections", "wpce_jax")
 
 
-class ConfigChangedError(ValueError):
+class ConfigChangedError(ConfigError):
     """A resumed run's config differs from its checkpoint's in a field that changes the computation."""
 
 

@@ -30,6 +30,7 @@ from wpce_jax.config_validation import mode_settings, validate
 from wpce_jax.data import run_data
 from wpce_jax.data.image_ops import ViewAugment
 from wpce_jax.data.pipeline import make_dataset
+from wpce_jax.errors import ConfigError, UserError, WrongPathError
 from wpce_jax.evaluate.evaluator import Evaluator
 from wpce_jax.metric_writer import MetricWriter, write_eval_json
 from wpce_jax.models.towers import make_model
@@ -41,7 +42,7 @@ from wpce_jax.train_step import TrainState, initial_state, make_train_step
 from wpce_jax.workdir_lock import WorkdirLock
 
 
-class NonFiniteError(FloatingPointError):
+class NonFiniteError(UserError, FloatingPointError):  # its message names the fix (learning rate, clipping, data)
     pass
 
 
@@ -129,10 +130,10 @@ def _workdir(path) -> epath.Path:
         try:
             workdir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise PermissionError(f"--workdir {path}: cannot create it ({e.strerror or e}); pick a writable "
-                                  f"directory") from None
+            raise WrongPathError(f"--workdir {path}: cannot create it ({e.strerror or e}); pick a writable "
+                                 f"directory") from None
         if not is_remote(path) and not os.access(workdir, os.W_OK):
-            raise PermissionError(f"--workdir {path}: not writable; pick a writable directory")
+            raise WrongPathError(f"--workdir {path}: not writable; pick a writable directory")
     return workdir
 
 
@@ -228,8 +229,8 @@ def _global_batches(local_batches: Iterator[dict], mode: str, mesh) -> Iterator[
         if mode != "image_text":  # the image-only steps never read the captions: do not ship them
             local = {k: v for k, v in local.items() if k != "tokens"}
         if mode == "labelled" and (local["label"] < 0).any():
-            raise ValueError("config field mode='labelled' needs class labels, but the training records include "
-                             "unlabelled ones (label -1); use mode 'image_text' or 'two_view' for this data")
+            raise ConfigError("config field mode='labelled' needs class labels, but the training records include "
+                              "unlabelled ones (label -1); use mode 'image_text' or 'two_view' for this data")
         yield global_batch(local, mesh)
 
 
@@ -309,7 +310,6 @@ def _loop(run: _Run) -> dict[str, float]:
             progress.update(force=True, note=f"{shown}  {steps_per_s * config.batch_size:,.0f} ex/s  "
                                              f"data wait {100 * logged['train/data_wait_share']:.0f}%")
             data_wait, window_start = 0.0, step
-            run.lock.heartbeat()
             _check_finite(run)  # after logging, so the bad loss is on record
         if run.stop.reached(step):  # before evaluating: a preempted run has seconds, not minutes
             with progress.pause():

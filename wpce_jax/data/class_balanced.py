@@ -15,6 +15,8 @@ import functools
 
 import numpy as np
 
+from wpce_jax.errors import DataError
+
 
 class ClassBalancedOrder:
     """Global example position g -> record index, epoch after epoch (the same on every process).
@@ -32,13 +34,13 @@ class ClassBalancedOrder:
             raise ValueError(f"the global batch {global_batch} must be a multiple of samples per class ({per_class}) "
                              f"x processes ({process_count})")
         if labels.size and labels.min() < 0:
-            raise ValueError("class-balanced sampling needs every record labelled (found label -1)")
+            raise DataError("class-balanced sampling needs every record labelled (found label -1)")
         self.per_class, self.global_batch, self.seed = per_class, global_batch, seed
         self.members = [np.flatnonzero(labels == c) for c in np.unique(labels)]
         groups = sum(len(m) // per_class for m in self.members)
         self.batches_per_epoch = groups * per_class // global_batch
         if self.batches_per_epoch == 0:
-            raise ValueError(f"{groups} groups of {per_class} images of one class fill no batch of {global_batch}")
+            raise DataError(f"{groups} groups of {per_class} images of one class fill no batch of {global_batch}")
         self.epoch_length = self.batches_per_epoch * global_batch
 
     @functools.lru_cache(maxsize=2)

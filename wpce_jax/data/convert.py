@@ -49,6 +49,7 @@ from array_record.python import array_record_module
 from wpce_jax.data import records
 from wpce_jax.data.image_check import (DEFAULT_JPEG_QUALITY, DEFAULT_MAX_IMAGE_SIDE, DEFAULT_MAX_PIXELS, Drop,
                                        check_image)
+from wpce_jax.errors import ConfigError, MissingInputError, UserError
 from wpce_jax.progress import Progress
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")  # first one present is the sample's image
@@ -60,7 +61,7 @@ _PROGRESS_EVERY = 64  # samples between progress messages from a worker
 _TAIL = 1 << 16  # bytes of the tar stream kept to check the end-of-archive block
 
 
-class EmptyOutputError(RuntimeError):
+class EmptyOutputError(UserError, RuntimeError):
     """No input sample survived the conversion: there is no dataset to write."""
 
 
@@ -398,12 +399,12 @@ def convert(
     shard j is written (progress hooks; an exception there interrupts the conversion, which a re-run resumes).
     """
     if num_shards < 1:
-        raise ValueError(f"--num_shards must be >= 1, got {num_shards}")
+        raise ConfigError(f"--num_shards must be >= 1, got {num_shards}")
     if not inputs:
-        raise ValueError("no input tar files given")
+        raise ConfigError("no input tar files given")
     for p in inputs:
         if not os.path.isfile(p):
-            raise FileNotFoundError(f"{p}: input tar not found")
+            raise MissingInputError(f"{p}: input tar not found")
     inputs = sorted(os.path.abspath(p) for p in inputs)
     opts = {"max_pixels": int(max_pixels), "max_image_side": max_image_side, "jpeg_quality": int(jpeg_quality)}
     fingerprints = [_input_fingerprint(p) for p in inputs]
@@ -422,7 +423,7 @@ def convert(
         with open(run_path) as f:
             previous = json.load(f)
         if previous.get("run_id") != run_id:
-            raise ValueError(
+            raise ConfigError(
                 f"{output} holds an unfinished conversion with other inputs or options (run {previous.get('run_id')}"
                 f", this one {run_id}); use a new --output or delete {output}")
     else:
@@ -572,8 +573,8 @@ def _existing_complete(output: str, run_id: str, num_shards: int) -> dict[str, A
     except records.ManifestError:
         return None
     if manifest.get("run_id") != run_id:
-        raise ValueError(f"{output} already holds a finished conversion of other inputs or options "
-                         f"(run {manifest.get('run_id')}, this one {run_id}); use a new --output")
+        raise ConfigError(f"{output} already holds a finished conversion of other inputs or options "
+                          f"(run {manifest.get('run_id')}, this one {run_id}); use a new --output")
     if not manifest.get("num_examples"):
         # An empty dataset (written by an older converter) is no finished conversion: redo it, which fails.
         os.remove(os.path.join(output, records.MANIFEST_NAME))
@@ -624,7 +625,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         convert(inputs, args.output, args.num_shards, workers=args.workers, max_pixels=args.max_pixels,
                 max_image_side=args.max_image_side or None, jpeg_quality=args.jpeg_quality)
-    except EmptyOutputError as e:
+    except UserError as e:  # e.g. EmptyOutputError, a missing input, an --output of another conversion
         print(f"error: {e}", file=sys.stderr)  # the progress display has ended its line
         return 1
     return 0

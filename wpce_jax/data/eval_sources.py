@@ -23,12 +23,13 @@ import numpy as np
 from etils import epath
 
 from wpce_jax.data import records
+from wpce_jax.errors import DataError, MissingInputError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 CLASSES_FILE = "classes.json"
 
 
-class MissingDataError(FileNotFoundError):
+class MissingDataError(MissingInputError):
     """Evaluation data that is not on disk (yet); the message says how to prepare it."""
 
 
@@ -153,21 +154,21 @@ def folder_source(root: str, class_names: Optional[Sequence[str]] = None) -> Cla
         order = list(spec["folders"])
         unknown = sorted(set(order) - set(folders))
         if unknown:
-            raise ValueError(f"{root_path / CLASSES_FILE}: folders {unknown[:5]} do not exist under {root}")
+            raise DataError(f"{root_path / CLASSES_FILE}: folders {unknown[:5]} do not exist under {root}")
     elif class_names is not None:
         by_key = {_key(n): i for i, n in enumerate(class_names)}
         unmatched = [f for f in folders if _key(f) not in by_key]
         if unmatched or len(folders) != len(class_names):
-            raise ValueError(f"class-folder dataset {root}: {len(folders)} folders for {len(class_names)} classes"
-                             f"{', unmatched: ' + str(unmatched[:5]) if unmatched else ''}; name one folder after "
-                             f"each class or give {CLASSES_FILE} with \"folders\" in label order")
+            raise DataError(f"class-folder dataset {root}: {len(folders)} folders for {len(class_names)} classes"
+                            f"{', unmatched: ' + str(unmatched[:5]) if unmatched else ''}; name one folder after "
+                            f"each class or give {CLASSES_FILE} with \"folders\" in label order")
         order = sorted(folders, key=lambda f: by_key[_key(f)])
     else:
         order = folders
     names = spec.get("class_names", class_names if class_names is not None else
                      [f.replace("_", " ") for f in order])
     if len(names) != len(order):
-        raise ValueError(f"{root_path / CLASSES_FILE}: {len(names)} class_names for {len(order)} folders")
+        raise DataError(f"{root_path / CLASSES_FILE}: {len(names)} class_names for {len(order)} folders")
     paths, labels = [], []
     for folder in order:
         files = sorted(str(p) for p in (root_path / folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -249,7 +250,7 @@ def karpathy_captions(json_path: str, image_root: Optional[str] = None, split: s
         raise MissingDataError(f"Karpathy split file {json_path} does not exist")
     entries = [e for e in json.loads(path.read_text())["images"] if e["split"] == split]
     if not entries:
-        raise ValueError(f"{json_path}: no images in split {split!r}")
+        raise DataError(f"{json_path}: no images in split {split!r}")
     relative = [epath.Path(e.get("filepath", "")) / e["filename"] for e in entries]
     roots = [epath.Path(image_root)] if image_root else [path.parent / "images", path.parent / "flickr30k-images",
                                                          path.parent]

@@ -33,6 +33,7 @@ import numpy as np
 
 from wpce_jax.data import image_ops, records
 from wpce_jax.data.class_balanced import ClassBalancedOrder
+from wpce_jax.errors import DataError
 
 
 def dataset_size(data_dir: str) -> int:
@@ -300,8 +301,8 @@ def make_dataset(
         raise ValueError(f"start_example must be a non-negative multiple of the global batch {global_batch} "
                          f"(batch_size {batch_size} x {process_count} processes), got {start_example!r}")
     if n < global_batch:
-        raise ValueError(f"{data_dir}: {n} examples are fewer than one global batch of {global_batch} "
-                         f"(batch_size {batch_size} x {process_count} processes)")
+        raise DataError(f"{data_dir}: {n} examples are fewer than one global batch of {global_batch} "
+                        f"(batch_size {batch_size} x {process_count} processes)")
     if samples_per_class:
         labels = [records.decode_header(source[i])[0].get("label", -1) for i in range(n)]
         order = ClassBalancedOrder(labels, samples_per_class, global_batch, seed=seed, process_count=process_count)

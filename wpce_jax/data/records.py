@@ -42,6 +42,8 @@ import numpy as np
 from array_record.python import array_record_module
 from etils import epath
 
+from wpce_jax.errors import UserError
+
 MAGIC = b"WPCE"
 SCHEMA_VERSION = 1
 FORMAT_NAME = "wpce_jax.records"
@@ -239,7 +241,7 @@ def write_dataset(
 
 # --------------------------------------------------------------------------------------------- reading
 
-class ManifestError(ValueError):
+class ManifestError(UserError, ValueError):
     """A dataset directory's manifest is missing, of another schema, or names missing shards."""
 
 

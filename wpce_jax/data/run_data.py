@@ -17,6 +17,7 @@ from wpce_jax.config_fields import get as _get
 from wpce_jax.data import digits
 from wpce_jax.data.records import read_manifest
 from wpce_jax.data.tokenizers import get_tokenizer
+from wpce_jax.errors import ConfigError, MissingInputError, WrongPathError
 from wpce_jax.paths import is_remote
 
 
@@ -57,8 +58,8 @@ def schedule(config: ConfigDict, num_examples: int) -> tuple[int, int]:
         return config.total_steps, config.optim.warmup_steps
     steps_per_epoch = num_examples // config.batch_size
     if steps_per_epoch == 0:
-        raise ValueError(f"config field epochs: the training set's {num_examples} examples fill no batch of "
-                         f"batch_size = {config.batch_size}")
+        raise ConfigError(f"config field epochs: the training set's {num_examples} examples fill no batch of "
+                          f"batch_size = {config.batch_size}")
     warmup = config.warmup_epochs
     return max(round(epochs * steps_per_epoch), 1), round(warmup * steps_per_epoch)
 
@@ -72,10 +73,10 @@ def resolve(config: ConfigDict, workdir, is_main: bool = True) -> RunData:
     else:
         train_dir, kind, tok_path = d.train_dir, d.tokenizer, d.tokenizer_path
         if not epath.Path(tok_path).exists():
-            raise FileNotFoundError(f"config field data.tokenizer_path: {tok_path} does not exist")
+            raise MissingInputError(f"config field data.tokenizer_path: {tok_path} does not exist")
         if epath.Path(tok_path).is_dir():
-            raise IsADirectoryError(f"config field data.tokenizer_path: {tok_path} is a directory; name the file "
-                                    f"(bpe_simple_vocab_16e6.txt.gz for clip_bpe, a .model file for sentencepiece)")
+            raise WrongPathError(f"config field data.tokenizer_path: {tok_path} is a directory; name the file "
+                                 f"(bpe_simple_vocab_16e6.txt.gz for clip_bpe, a .model file for sentencepiece)")
         built = None
     num_examples = int(read_manifest(train_dir)["num_examples"])  # a clear error now rather than in a worker later
     # Each process reads the original; the saved config names process 0's copy in the workdir.

@@ -37,6 +37,7 @@ from PIL import Image
 
 from wpce_jax.data import records
 from wpce_jax.data.eval_sources import MissingDataError, tfds_builder, tfds_data_source
+from wpce_jax.errors import ConfigError, DataError, UserError
 from wpce_jax.progress import Progress
 
 CLASSES_FILE = "classes.json"
@@ -97,15 +98,15 @@ def convert(name: str, data_dir: str | None, output: str, *, label_feature: str 
     builder, sources = open_sources(name, data_dir, splits)
     features = builder.info.features
     if label_feature not in features:
-        raise ValueError(f"{name}: no label feature {label_feature!r}; features: {sorted(features.keys())}")
+        raise ConfigError(f"{name}: no label feature {label_feature!r}; features: {sorted(features.keys())}")
     num_classes = getattr(features[label_feature], "num_classes", None)
     if not num_classes:
-        raise ValueError(f"{name}: feature {label_feature!r} is not a ClassLabel")
+        raise ConfigError(f"{name}: feature {label_feature!r} is not a ClassLabel")
     if label_feature != known_label:
         name_feature = None  # CUB's label_name names the "label" classes only
     cut = cut if cut is not None else (known_cut if label_feature == known_label and known_cut else num_classes // 2)
     if not 0 < cut < num_classes:
-        raise ValueError(f"cut must be in [1, {num_classes - 1}], got {cut}")
+        raise ConfigError(f"cut must be in [1, {num_classes - 1}], got {cut}")
     names: list[str | None] = list(_label_names(features[label_feature]) or [None] * num_classes)
     if name_feature is not None and name_feature not in features:
         name_feature = None
@@ -120,7 +121,7 @@ def convert(name: str, data_dir: str | None, output: str, *, label_feature: str 
             ex = source[i]
             k = int(ex[label_feature])
             if not 0 <= k < num_classes:
-                raise ValueError(f"{name} {split}[{i}]: label {k} outside [0, {num_classes})")
+                raise DataError(f"{name} {split}[{i}]: label {k} outside [0, {num_classes})")
             if names[k] is None and name_feature is not None:
                 names[k] = _text(ex[name_feature]) or None  # the first example of the class names it
             pixels = np.asarray(ex["image"])
@@ -170,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         manifests = convert(args.name, args.data_dir, args.output, label_feature=args.label_feature, cut=args.cut,
                             num_shards=args.num_shards, splits=args.splits.split(",") if args.splits else None)
-    except MissingDatasetError as e:
+    except UserError as e:  # a dataset not prepared, a --label_feature or --cut that cannot work
         print(f"error: {e}", file=sys.stderr)
         return 1
     for half, m in manifests.items():

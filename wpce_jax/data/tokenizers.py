@@ -19,6 +19,8 @@ import numpy as np
 import regex
 from etils import epath
 
+from wpce_jax.errors import DataError, MissingInputError
+
 
 class Tokenizer:
     """Interface: vocab_size, sot_id, eot_id, pad_id, context_length, and __call__(texts) -> int32 [N, L]."""
@@ -94,17 +96,17 @@ class ClipBpeTokenizer(Tokenizer):
         if context_length < 2:
             raise ValueError(f"context_length must be >= 2 (start and end tokens), got {context_length}")
         if not epath.Path(bpe_path).is_file():
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"{bpe_path}: CLIP BPE merges file not found (expected bpe_simple_vocab_16e6.txt.gz format)")
         try:
             lines = gzip.decompress(epath.Path(bpe_path).read_bytes()).decode("utf-8").split("\n")
         except (OSError, EOFError, UnicodeDecodeError) as e:
-            raise ValueError(f"{bpe_path}: not a gzip UTF-8 BPE merges file ({e})") from e
+            raise DataError(f"{bpe_path}: not a gzip UTF-8 BPE merges file ({e})") from e
         # Line 0 is the version header; empty trailing lines are not merges.
         merges = [tuple(line.split()) for line in lines[1:_CLIP_NUM_MERGES + 1] if line.strip()]
         bad = [m for m in merges if len(m) != 2]
         if bad:
-            raise ValueError(f"{bpe_path}: merge lines must hold two symbols, got {' '.join(bad[0])!r}")
+            raise DataError(f"{bpe_path}: merge lines must hold two symbols, got {' '.join(bad[0])!r}")
         byte_symbols = list(bytes_to_unicode().values())
         vocab = byte_symbols + [s + "</w>" for s in byte_symbols] + ["".join(m) for m in merges]
         vocab += ["<|startoftext|>", "<|endoftext|>"]
@@ -206,15 +208,15 @@ class SentencePieceTokenizer(Tokenizer):
         if context_length < 2:
             raise ValueError(f"context_length must be >= 2 (start and end tokens), got {context_length}")
         if not epath.Path(model_path).is_file():
-            raise FileNotFoundError(f"{model_path}: SentencePiece model not found (expected a .model file)")
+            raise MissingInputError(f"{model_path}: SentencePiece model not found (expected a .model file)")
         self._proto = epath.Path(model_path).read_bytes()
         self.model_path = model_path
         self.context_length = context_length
         self._load()
         sp = self._sp
         if sp.bos_id() < 0 or sp.eos_id() < 0:
-            raise ValueError(f"{model_path}: the model has no bos/eos symbols; train it with bos_id and eos_id "
-                             f"set (wpce_jax.data.train_tokenizer does)")
+            raise DataError(f"{model_path}: the model has no bos/eos symbols; train it with bos_id and eos_id "
+                            f"set (wpce_jax.data.train_tokenizer does)")
         self.vocab_size = int(sp.get_piece_size())
         self.sot_id = int(sp.bos_id())
         self.eot_id = int(sp.eos_id())

@@ -19,6 +19,7 @@ import numpy as np
 from array_record.python import array_record_module
 
 from wpce_jax.data import records
+from wpce_jax.errors import ConfigError, DataError, UserError
 
 
 def iter_captions(data_dir: str, max_captions: int | None = None, seed: int = 0) -> Iterator[str]:
@@ -58,7 +59,7 @@ def train_sentencepiece(captions: Iterable[str], output_prefix: str, vocab_size:
     import sentencepiece as spm
 
     if vocab_size < 8:
-        raise ValueError(f"vocab_size must be >= 8 (4 special symbols plus pieces), got {vocab_size}")
+        raise ConfigError(f"vocab_size must be >= 8 (4 special symbols plus pieces), got {vocab_size}")
     out_dir = os.path.dirname(os.path.abspath(output_prefix))
     os.makedirs(out_dir, exist_ok=True)
     # Written to a file once so that a retry with a smaller vocabulary reads the same corpus.
@@ -72,7 +73,7 @@ def train_sentencepiece(captions: Iterable[str], output_prefix: str, vocab_size:
                 n += 1
     try:
         if n == 0:
-            raise ValueError("no non-empty captions to train a SentencePiece model on")
+            raise DataError("no non-empty captions to train a SentencePiece model on")
         size = vocab_size
         while True:
             try:
@@ -86,7 +87,7 @@ def train_sentencepiece(captions: Iterable[str], output_prefix: str, vocab_size:
             except RuntimeError as e:
                 small = _TOO_SMALL.search(str(e))
                 if small:
-                    raise ValueError(
+                    raise ConfigError(
                         f"vocab_size {size} cannot hold the {int(small.group(2)) - 4} distinct characters of "
                         f"the captions plus 4 special symbols; ask for at least {small.group(2)}") from None
                 m = _TOO_HIGH.search(str(e))
@@ -107,8 +108,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="train on a deterministic sample of at most this many captions")
     p.add_argument("--model_type", default="unigram", choices=["unigram", "bpe"])
     args = p.parse_args(argv)
-    path = train_sentencepiece(iter_captions(args.data, args.max_captions), args.output, args.vocab_size,
-                               model_type=args.model_type)
+    try:
+        path = train_sentencepiece(iter_captions(args.data, args.max_captions), args.output, args.vocab_size,
+                                   model_type=args.model_type)
+    except UserError as e:  # a --vocab_size the captions cannot fill, no captions, a dataset without a manifest
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     import sentencepiece as spm
     size = spm.SentencePieceProcessor(model_file=path).get_piece_size()
     print(f"wrote {path} with {size} pieces"

@@ -22,7 +22,8 @@ import sys
 from absl import app, flags
 
 from wpce_jax import distributed
-from wpce_jax.cli import fail, one_line, parse_flags, quiet_libraries, user_errors
+from wpce_jax.errors import ConfigError
+from wpce_jax.cli import fail, parse_flags, quiet_libraries, report_errors
 
 flags.DEFINE_string("workdir", None, "A training run's directory (holds checkpoints/).", required=True)
 flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the latest).")
@@ -70,18 +71,18 @@ def apply_overrides(config, overrides: dict[str, str]) -> list[str]:
     changes = []
     for key, text in overrides.items():
         if not key.startswith(OVERRIDABLE):
-            raise ValueError(f"--config.{key}: only {', '.join(OVERRIDABLE)} fields can change when evaluating a "
-                             f"trained model")
+            raise ConfigError(f"--config.{key}: only {', '.join(OVERRIDABLE)} fields can change when evaluating a "
+                              f"trained model")
         *parents, leaf = key.split(".")
         node = config
         for p in parents:
             node = node.get(p) if hasattr(node, "get") else None
         if node is None or leaf not in node:
-            raise ValueError(f"--config.{key}: no such field in the run's config")
+            raise ConfigError(f"--config.{key}: no such field in the run's config")
         try:
             value = _parse(text, node[leaf])
         except ValueError as e:
-            raise ValueError(f"--config.{key}: {e}") from None
+            raise ConfigError(f"--config.{key}: {e}") from None
         with config.unlocked():
             node[leaf] = value
         changes.append(f"{key} = {value!r}")
@@ -129,6 +130,7 @@ def format_table(results: dict[str, float]) -> str:
     return "\n".join(lines).rstrip()
 
 
+@report_errors
 def main(argv, overrides):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -143,12 +145,9 @@ def main(argv, overrides):
     from wpce_jax.parallel import make_mesh, replicate
 
     is_main = jax.process_index() == 0
-    try:
-        config, model, state, step = restore(FLAGS.workdir, FLAGS.step)
-        changes = apply_overrides(with_eval_defaults(config), overrides)
-        validate_eval_config(config)
-    except user_errors() as e:
-        fail(one_line(e))
+    config, model, state, step = restore(FLAGS.workdir, FLAGS.step)
+    changes = apply_overrides(with_eval_defaults(config), overrides)
+    validate_eval_config(config)
     if is_main:
         print(f"evaluating the step-{step} checkpoint of {FLAGS.workdir}"
               + (f" with {'; '.join(changes)}" if changes else ""), flush=True)

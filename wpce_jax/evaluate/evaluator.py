@@ -24,6 +24,7 @@ from jax.experimental import multihost_utils
 from ml_collections import ConfigDict
 
 from wpce_jax.data.eval_sources import MissingDataError
+from wpce_jax.errors import ConfigError
 from wpce_jax.evaluate import image_retrieval, linear_probe, registry, retrieval, zeroshot
 from wpce_jax.evaluate.encode import Encoders, ImageFeatures
 from wpce_jax.models.towers import logit_scale_value
@@ -41,13 +42,13 @@ def validate_eval_config(config: ConfigDict) -> None:
     for task in TASKS:
         registry.parse_specs(e.get(task) or "", task)
     if isinstance(e.rff_draws, bool) or not isinstance(e.rff_draws, int) or e.rff_draws < 1:
-        raise ValueError(f"config field eval.rff_draws must be an int >= 1, got {e.rff_draws!r}")
+        raise ConfigError(f"config field eval.rff_draws must be an int >= 1, got {e.rff_draws!r}")
     if e.get("image_retrieval_by", "similarity") not in image_retrieval.BY:
-        raise ValueError(f"config field eval.image_retrieval_by must be one of {image_retrieval.BY}, "
-                         f"got {e.image_retrieval_by!r}")
+        raise ConfigError(f"config field eval.image_retrieval_by must be one of {image_retrieval.BY}, "
+                          f"got {e.image_retrieval_by!r}")
     if e.probe_features not in PROBE_FEATURES:
-        raise ValueError(f"config field eval.probe_features must be one of {PROBE_FEATURES}, "
-                         f"got {e.probe_features!r}")
+        raise ConfigError(f"config field eval.probe_features must be one of {PROBE_FEATURES}, "
+                          f"got {e.probe_features!r}")
 
 
 def _same_everywhere(found: bool, size: int) -> bool:

@@ -28,6 +28,7 @@ from etils import epath
 
 from wpce_jax.data import eval_sources
 from wpce_jax.data.eval_sources import CaptionSet, ClassificationSet, MissingDataError
+from wpce_jax.errors import ConfigError, DataError
 
 KINDS = ("tfds", "folder", "arrayrecord", "karpathy", "digits")
 
@@ -85,22 +86,22 @@ def parse_specs(text: str, task: str = "zeroshot") -> list[Spec]:
         name, _, rest = item.partition("=")
         kind, _, location = rest.partition(":")
         if kind not in KINDS or not name or (kind != "digits" and not location):
-            raise ValueError(f"evaluation dataset spec {item!r}: expected NAME, or NAME=KIND:LOCATION with KIND "
-                             f"in {KINDS}")
+            raise ConfigError(f"evaluation dataset spec {item!r}: expected NAME, or NAME=KIND:LOCATION with KIND "
+                              f"in {KINDS}")
         specs.append(Spec(name.strip(), kind, location.strip()))
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
-        raise ValueError(f"evaluation dataset names must be unique, got {names}")
+        raise ConfigError(f"evaluation dataset names must be unique, got {names}")
     retrieval = task == "retrieval"
     known = sorted(RETRIEVAL_TFDS) + sorted(RETRIEVAL_KARPATHY) if retrieval else \
         sorted(CLASSIFICATION) + sorted(FOLDER_DATASETS)
     for spec in specs:
         if spec.kind == "registry" and spec.name not in known:
-            raise ValueError(f"eval.{task}: unknown dataset {spec.name!r}; registry names: {known}, or "
-                             f"NAME=KIND:LOCATION")
+            raise ConfigError(f"eval.{task}: unknown dataset {spec.name!r}; registry names: {known}, or "
+                              f"NAME=KIND:LOCATION")
         if spec.kind not in (RETRIEVAL_KINDS if retrieval else CLASSIFICATION_KINDS):
-            raise ValueError(f"eval.{task}: {spec.name}={spec.kind}:... is not a "
-                             f"{'caption' if retrieval else 'labelled'} set")
+            raise ConfigError(f"eval.{task}: {spec.name}={spec.kind}:... is not a "
+                              f"{'caption' if retrieval else 'labelled'} set")
     return specs
 
 
@@ -149,8 +150,8 @@ def resolve_classification(spec: Spec, split: str, eval_config, digits_data=None
                              f"{sorted(CLASSIFICATION) + sorted(FOLDER_DATASETS)}, or NAME=KIND:LOCATION")
         names = prompts.class_names(spec.name)
         if len(names) != len(data.class_names):
-            raise ValueError(f"{spec.name}: the data has {len(data.class_names)} classes, the shipped class names "
-                             f"{len(names)}")
+            raise DataError(f"{spec.name}: the data has {len(data.class_names)} classes, the shipped class names "
+                            f"{len(names)}")
         templates = data.templates or prompts.templates(spec.name)
         return ClassificationSet(data.source, names, templates), spec.name in MEAN_PER_CLASS
     if spec.kind == "tfds":

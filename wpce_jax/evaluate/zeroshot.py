@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from wpce_jax.data.eval_sources import ClassificationSet
+from wpce_jax.errors import DataError
 from wpce_jax.evaluate import metrics
 
 _BLOCK = 4096  # images scored at a time: a [block, C] logit matrix on device
@@ -71,7 +72,7 @@ def evaluate(name: str, data: ClassificationSet, images, *, encoders, params, rf
     prompts = [t.format(c) for c in data.class_names for t in data.templates]
     classes = class_vectors(encoders.texts(params, rffs, tokenizer(prompts)), len(data.class_names), similarity)
     if len(images.labels) and (images.labels.min() < 0 or images.labels.max() >= len(data.class_names)):
-        raise ValueError(f"zero-shot {name}: labels must lie in [0, {len(data.class_names)}), got "
+        raise DataError(f"zero-shot {name}: labels must lie in [0, {len(data.class_names)}), got "
                          f"[{images.labels.min()}, {images.labels.max()}]")
     top, per_draw = predict(images.compared, classes)
     results = scores(top, per_draw, images.labels, len(data.class_names))

@@ -62,6 +62,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from wpce_jax.errors import ConfigError
 from wpce_jax.models.heads import PointCloudHead
 from wpce_jax.models.text import TextTransformer, end_positions
 from wpce_jax.models.transformer import ACTIVATIONS, REMAT_POLICIES
@@ -163,21 +164,21 @@ def _image_dims(config) -> tuple[ViTDims, int]:
         try:
             dims, patch = parse_variant(variant)
         except ValueError as e:
-            raise ValueError(f"config field model.image.variant: {e}; or 'custom' with explicit "
-                             f"model.image.width/depth/heads/mlp_dim/patch_size") from None
+            raise ConfigError(f"config field model.image.variant: {e}; or 'custom' with explicit "
+                              f"model.image.width/depth/heads/mlp_dim/patch_size") from None
     for field in ViTDims._fields:
         if _get(config, f"model.image.{field}", None) is not None:
-            raise ValueError(f"config field model.image.{field} is set but model.image.variant={variant!r} fixes "
-                             f"it; use variant='custom' to choose the dimensions")
+            raise ConfigError(f"config field model.image.{field} is set but model.image.variant={variant!r} fixes "
+                              f"it; use variant='custom' to choose the dimensions")
     if patch_field is not None:
         patch_field = _positive_int(config, "model.image.patch_size")
         if patch is not None and patch != patch_field:
-            raise ValueError(f"config field model.image.patch_size={patch_field} disagrees with "
-                             f"model.image.variant={variant!r}")
+            raise ConfigError(f"config field model.image.patch_size={patch_field} disagrees with "
+                              f"model.image.variant={variant!r}")
         patch = patch_field
     if patch is None:
-        raise ValueError(f"config field model.image.patch_size is required: model.image.variant={variant!r} "
-                         f"does not name a patch size")
+        raise ConfigError(f"config field model.image.patch_size is required: model.image.variant={variant!r} "
+                          f"does not name a patch size")
     return dims, patch
 
 
@@ -187,12 +188,12 @@ def validate_model_config(config, require_vocabulary: bool = True) -> None:
     require_vocabulary=False, an unset model.text.vocab_size / eot_id passes (the tokenizer fills them in later)."""
     dims, patch = _image_dims(config)
     if dims.width % dims.heads:
-        raise ValueError(f"config field model.image.heads={dims.heads} does not divide model.image.width="
-                         f"{dims.width}")
+        raise ConfigError(f"config field model.image.heads={dims.heads} does not divide model.image.width="
+                          f"{dims.width}")
     image_size = _positive_int(config, "data.image_size")
     if image_size % patch:
-        raise ValueError(f"config field data.image_size={image_size} is not divisible by the ViT patch size "
-                         f"{patch}")
+        raise ConfigError(f"config field data.image_size={image_size} is not divisible by the ViT patch size "
+                          f"{patch}")
     vocab = _get(config, "model.text.vocab_size", None)
     if vocab is not None or require_vocabulary:
         vocab = _positive_int(config, "model.text.vocab_size")
@@ -200,34 +201,34 @@ def validate_model_config(config, require_vocabulary: bool = True) -> None:
     _positive_int(config, "model.text.depth")
     heads = _positive_int(config, "model.text.heads")
     if width % heads:
-        raise ValueError(f"config field model.text.heads={heads} does not divide model.text.width={width}")
+        raise ConfigError(f"config field model.text.heads={heads} does not divide model.text.width={width}")
     _positive_int(config, "model.text.mlp_dim", 4 * width)
     _positive_int(config, "model.text.context_length")
     eot = _get(config, "model.text.eot_id", None)
     if vocab is not None and (isinstance(eot, bool) or not isinstance(eot, int) or not 0 <= eot < vocab):
-        raise ValueError(f"config field model.text.eot_id must be an int in [0, {vocab}), got {eot!r}")
+        raise ConfigError(f"config field model.text.eot_id must be an int in [0, {vocab}), got {eot!r}")
     _positive_int(config, "model.embed_dim")
     similarity = _get(config, "model.similarity")
     if similarity not in SIMILARITIES:
-        raise ValueError(f"config field model.similarity must be one of {SIMILARITIES}, got {similarity!r}")
+        raise ConfigError(f"config field model.similarity must be one of {SIMILARITIES}, got {similarity!r}")
     for path, default in (("model.ln_eps", 1e-6), ("model.weight_alpha", 100.0)):
         value = _get(config, path, default)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise ValueError(f"config field {path} must be a positive number, got {value!r}")
+            raise ConfigError(f"config field {path} must be a positive number, got {value!r}")
     dtype = _get(config, "model.dtype", "float32")
     if dtype not in DTYPES:
-        raise ValueError(f"config field model.dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
+        raise ConfigError(f"config field model.dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
     for path in ("model.scan_blocks", "model.weight_bias"):
         flag = _get(config, path, path == "model.weight_bias")
         if not isinstance(flag, bool):
-            raise ValueError(f"config field {path} must be a bool, got {flag!r}")
+            raise ConfigError(f"config field {path} must be a bool, got {flag!r}")
     _remat_policy(config)
     activation = _get(config, "model.text.activation", "gelu")
     if activation not in ACTIVATIONS:
-        raise ValueError(f"config field model.text.activation must be one of {ACTIVATIONS}, got {activation!r}")
+        raise ConfigError(f"config field model.text.activation must be one of {ACTIVATIONS}, got {activation!r}")
     objective = _get(config, "objective", "infonce")
     if objective not in OBJECTIVES:
-        raise ValueError(f"config field objective must be one of {OBJECTIVES}, got {objective!r}")
+        raise ConfigError(f"config field objective must be one of {OBJECTIVES}, got {objective!r}")
 
 
 def _remat_policy(config) -> str:
@@ -236,7 +237,7 @@ def _remat_policy(config) -> str:
     if isinstance(remat, bool):
         return "full" if remat else "none"
     if remat not in REMAT_POLICIES:
-        raise ValueError(f"config field model.remat must be one of {tuple(REMAT_POLICIES)}, got {remat!r}")
+        raise ConfigError(f"config field model.remat must be one of {tuple(REMAT_POLICIES)}, got {remat!r}")
     return remat
 
 
