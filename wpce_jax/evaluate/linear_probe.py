@@ -117,11 +117,11 @@ def put_rows(features, mesh: Optional[Mesh] = None) -> Rows:
     dtype = _float_dtype(features.dtype)
     shards = []
     for device, index in sharding.addressable_devices_indices_map(shape).items():
-        rows = index[0]
-        block = np.zeros((rows.stop - rows.start, f), dtype)
-        for start in range(rows.start, min(rows.stop, n), _HOST_BLOCK):
-            stop = min(start + _HOST_BLOCK, rows.stop, n)
-            block[start - rows.start:stop - rows.start] = features[start:stop] - shift
+        first, end, _ = index[0].indices(shape[0])
+        block = np.zeros((end - first, f), dtype)
+        for start in range(first, min(end, n), _HOST_BLOCK):
+            stop = min(start + _HOST_BLOCK, end, n)
+            block[start - first:stop - first] = features[start:stop] - shift
         # One shard in flight at a time: host memory holds one shard, not the whole padded copy.
         shards.append(jax.device_put(block, device).block_until_ready())
         del block
@@ -369,9 +369,9 @@ def evaluate(train_x, train_y, test_x, test_y, num_classes: int, *, balanced: bo
 
     Features [N, F] on the host (NumPy or np.memmap): each split is copied to `mesh` (`fit`) once."""
     x, y = _check_data(train_x, train_y, num_classes, mesh)
-    if np.shape(test_x)[1:] != (x.x.shape[1],):
-        raise ValueError(f"train and test features differ in width: {x.x.shape[1]} and {np.shape(test_x)[1:]}")
     x_test, y_test = _check_data(test_x, test_y, num_classes, x.mesh)
+    if x_test.x.shape[1] != x.x.shape[1]:
+        raise ValueError(f"train and test features differ in width: {x.x.shape[1]} and {x_test.x.shape[1]}")
     best, _, probes = _search(x, y, num_classes, balanced, val_fraction, seed, None, log)
     weights = class_balanced_weights(y, num_classes) if balanced else None
     probe = fit(x, y, num_classes, C_GRID[best], sample_weight=weights, init=probes[best])
