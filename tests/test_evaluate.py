@@ -198,7 +198,7 @@ def test_image_retrieval_by_class_matches_numpy(digits_run, monkeypatch):
 
     encoded = []  # the descriptions of every image pass: the digits test images must be encoded once
     original = Encoders.images
-    monkeypatch.setattr(Encoders, "images", lambda self, *a: encoded.append(a[-1]) or original(self, *a))
+    monkeypatch.setattr(Encoders, "images", lambda self, *a: encoded.append(a[3]) or original(self, *a))
     overrides = {"rff_draws": 2, "zeroshot": "digits", "linear_probe": "", "retrieval": "",
                  "image_retrieval": "digits"}
     one = _in_process(digits_run, jax.devices()[:1], **overrides)

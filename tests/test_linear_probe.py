@@ -1,5 +1,10 @@
 """Linear probe: the L-BFGS fit against scikit-learn's LogisticRegression on digits, the C search's visiting order
-(with a fake fit), the full protocol against a scikit-learn pipeline, and input validation."""
+(with a fake fit), the full protocol against a scikit-learn pipeline, input validation, rows sharded over 8 devices
+against 1, and features memory-mapped from disk."""
+import os
+import tempfile
+
+import jax
 import numpy as np
 import pytest
 from sklearn.datasets import load_digits
@@ -7,9 +12,11 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 from sklearn.model_selection import train_test_split
 from sklearn.utils.class_weight import compute_sample_weight
+from jax.sharding import Mesh
 from threadpoolctl import threadpool_limits
 
 from wpce_jax.evaluate import linear_probe as lp
+from wpce_jax.evaluate.encode import FeatureFiles
 
 # Probabilities agree within 1e-3 (the requirement); the solver's float32 stop (gradient 1e-6 of its value at zero)
 # gives about 1e-4 on these problems.
@@ -245,3 +252,58 @@ def test_input_validation(imbalanced):
         lp.evaluate(x, y, x[:, :10], y, 5)
     with pytest.raises(ValueError, match="labels"):
         lp.class_balanced_weights(y, 3)
+
+
+def mesh_of(count):
+    return Mesh(np.asarray(jax.devices()[:count]), ("rows",))
+
+
+@pytest.mark.parametrize("C", [1e-2, 10.0])
+def test_eight_devices_equal_one(digits, C):
+    """Rows over 8 devices (1797 = 8 * 224 + 5: three padding rows of weight 0) against 1 device (no padding)."""
+    x, y = digits
+    rows = lp.put_rows(x, mesh_of(8))
+    assert rows.x.shape == (1800, 64) and len(rows.x.sharding.device_set) == 8 and len(rows) == 1797
+    eight, one = lp.fit(rows, y, 10, C), lp.fit(x, y, 10, C, mesh=mesh_of(1))
+    assert len(one.weights.sharding.device_set) == 1 and eight.weights.sharding.is_fully_replicated
+    # Sums in another order: the two solves stop at slightly different points, both 1e-4 from scikit-learn's.
+    np.testing.assert_allclose(np.asarray(eight.predict_proba(x)), np.asarray(one.predict_proba(x)), atol=2e-4)
+    np.testing.assert_allclose(np.asarray(eight.predict_proba(x)), sklearn_fit(x, y, C).predict_proba(x),
+                               atol=PROBA_ATOL)
+    assert np.array_equal(eight.predict(rows), np.asarray(eight.predict(x)))
+
+
+def test_zero_weight_rows_are_left_out(digits):
+    """The C search's fits of the train part: every row on the mesh, the held-out ones with weight 0."""
+    x, y = digits
+    train, _ = lp.validation_split(y, 0.1, 0)
+    weights = np.zeros(len(y))
+    weights[train] = lp.class_balanced_weights(y[train], 10)
+    masked = lp.fit(x, y, 10, 1.0, sample_weight=weights)
+    subset = lp.fit(x[train], y[train], 10, 1.0, sample_weight=weights[train])
+    np.testing.assert_allclose(np.asarray(masked.predict_proba(x)), np.asarray(subset.predict_proba(x)), atol=2e-4)
+
+
+def test_memmapped_features_round_trip_and_fit(digits, tmp_path, monkeypatch):
+    """FeatureFiles: rows written at shuffled positions in batches, some never written (undecodable images), come
+    back in position order; kept in a directory or in deleted temporary files; a fit reading the memmap a few rows
+    at a time equals the fit of the array."""
+    x, y = digits
+    x = x.astype(np.float32)
+    order = np.random.default_rng(0).permutation(len(x))
+    keep = np.sort(order[:-40])  # 40 positions never written
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    os.makedirs(tmp_path / "tmp")
+    for directory in (str(tmp_path / "kept"), None):
+        files = FeatureFiles(len(x), directory)
+        for batch in np.array_split(order[:-40], 7):
+            files.write("pooled", batch, x[batch])
+        pooled = files.finish(keep)["pooled"]
+        assert isinstance(pooled, np.memmap) and not pooled.flags.writeable
+        np.testing.assert_array_equal(pooled, x[keep])
+    assert os.listdir(tmp_path / "tmp") == []  # the temporary file is gone, its rows still mapped
+    saved = np.load(tmp_path / "kept" / "pooled.npy", mmap_mode="r")[:len(keep)]
+    np.testing.assert_array_equal(saved, x[keep])
+    monkeypatch.setattr(lp, "_HOST_BLOCK", 100)  # put_rows reads 100 rows at a time, across shard boundaries
+    from_file, from_array = lp.fit(saved, y[keep], 10, 1.0), lp.fit(x[keep], y[keep], 10, 1.0)
+    np.testing.assert_array_equal(np.asarray(from_file.weights), np.asarray(from_array.weights))

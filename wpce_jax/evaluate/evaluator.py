@@ -5,8 +5,9 @@ Used by the trainer on its schedule and by `python -m wpce_jax.evaluate` on a ch
 when the evaluator is made; the data itself is resolved at the first evaluation (registry.py), and a set that is
 not on disk, is empty, or is not the same on every process is skipped with one warning line, so a long run is never
 stopped by a missing evaluation set. Images of a dataset split are encoded once per evaluation and shared by the
-zero-shot, linear-probe and image-retrieval evaluations; with a cache directory the features are also written to
-disk, so a second evaluation of the same checkpoint does not encode again. During training the linear probes run
+zero-shot, linear-probe and image-retrieval evaluations. They are memory-mapped files (encode.FeatureFiles),
+temporary, or with a local cache directory the cache itself (read back memory-mapped), so a second evaluation of
+the same checkpoint does not encode again. During training the linear probes run
 only when eval.linear_probe_in_training is set (a probe of a large set, e.g. ImageNet's 1.28M training images, is
 work for `python -m wpce_jax.evaluate`).
 """
@@ -32,7 +33,8 @@ from wpce_jax.similarity import eval_rff_draws
 
 PROBE_FEATURES = ("pooled", "compared")
 TASKS = ("zeroshot", "linear_probe", "retrieval", "image_retrieval")  # the eval.<task> fields naming datasets
-_CACHE_VERSION = 1  # bump when the cached arrays change meaning
+_CACHE_VERSION = 2  # bump when the cached arrays change meaning (2: a directory of .npy files)
+_ARRAYS = ("compared", "pooled", "labels")
 
 
 def validate_eval_config(config: ConfigDict) -> None:
@@ -57,6 +59,17 @@ def _same_everywhere(found: bool, size: int) -> bool:
         return found
     seen = multihost_utils.process_allgather(np.asarray([int(found), size]))
     return bool(np.all(seen[:, 0] == 1) and np.all(seen[:, 1] == size))
+
+
+class _Scaled:
+    """rows[i:j] * scale, computed a block at a time as linear_probe.put_rows reads them: no scaled host copy of
+    memory-mapped features."""
+
+    def __init__(self, rows: np.ndarray, scale: float):
+        self.rows, self.scale, self.shape, self.dtype = rows, scale, rows.shape, rows.dtype
+
+    def __getitem__(self, index) -> np.ndarray:
+        return np.asarray(self.rows[index]) * np.asarray(self.scale, self.dtype)
 
 
 class Evaluator:
@@ -120,8 +133,8 @@ class Evaluator:
         def images(spec, split, source) -> Optional[ImageFeatures]:
             """The split's features, or None (with a warning) when none of its images decodes."""
             if (spec, split) not in features:
-                feats = self._cached(spec, split, source, lambda: self.encoders.images(
-                    params, rffs, source, f"{spec.name} ({split})"))
+                feats = self._cached(spec, split, source, lambda directory: self.encoders.images(
+                    params, rffs, source, f"{spec.name} ({split})", directory))
                 if feats.corrupt:
                     self.log(f"warning: {spec.name} ({split}): {feats.corrupt} images do not decode and are "
                              f"left out")
@@ -179,40 +192,56 @@ class Evaluator:
             train_x, test_x = train.pooled, test.pooled
         else:
             scale = np.sqrt(float(logit_scale_value(params, self.config.model.similarity)))
-            train_x, test_x = train.compared[:, 0] * scale, test.compared[:, 0] * scale
+            train_x, test_x = _Scaled(train.compared[:, 0], scale), _Scaled(test.compared[:, 0], scale)
         out = linear_probe.evaluate(train_x, train.labels, test_x, test.labels, num_classes, balanced=balanced,
-                                    log=self.log if self.verbose else lambda line: None)
+                                    log=self.log if self.verbose else lambda line: None, mesh=self.encoders.mesh)
         return {f"linear_probe/{name}/{k}": out[k] for k in ("top1", "mean_per_class_recall", "C")}
 
-    def _cached(self, spec, split: str, source, compute: Callable[[], ImageFeatures]) -> ImageFeatures:
-        """compute(), or its saved result under cache_dir/<name>-<split>.npz when that was made from the same
-        data (spec, split, size) with the same image size and draw count, and every process can read it (they
-        must all take the same branch: they meet in collectives when encoding)."""
+    def _cached(self, spec, split: str, source, compute: Callable[[Optional[str]], ImageFeatures]
+                ) -> ImageFeatures:
+        """compute(directory), or its saved result under cache_dir/<name>-<split>/ ({compared, pooled,
+        labels}.npy and stamp.json, written last) when that was made from the same data (spec, split, size) with
+        the same image size and draw count, and every process can read it (they must all take the same branch:
+        they meet in collectives when encoding). A local cache is where process 0's encoder writes its
+        memory-mapped files, and is read back memory-mapped; a remote one (gs://) is copied to and from."""
         if self.cache_dir is None:
-            return compute()
-        path = epath.Path(self.cache_dir) / f"{spec.name}-{split}.npz"
-        stamp = json.dumps({"version": _CACHE_VERSION, "spec": list(spec), "split": split, "size": len(source),
-                            "image_size": self.config.data.image_size, "rff_draws": self.config.eval.rff_draws})
-        saved = self._load(path, stamp)
+            return compute(None)
+        path = epath.Path(self.cache_dir) / f"{spec.name}-{split}"
+        local = "://" not in str(self.cache_dir)
+        stamp = {"version": _CACHE_VERSION, "spec": list(spec), "split": split, "size": len(source),
+                 "image_size": self.config.data.image_size, "rff_draws": self.config.eval.rff_draws}
+        saved = self._load(path, stamp, local)
         if _same_everywhere(saved is not None, 0):
             self.log(f"features of {spec.name} ({split}): read from {path}")
             return saved
-        features = compute()
         if self.is_main:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.parent / f".{path.name}.tmp"
-            with tmp.open("wb") as f:
-                np.savez(f, stamp=np.asarray(stamp), **features._asdict())
-            tmp.replace(path)  # over a stale file of other data
+            (path / "stamp.json").unlink(missing_ok=True)  # no stale stamp over half-written arrays
+        features = compute(str(path) if local and self.is_main else None)
+        if local:
+            self.log(f"features of {spec.name} ({split}): kept in {path}")
+        if self.is_main:
+            path.mkdir(parents=True, exist_ok=True)
+            for name in _ARRAYS if not local else ("labels",):
+                with (path / f"{name}.npy").open("wb") as f:
+                    np.save(f, getattr(features, name))
+            (path / "stamp.json").write_text(json.dumps({**stamp, "rows": len(features.labels),
+                                                         "corrupt": features.corrupt}))
         return features
 
     @staticmethod
-    def _load(path, stamp: str) -> Optional[ImageFeatures]:
+    def _load(path, stamp: dict, local: bool) -> Optional[ImageFeatures]:
         """The features saved at `path` with this stamp, or None (absent, other data, or unreadable)."""
         try:
-            with path.open("rb") as f, np.load(f) as saved:
-                if str(saved["stamp"]) != stamp:
-                    return None
-                return ImageFeatures(saved["compared"], saved["pooled"], saved["labels"], int(saved["corrupt"]))
+            saved = json.loads((path / "stamp.json").read_text())
+            if {k: saved.get(k) for k in stamp} != json.loads(json.dumps(stamp)):
+                return None
+            arrays = {}
+            for name in _ARRAYS:
+                if local:
+                    arrays[name] = np.load(str(path / f"{name}.npy"), mmap_mode="r")[:saved["rows"]]
+                else:
+                    with (path / f"{name}.npy").open("rb") as f:
+                        arrays[name] = np.load(f)[:saved["rows"]]
+            return ImageFeatures(arrays["compared"], arrays["pooled"], arrays["labels"], int(saved["corrupt"]))
         except (OSError, ValueError, KeyError):  # missing, truncated or foreign file: encode again
             return None
