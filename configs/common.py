@@ -72,6 +72,8 @@ def base() -> ml_collections.ConfigDict:
     c.optim.init_lr = 1e-6            # learning rate at step 0 (linear warm-up from here)
     c.optim.end_lr = 1e-5             # learning rate at the end of the cosine decay
     c.optim.warmup_steps = 100        # warm-up length in optimizer updates
+    c.optim.schedule_steps = placeholder(int)  # the schedule's length, warm-up included (end_lr from there on):
+                                      # total_steps unless set; a resumed run keeps its checkpoint's, and its warm-up
     c.optim.b1 = 0.9                  # AdamW beta1
     c.optim.b2 = 0.98                 # AdamW beta2
     c.optim.eps = 1e-8                # AdamW epsilon

@@ -161,6 +161,8 @@ def validate_config(config: ConfigDict) -> None:
             raise ConfigError(f"config field {path} must lie in [0, 1), got {beta!r}")
     if not isinstance(config.optim.warmup_steps, int) or config.optim.warmup_steps < 0:
         raise ConfigError(f"config field optim.warmup_steps must be an int >= 0, got {config.optim.warmup_steps!r}")
+    if _get(config, "optim.schedule_steps", None) is not None:
+        _positive_int(config, "optim.schedule_steps")
     if not 0 < _number(config, "logit_scale_min", 0, False) < _number(config, "logit_scale_max", 0, False):
         raise ConfigError(f"config fields logit_scale_min < logit_scale_max required, got "
                           f"{config.logit_scale_min} and {config.logit_scale_max}")

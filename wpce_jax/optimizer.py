@@ -1,7 +1,9 @@
 """AdamW with the paper's decay mask and schedule, optional clipping, and the logit-scale bound.
 
 Schedule: linear warm-up from `optim.init_lr` to `optim.lr` over `optim.warmup_steps`, then cosine to `optim.end_lr`
-at update `num_updates` (the last update runs just above `optim.end_lr`). There is one update per train step
+at update `schedule_steps` (the horizon planned when the run started, run_data.resolve; the update there runs just
+above `optim.end_lr` and any later one at it: a run extended past its plan goes on at the final rate, a shortened
+one stops early on the same curve). There is one update per train step
 whatever `optim.accum_steps` (which only splits a step's batch into micro-batches, train_step.make_grad_fn), so the
 schedule counts train steps. Weight decay touches matrices only: dense kernels (attention projections included),
 token and position embeddings; never biases (the attention q/k/v biases are [heads, head_dim] but still biases),
@@ -20,9 +22,16 @@ def num_updates(config: ConfigDict) -> int:
     return config.total_steps
 
 
+def schedule_steps(config: ConfigDict) -> int:
+    """The schedule's length in updates, warm-up included: `optim.schedule_steps`, recorded when the run started;
+    a config saved before that field existed planned its schedule over its own total_steps."""
+    return config.optim.get("schedule_steps") or config.total_steps
+
+
 def learning_rate_schedule(config: ConfigDict) -> optax.Schedule:
+    """update count -> learning rate (optax holds end_lr from schedule_steps on)."""
     o = config.optim
-    total = max(num_updates(config), o.warmup_steps + 1)
+    total = max(schedule_steps(config), o.warmup_steps + 1)
     return optax.warmup_cosine_decay_schedule(
         init_value=o.init_lr, peak_value=o.lr, warmup_steps=o.warmup_steps, decay_steps=total, end_value=o.end_lr)
 

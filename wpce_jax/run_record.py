@@ -3,7 +3,8 @@
 config.json, written by process 0 at every start: the resolved config, the versions of the packages that decide
 the numbers, the git commit of the code (when it runs from a git checkout), the command line, the platform and the
 start time. On resume, every field that changes what is computed must equal the checkpoint's; the fields below may
-change (each change is reported in one line).
+change (each change is reported in one line). The learning-rate schedule (warm-up and horizon) is the one planned
+when the run started, whatever the run's length or warm-up says today (`keep_schedule`).
 """
 import datetime
 import importlib.metadata
@@ -17,15 +18,16 @@ from ml_collections import ConfigDict
 
 from wpce_jax.checkpoint import config_to_json
 from wpce_jax.errors import ConfigError
+from wpce_jax.optimizer import learning_rate_schedule, schedule_steps
 from wpce_jax.paths import write_text
 
 # Fields a resumed run may change: when and what to evaluate, log and checkpoint, the input workers, where the
-# built-in data is cached, the tokenizer copy's path (it moves with the workdir), the length of the run, and the
-# micro-batches of gradient accumulation and the FSDP split of the parameters (they change memory, not the step's
-# result beyond float rounding).
+# built-in data is cached, the tokenizer copy's path (it moves with the workdir), the length of the run and of its
+# warm-up (the schedule stays the checkpoint's: keep_schedule), and the micro-batches of gradient accumulation and
+# the FSDP split of the parameters (they change memory, not the step's result beyond float rounding).
 MAY_CHANGE = ("eval.", "log_every_steps", "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints",
               "async_checkpoints", "data.worker_count", "data.cache_dir", "data.tokenizer_path", "total_steps",
-              "epochs", "profile_steps", "require_accelerator", "optim.accum_steps", "mesh.fsdp")
+              "epochs", "warmup_epochs", "profile_steps", "require_accelerator", "optim.accum_steps", "mesh.fsdp")
 PACKAGES = ("jax", "jaxlib", "libtpu", "jax-cuda12-plugin", "jax-cuda13-plugin", "flax", "optax", "orbax-checkpoint", "grain", "numpy", "ml-collections", "wpce_jax")
 
 
@@ -78,6 +80,35 @@ def check_resume(saved: dict, current: ConfigDict, step: int) -> list[str]:
             f"the step-{step} checkpoint was trained with another config; resuming would mix two runs. Restore "
             f"these fields (or use a new --workdir):\n  " + "\n  ".join(fatal))
     return allowed
+
+
+def keep_schedule(saved: dict, current: ConfigDict) -> tuple[ConfigDict, list[str]]:
+    """(`current` with the checkpoint's schedule, a line for each way it differs from today's plan).
+
+    The schedule is the warm-up and horizon (optim.warmup_steps, optim.schedule_steps) planned when the run started;
+    a checkpoint written before optim.schedule_steps existed planned it over its own total_steps. Re-planning it from
+    a changed run length would make the learning rate jump at the resume step: a longer run goes on past the horizon
+    at optim.end_lr, a shorter one stops early on the same curve."""
+    old = flatten(saved)
+    warmup, horizon = old["optim.warmup_steps"], old.get("optim.schedule_steps") or old["total_steps"]
+    wanted_warmup, wanted_horizon, total = current.optim.warmup_steps, schedule_steps(current), current.total_steps
+    kept = current.copy_and_resolve_references()
+    with kept.unlocked():
+        kept.optim.warmup_steps, kept.optim.schedule_steps = warmup, horizon
+    plan = f"the schedule keeps its planned horizon of {horizon:,} steps (warm-up {warmup:,})"
+    lines = []
+    if wanted_warmup != warmup:
+        lines.append(f"optim.warmup_steps {warmup:,} -> {wanted_warmup:,}: {plan}, set when the run started")
+    if wanted_horizon not in (total, horizon):  # a schedule_steps asked for on this command line
+        lines.append(f"optim.schedule_steps {horizon:,} -> {wanted_horizon:,}: {plan}, set when the run started")
+    if total > horizon:
+        lines.append(f"total_steps {horizon:,} -> {total:,}: {plan}; steps {horizon + 1:,}-{total:,} run at the "
+                     f"final learning rate {kept.optim.end_lr:g}")
+    elif total < horizon:
+        last = float(learning_rate_schedule(kept)(total - 1))  # the rate of step `total` (its update count is total-1)
+        lines.append(f"total_steps {horizon:,} -> {total:,}: {plan}, not compressed; the run stops at step {total:,} "
+                     f"at learning rate {last:.3g}")
+    return kept, lines
 
 
 def _versions() -> dict:

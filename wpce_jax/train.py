@@ -159,6 +159,23 @@ def _restore(checkpointer: Checkpointer, config: ConfigDict, abstract) -> tuple[
     return 0, None, 0
 
 
+def _planned_schedule(workdir: epath.Path, config: ConfigDict) -> ConfigDict:
+    """`config` with the learning-rate schedule this run planned when it started (run_record.keep_schedule): that of
+    the newest checkpoint in `workdir` whose config reads (every checkpoint of a run carries the same plan); `config`
+    unchanged for a new run. Needed before the optimiser is built, so before the restore."""
+    with contextlib.closing(Checkpointer(workdir, config.keep_checkpoints, async_save=False)) as checkpointer:
+        for step in reversed(checkpointer.all_steps()):
+            try:
+                saved = checkpointer.saved_config(step)
+            except Exception:  # noqa: BLE001 - _restore moves it aside and says why
+                continue
+            config, lines = run_record.keep_schedule(saved, config)
+            for line in lines:
+                _say(line)
+            return config
+    return config
+
+
 def _skip(checkpointer: Checkpointer, step: int, error: Exception) -> None:
     reason = " ".join(str(error).split())[:300]
     target = checkpointer.skip(step, jax.process_index() == 0)
@@ -183,6 +200,7 @@ def train_and_evaluate(config: ConfigDict, workdir, stop_signals: "StopSignals |
         if config.get("epochs") is not None:
             _say(f"{config.epochs:g} epochs of {data.num_examples:,} examples at batch {config.batch_size:,}: "
                  f"{config.total_steps:,} steps, {config.optim.warmup_steps:,} of warm-up")
+        config = _planned_schedule(workdir, config)
         mesh = make_mesh(fsdp=config_fields.get(config, "mesh.fsdp", 1))
         model, tx = make_model(config), make_optimizer(config)
         init = lambda: initial_state(model, tx, config, rng.root_key(config.seed))  # noqa: E731

@@ -4,8 +4,9 @@
 ~/.cache/wpce_jax) and uses its SentencePiece model (its held-out split serves the evaluations that name "digits");
 "arrayrecord" reads a converted dataset and the configured tokenizer. The tokenizer file is copied into the workdir
 so that a checkpoint is self-contained. The resolved config (a copy; the input is not changed) names that copy and
-carries model.text.vocab_size and eot_id from the tokenizer, and with `epochs` set, total_steps and
-optim.warmup_steps counted from the manifest's num_examples.
+carries model.text.vocab_size and eot_id from the tokenizer, with `epochs` set total_steps and optim.warmup_steps
+counted from the manifest's num_examples, and optim.schedule_steps (the schedule's horizon: total_steps unless the
+config sets it; a resumed run then keeps its checkpoint's, run_record.keep_schedule).
 """
 import os
 from typing import NamedTuple, Optional
@@ -64,6 +65,17 @@ def schedule(config: ConfigDict, num_examples: int) -> tuple[int, int]:
     return max(round(epochs * steps_per_epoch), 1), round(warmup * steps_per_epoch)
 
 
+def with_schedule(config: ConfigDict, num_examples: int) -> ConfigDict:
+    """A copy of `config` with total_steps and optim.warmup_steps (`schedule`) and optim.schedule_steps, the
+    schedule's horizon: total_steps unless the config sets it."""
+    total_steps, warmup_steps = schedule(config, num_examples)
+    resolved = config.copy_and_resolve_references()
+    with resolved.unlocked():
+        resolved.total_steps, resolved.optim.warmup_steps = total_steps, warmup_steps
+        resolved.optim.schedule_steps = _get(config, "optim.schedule_steps", None) or total_steps
+    return resolved
+
+
 def resolve(config: ConfigDict, workdir, is_main: bool = True) -> RunData:
     """Prepares the data; returns it with the resolved config (see the module docstring)."""
     d = config.data
@@ -84,11 +96,9 @@ def resolve(config: ConfigDict, workdir, is_main: bool = True) -> RunData:
     if is_main:
         _copy_tokenizer(epath.Path(tok_path), copy)
     tokenizer = get_tokenizer(kind, tok_path, config.model.text.context_length)
-    total_steps, warmup_steps = schedule(config, num_examples)
-    resolved = config.copy_and_resolve_references()
+    resolved = with_schedule(config, num_examples)
     with resolved.unlocked():
         resolved.data.tokenizer, resolved.data.tokenizer_path = kind, os.fspath(copy)
         resolved.model.text.vocab_size = tokenizer.vocab_size
         resolved.model.text.eot_id = tokenizer.eot_id
-        resolved.total_steps, resolved.optim.warmup_steps = total_steps, warmup_steps
     return RunData(resolved, train_dir, tokenizer, num_examples, built)
