@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from wpce_jax import restore, rng
-from wpce_jax.checkpoint import Checkpointer, abstract_like
+from wpce_jax.checkpoint import Checkpointer, IncompatibleCheckpointError, abstract_like
 from wpce_jax.errors import UserError
 from wpce_jax.models.towers import make_model
 from wpce_jax.optimizer import make_optimizer
@@ -171,6 +171,14 @@ def test_a_fault_that_persists_stops_with_it_and_moves_nothing(workdir, saved, m
 def test_an_unknown_error_stops_and_moves_nothing(workdir, saved, monkeypatch):
     _failing(monkeypatch, [RuntimeError("a bug in the restore target")])
     with pytest.raises(RuntimeError, match="a bug"):
+        _resume(workdir, saved[1], delays=())
+    assert _listing(workdir) == ["10", "20"]
+
+
+def test_an_older_versions_checkpoint_is_refused_not_moved(workdir, saved):
+    step_dir = workdir / "checkpoints" / "20"
+    (step_dir / "position").rename(step_dir / "data")  # the old data-iterator item, finished and complete
+    with pytest.raises(IncompatibleCheckpointError, match="older version of wpce_jax"):
         _resume(workdir, saved[1], delays=())
     assert _listing(workdir) == ["10", "20"]
 

@@ -23,7 +23,7 @@ from wpce_jax.paths import resolved
 from wpce_jax.pointcloud import PointCloud
 
 CHECKPOINT_SUBDIR = "checkpoints"
-_ITEMS = ("state", "position", "config")
+_ITEMS = ("state", "position", "config")  # the items of a checkpoint (module docstring)
 _COMMIT = "commit_success.txt"  # Orbax writes it last, in the step and in each item (local disks and gs://)
 
 
@@ -67,9 +67,11 @@ class Checkpointer:
     # reading is per process (each reads its own shards), and wpce_jax/restore.py has the processes agree after.
 
     def unfinished(self, step: int) -> list[str]:
-        """The commit markers (commit_success.txt, written last by Orbax) that checkpoint `step` lacks."""
-        return [marker for marker in (f"{step}/{_COMMIT}", *(f"{step}/{item}/{_COMMIT}" for item in _ITEMS))
-                if not (self.directory / marker).exists()]
+        """The commit markers (commit_success.txt, written last by Orbax) that checkpoint `step` and its items lack.
+        (A missing item is for the restore to report: an older version's checkpoint has other items.)"""
+        step_dir = self.directory / str(step)
+        return [f"{p.relative_to(self.directory)}/{_COMMIT}" for p in (step_dir, *(step_dir / i for i in _ITEMS if
+                (step_dir / i).exists())) if not (p / _COMMIT).exists()]
 
     def saved_config(self, step: int) -> dict:
         """The config a checkpoint was written with (plain dict)."""
@@ -78,7 +80,7 @@ class Checkpointer:
     def saved_shapes(self, step: int) -> dict[str, tuple]:
         """'/'-joined path -> shape of every array in checkpoint `step`'s TrainState, from its metadata (the arrays
         are not read)."""
-        return _shapes(self._state.metadata(self.directory / str(step) / "state").tree)
+        return array_shapes(self._state.metadata(self.directory / str(step) / "state").tree)
 
     def restore(self, step: int, abstract_state) -> tuple[Any, int]:
         """(state shaped and sharded like `abstract_state`, global examples consumed) of checkpoint `step`."""
@@ -111,7 +113,7 @@ class Checkpointer:
         self._state.close()
 
 
-def _shapes(tree) -> dict[str, tuple]:
+def array_shapes(tree) -> dict[str, tuple]:
     """'/'-joined path -> shape of the arrays in a tree of arrays, ShapeDtypeStructs or Orbax ArrayMetadata (empty
     nodes, such as optax's EmptyState, hold no array and are left out)."""
     flat = ocp.tree.to_flat_dict(ocp.tree.serialize_tree(tree, keep_empty_nodes=True), sep="/")

@@ -22,7 +22,7 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from wpce_jax import run_record
-from wpce_jax.checkpoint import Checkpointer, _shapes
+from wpce_jax.checkpoint import Checkpointer, array_shapes
 from wpce_jax.errors import UserError
 
 RETRY_DELAYS_S = (2.0, 10.0, 30.0)  # before the 2nd, 3rd and 4th try of a restore that failed transiently
@@ -127,7 +127,7 @@ def _read(checkpointer: Checkpointer, config: ConfigDict, target, step: int, fir
         if first_try:
             for line in allowed:
                 _say(f"changed since the step-{step} checkpoint: {line}")
-        error = mismatch(checkpointer.saved_shapes(step), _shapes(target), saved_config, config, step)
+        error = mismatch(checkpointer.saved_shapes(step), array_shapes(target), saved_config, config, step)
         if error:
             raise error
         try:
@@ -177,6 +177,8 @@ def resume(checkpointer: Checkpointer, config: ConfigDict, target, *, delays=Non
 
 
 def _reason(result) -> str:
+    if isinstance(result, _Damage):
+        return str(result)
     return f"{type(result).__name__}: {' '.join(str(result).split())[:300]}"
 
 
