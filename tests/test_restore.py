@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from wpce_jax import restore, rng
+from wpce_jax import restore, rng, run_record
 from wpce_jax.checkpoint import Checkpointer, IncompatibleCheckpointError, abstract_like
 from wpce_jax.errors import UserError
 from wpce_jax.models.towers import make_model
@@ -212,6 +212,7 @@ def test_a_damaged_checkpoint_is_moved_aside_and_the_one_before_used(workdir, sa
     (ValueError("DATA_LOSS: CRC-32C checksum verification failed"), restore.DAMAGED),
     (ValueError("Requested shape: (6,) is not compatible with the stored shape: (5,)"), restore.MISMATCH),
     (ValueError("config field seed must be an int"), restore.FAULT), (KeyError("params"), restore.FAULT),
+    (run_record.ConfigChangedError("data.path: 'gs://UNAVAILABLE' -> 'x'"), restore.FAULT),
 ])
 def test_classify(error, code):
     assert restore.classify(error) == code

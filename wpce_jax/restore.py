@@ -22,7 +22,7 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from wpce_jax import run_record
-from wpce_jax.checkpoint import Checkpointer, array_shapes
+from wpce_jax.checkpoint import Checkpointer, IncompatibleCheckpointError, array_shapes
 from wpce_jax.errors import UserError
 
 RETRY_DELAYS_S = (2.0, 10.0, 30.0)  # before the 2nd, 3rd and 4th try of a restore that failed transiently
@@ -55,6 +55,8 @@ def classify(error: BaseException) -> int:
         return DAMAGED
     if isinstance(error, RestoreMismatchError):
         return MISMATCH
+    if isinstance(error, (UserError, run_record.ConfigChangedError, IncompatibleCheckpointError)):
+        return FAULT  # the project's own verdicts, whatever their text holds
     if isinstance(error, (OSError, TimeoutError, MemoryError)) or any(s in text for s in _TRANSIENT_STATUS):
         return TRANSIENT
     if any(s in text for s in _DAMAGED_STATUS):
