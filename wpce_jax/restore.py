@@ -164,8 +164,8 @@ def resume(checkpointer: Checkpointer, config: ConfigDict, target, *, delays=Non
             sleep(delays[attempt])
         if decision == DAMAGED:
             moved = checkpointer.skip(step, jax.process_index() == 0)
-            _say(f"skipping the step-{step} checkpoint: it is damaged ({_why(result, code, decision, where)}); moved to "
-                 f"{moved}")
+            _say(f"skipping the step-{step} checkpoint: it is damaged ({_why(result, code, decision, where)}); "
+                 f"moved to {moved}")
             continue
         if code == decision:
             raise result
