@@ -34,3 +34,17 @@ def test_disabled_writer_writes_nothing(tmp_path):
     writer.write(1, {"train/loss": 1.0})
     writer.truncate_after(0)
     assert not (tmp_path / "metrics.jsonl").exists() and not (tmp_path / "tensorboard").exists()
+
+
+def test_set_aside_keeps_the_old_file_beside_the_new_one(tmp_path):
+    writer = MetricWriter(str(tmp_path))
+    assert writer.set_aside() is None  # nothing to keep
+    for step in (1, 2):
+        writer.write(step, {"train/loss": 1.0 / step})
+    kept = writer.set_aside()
+    assert kept.parent == tmp_path and kept.name.startswith("metrics.") and kept.name.endswith(".jsonl")
+    assert len(kept.name) == len("metrics.20261205-041500.jsonl")
+    assert [json.loads(line)["step"] for line in open(kept)] == [1, 2]
+    writer.write(1, {"train/loss": 3.0})
+    writer.close()
+    assert [json.loads(line)["train/loss"] for line in open(tmp_path / "metrics.jsonl")] == [3.0]

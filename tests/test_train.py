@@ -88,10 +88,26 @@ def test_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path, cache_
         with open(path, "r+b") as f:
             f.truncate(os.path.getsize(path) // 2 if i % 2 else 0)
     out = run_cli(workdir, cache_dir)
-    assert "skipping the step-30 checkpoint: it does not restore" in out.stdout
+    assert "skipping the step-30 checkpoint: it is damaged" in out.stdout
     assert "resumed from the step-20 checkpoint" in out.stdout
     assert os.path.isdir(os.path.join(workdir, "checkpoints", "30.damaged"))
     assert_same_run(workdir, digits_run)
+
+
+def test_unfinished_checkpoints_are_moved_aside_and_a_step_0_start_keeps_the_old_metrics(tmp_path, cache_dir,
+                                                                                        digits_run):
+    workdir = str(tmp_path / "run")
+    shutil.copytree(digits_run, workdir)
+    for step in (10, 20, 30):  # saves that never finished, as far as the files show
+        os.remove(os.path.join(workdir, "checkpoints", str(step), "commit_success.txt"))
+    old = open(os.path.join(workdir, "metrics.jsonl")).read()
+    out = run_cli(workdir, cache_dir, total_steps=2, eval_every_steps=2)
+    for step in (30, 20, 10):
+        assert f"skipping the step-{step} checkpoint: it is damaged (its save never finished" in out.stdout
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10.damaged", "2", "20.damaged", "30.damaged"]
+    kept = [n for n in os.listdir(workdir) if n.startswith("metrics.") and n != "metrics.jsonl"]
+    assert len(kept) == 1 and open(os.path.join(workdir, kept[0])).read() == old and kept[0] in out.stdout
+    assert sorted(losses(workdir)) == [1, 2]
 
 
 def test_checkpoint_of_an_older_version_is_refused_not_skipped(tmp_path, cache_dir, digits_run):

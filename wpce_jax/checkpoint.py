@@ -7,9 +7,8 @@ A checkpoint DIR/checkpoints/<step>/ holds three items:
     config    the run's resolved config as JSON (the tokenizer path in it points at the copy under DIR/tokenizer/).
 DIR may be local or gs://. Saving is asynchronous; Orbax marks a checkpoint complete only when all of it is written
 (a renamed temporary directory on local disks, a commit_success.txt object on gs://), so a run killed while saving
-leaves the previous checkpoint intact. A checkpoint that does not restore
-(damaged files) is moved aside to <step>.damaged by `Checkpointer.skip`, so that the run can go on from an earlier
-one.
+leaves the previous checkpoint intact. A damaged checkpoint is moved aside to <step>.damaged by `Checkpointer.skip`,
+so that the run can go on from an earlier one (which failures count as damage: wpce_jax/restore.py).
 """
 import json
 from typing import Any, NamedTuple, Optional
@@ -25,6 +24,8 @@ from wpce_jax.paths import resolved
 from wpce_jax.pointcloud import PointCloud
 
 CHECKPOINT_SUBDIR = "checkpoints"
+_ITEMS = ("state", "position", "config")  # the items of a checkpoint (module docstring)
+_COMMIT = "commit_success.txt"  # Orbax writes it last, in the step and in each item (local disks and gs://)
 
 
 def config_to_json(config: ConfigDict) -> dict:
@@ -48,6 +49,7 @@ class Checkpointer:
                                                create=True)
         self.directory = checkpoint_dir(workdir)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self._json, self._state = ocp.JsonCheckpointHandler(), ocp.StandardCheckpointHandler()
 
     def latest_step(self) -> Optional[int]:
         return self.manager.latest_step()
@@ -61,20 +63,36 @@ class Checkpointer:
             position=ocp.args.JsonSave({"examples_seen": int(examples_seen)}),
             config=ocp.args.JsonSave(config_to_json(config))), force=True)
 
+    # A step is read through Orbax's item handlers rather than the manager: the manager's restore ends in a barrier
+    # of all processes, so a process whose read failed would leave the others waiting in it until its timeout;
+    # reading is per process (each reads its own shards), and wpce_jax/restore.py has the processes agree after.
+
+    def unfinished(self, step: int) -> list[str]:
+        """The commit markers (commit_success.txt, written last by Orbax) that checkpoint `step` and its items lack.
+        (A missing item is for the restore to report: an older version's checkpoint has other items.)"""
+        step_dir = self.directory / str(step)
+        return [f"{p.relative_to(self.directory)}/{_COMMIT}" for p in (step_dir, *(step_dir / i for i in _ITEMS if
+                (step_dir / i).exists())) if not (p / _COMMIT).exists()]
+
     def saved_config(self, step: int) -> dict:
         """The config a checkpoint was written with (plain dict)."""
-        return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+        return dict(self._json.restore(self.directory / str(step) / "config"))
+
+    def saved_shapes(self, step: int) -> dict[str, tuple]:
+        """'/'-joined path -> shape of every array in checkpoint `step`'s TrainState, from its metadata (the arrays
+        are not read)."""
+        return array_shapes(self._state.metadata(self.directory / str(step) / "state").tree)
 
     def restore(self, step: int, abstract_state) -> tuple[Any, int]:
         """(state shaped and sharded like `abstract_state`, global examples consumed) of checkpoint `step`."""
-        if not (self.directory / str(step) / "position").exists() and (self.directory / str(step) / "data").exists():
+        step_dir = self.directory / str(step)
+        if not (step_dir / "position").exists() and (step_dir / "data").exists():
             raise IncompatibleCheckpointError(
-                f"{self.directory / str(step)} holds a data-iterator state instead of a data position: it was "
+                f"{step_dir} holds a data-iterator state instead of a data position: it was "
                 f"written by an older version of wpce_jax whose data order differs; resume it with that version, "
                 f"or start a new --workdir (checkpoint.load still reads it for evaluation)")
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), position=ocp.args.JsonRestore()))
-        return restored["state"], int(restored["position"]["examples_seen"])
+        state = self._state.restore(step_dir / "state", args=ocp.args.StandardRestore(abstract_state))
+        return state, int(self._json.restore(step_dir / "position")["examples_seen"])
 
     def skip(self, step: int, is_main: bool) -> epath.Path:
         """Moves checkpoint `step` aside (process 0; every process then re-reads the list). Returns the new path."""
@@ -93,6 +111,14 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
+        self._state.close()
+
+
+def array_shapes(tree) -> dict[str, tuple]:
+    """'/'-joined path -> shape of the arrays in a tree of arrays, ShapeDtypeStructs or Orbax ArrayMetadata (empty
+    nodes, such as optax's EmptyState, hold no array and are left out)."""
+    flat = ocp.tree.to_flat_dict(ocp.tree.serialize_tree(tree, keep_empty_nodes=True), sep="/")
+    return {path: tuple(leaf.shape) for path, leaf in flat.items() if hasattr(leaf, "shape")}
 
 
 def abstract_like(tree, shardings) -> Any:

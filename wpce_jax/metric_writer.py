@@ -1,13 +1,15 @@
 """Metrics to DIR/metrics.jsonl (one JSON object per write, with "step") and TensorBoard; DIR local or gs://.
 
 Only process 0 writes. On resume, lines for steps after the restored checkpoint are dropped first, so that the
-file holds each step once, as an uninterrupted run would have written it. Object stores cannot append: on gs://
+file holds each step once, as an uninterrupted run would have written it; a run that starts from step 0 where a
+metrics.jsonl exists keeps that file beside it, renamed metrics.<UTC time>.jsonl. Object stores cannot append: on gs://
 the (small) file is rewritten whole at each write, and TensorBoard's event file is written locally and copied.
 """
 import json
 import os
 import shutil
 import tempfile
+import time
 from typing import Mapping
 
 import numpy as np
@@ -43,6 +45,16 @@ class MetricWriter:
                 continue
         self._lines = kept
         self._rewrite()
+
+    def set_aside(self) -> "epath.Path | None":
+        """For a run starting from step 0: renames an existing, non-empty metrics.jsonl (a run killed before its first
+        checkpoint, or one whose checkpoints were all moved aside) to metrics.<UTC time>.jsonl beside it, rather than
+        dropping its lines. Returns the new path, or None when there was nothing to keep."""
+        if not self.enabled or not self.path.exists() or not self.path.read_text().strip():
+            return None
+        target = self.path.with_name(f"metrics.{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.jsonl")
+        self.path.rename(target)
+        return target
 
     def _rewrite(self) -> None:
         write_text(self.path, "".join(self._lines))

@@ -54,21 +54,32 @@ def _normalised(field: str, value):
     return _ALIASES.get(field, {}).get(value, value) if isinstance(value, bool) else value
 
 
-def _may_change(field: str) -> bool:
+def may_change(field: str) -> bool:
     return any(field == m or (m.endswith(".") and field.startswith(m)) for m in MAY_CHANGE)
+
+
+class _Absent:
+    def __repr__(self):
+        return "(absent)"
+
+
+ABSENT = _Absent()  # the value of a field one of the two configs lacks
+
+
+def differences(saved: dict, current: ConfigDict) -> list[tuple[str, object, object]]:
+    """(field, checkpoint's value, current value) of every field that differs, sorted; ABSENT for a missing one."""
+    old, new = flatten(saved), flatten(config_to_json(current))
+    old = {field: _normalised(field, value) for field, value in old.items()}
+    return [(field, old.get(field, ABSENT), new.get(field, ABSENT)) for field in sorted(set(old) | set(new))
+            if not (field in old and field in new and old[field] == new[field])]
 
 
 def compare(saved: dict, current: ConfigDict) -> tuple[list[str], list[str]]:
     """(fields that may not change but did, fields that may change and did), each as "field: old -> new" lines.
     A field the checkpoint's config lacks (added to the code since) counts as allowed."""
-    old, new = flatten(saved), flatten(config_to_json(current))
-    old = {field: _normalised(field, value) for field, value in old.items()}
     fatal, allowed = [], []
-    for field in sorted(set(old) | set(new)):
-        if field in old and field in new and old[field] == new[field]:
-            continue
-        line = f"{field}: {old.get(field, '(absent)')!r} -> {new.get(field, '(absent)')!r}"
-        (allowed if field not in old or _may_change(field) else fatal).append(line)
+    for field, old, new in differences(saved, current):
+        (allowed if old is ABSENT or may_change(field) else fatal).append(f"{field}: {old!r} -> {new!r}")
     return fatal, allowed
 
 

@@ -5,7 +5,8 @@ stream is addressed by global example index (the checkpoint holds how many were 
 optimiser state are in the checkpoint; so a run restarted from its step-k checkpoint, with any number of data
 workers or processes, takes the same steps k+1, k+2, ... as one that never stopped, and metrics.jsonl is cut back
 to step k before it goes on. A resumed run must have the checkpoint's config in every field that changes the
-computation (run_record.py). A checkpoint that does not restore is moved aside and the one before it is used.
+computation (run_record.py). A damaged checkpoint is moved aside and the one before it is used; one that does not
+fit the model stops the run (restore.py).
 
 SIGTERM (preemption) or SIGINT (Ctrl-C) finishes the current step, writes a checkpoint (before any evaluation that
 was due), waits for it to be complete, says so and returns; signals that arrive meanwhile are ignored.
@@ -25,7 +26,7 @@ from jax.experimental import multihost_utils
 from ml_collections import ConfigDict
 
 from wpce_jax import config_fields, mfu, platform, rng, run_record
-from wpce_jax.checkpoint import Checkpointer, IncompatibleCheckpointError, abstract_like
+from wpce_jax.checkpoint import Checkpointer, abstract_like
 from wpce_jax.config_validation import mode_settings, validate
 from wpce_jax.data import run_data
 from wpce_jax.data.image_ops import ViewAugment
@@ -38,6 +39,7 @@ from wpce_jax.optimizer import make_optimizer
 from wpce_jax.paths import is_remote, resolved
 from wpce_jax.parallel import global_batch, make_mesh, per_process_batch, replicated, state_shardings, to_host
 from wpce_jax.progress import Progress
+from wpce_jax.restore import resume
 from wpce_jax.train_step import TrainState, initial_state, make_train_step
 from wpce_jax.workdir_lock import WorkdirLock
 
@@ -137,28 +139,6 @@ def _workdir(path) -> epath.Path:
     return workdir
 
 
-def _restore(checkpointer: Checkpointer, config: ConfigDict, abstract) -> tuple[int, Any, int]:
-    """(step, state, examples consumed) of the newest checkpoint that restores, after checking that its config
-    matches; (0, None, 0) when there is none. A checkpoint that does not restore is moved aside with a line."""
-    for step in reversed(checkpointer.all_steps()):
-        try:
-            saved = checkpointer.saved_config(step)
-        except Exception as e:  # noqa: BLE001 - any library error means the files are not a usable checkpoint
-            _skip(checkpointer, step, e)
-            continue
-        for line in run_record.check_resume(saved, config, step):
-            _say(f"changed since the step-{step} checkpoint: {line}")
-        try:
-            state, examples = checkpointer.restore(step, abstract)
-        except IncompatibleCheckpointError:
-            raise
-        except Exception as e:  # noqa: BLE001
-            _skip(checkpointer, step, e)
-            continue
-        return step, state, examples
-    return 0, None, 0
-
-
 def _planned_schedule(workdir: epath.Path, config: ConfigDict) -> ConfigDict:
     """`config` with the learning-rate schedule this run planned when it started (run_record.keep_schedule): that of
     the newest checkpoint in `workdir` whose config reads (every checkpoint of a run carries the same plan); `config`
@@ -167,20 +147,13 @@ def _planned_schedule(workdir: epath.Path, config: ConfigDict) -> ConfigDict:
         for step in reversed(checkpointer.all_steps()):
             try:
                 saved = checkpointer.saved_config(step)
-            except Exception:  # noqa: BLE001 - _restore moves it aside and says why
+            except Exception:  # noqa: BLE001 - restore.resume classifies it (moved aside, or raised)
                 continue
             config, lines = run_record.keep_schedule(saved, config)
             for line in lines:
                 _say(line)
             return config
     return config
-
-
-def _skip(checkpointer: Checkpointer, step: int, error: Exception) -> None:
-    reason = " ".join(str(error).split())[:300]
-    target = checkpointer.skip(step, jax.process_index() == 0)
-    _say(f"skipping the step-{step} checkpoint: it does not restore ({type(error).__name__}: {reason}); "
-         f"moved to {target}")
 
 
 def train_and_evaluate(config: ConfigDict, workdir, stop_signals: "StopSignals | None" = None) -> dict[str, float]:
@@ -209,14 +182,17 @@ def train_and_evaluate(config: ConfigDict, workdir, stop_signals: "StopSignals |
         checkpointer = Checkpointer(workdir, config.keep_checkpoints, config.async_checkpoints)
         writer = MetricWriter(workdir, enabled=is_main)
         try:
-            start, state, examples = _restore(checkpointer, config, abstract_like(abstract, shardings))
+            start, state, examples = resume(checkpointer, config, abstract_like(abstract, shardings))
             if start:
                 _say(f"resumed from the step-{start} checkpoint in {workdir}")
             else:
                 state = jax.jit(init, out_shardings=shardings)()
             if is_main:
                 run_record.write(workdir, config, platform.describe())
-            writer.truncate_after(start)  # lines a killed run wrote after its last checkpoint (or before its first)
+            if start:
+                writer.truncate_after(start)  # lines a killed run wrote after its last checkpoint
+            elif (kept := writer.set_aside()) is not None:
+                _say(f"starting from step 0: the metrics already in {workdir} were moved to {kept.name}")
             batches = _global_batches(iter(_dataset(config, data, examples)), mode_settings(config).mode, mesh)
             first = next(batches)
             train_step, flops = _compile(model, config, mesh, tx, state, first)
