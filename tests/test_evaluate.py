@@ -243,7 +243,7 @@ def test_two_processes_equal_one(evaluated, tmp_path):
 def _numpy_image_retrieval(compared: np.ndarray, labels: np.ndarray, by: str = "similarity") -> dict[str, float]:
     """Brute force in float64: each image ranks the others (its own column deleted) by the draw-averaged
     similarity (or the negative squared distance), stable descending (ties to the lower index); the metrics'
-    means over the queries."""
+    means over the queries that have another image of their class, and the count of those that have none."""
     n, draws = compared.shape[:2]
     v = compared.astype(np.float64)
     scores = np.einsum("nrf,mrf->nm", v, v) / draws
@@ -254,11 +254,14 @@ def _numpy_image_retrieval(compared: np.ndarray, labels: np.ndarray, by: str = "
         keep = np.arange(n) != i
         rel = (labels[keep] == labels[i])[np.argsort(-scores[i, keep], kind="stable")]
         r = int(rel.sum())
+        if r == 0:
+            continue
         hits = np.cumsum(rel)
         p1.append(float(rel[0]))
-        rp.append(hits[r - 1] / r if r else 0.0)
-        mapr.append(np.sum((hits / np.arange(1, n))[:r] * rel[:r]) / r if r else 0.0)
-    return {"precision@1": np.mean(p1), "recall@1": np.mean(p1), "r_precision": np.mean(rp), "map@r": np.mean(mapr)}
+        rp.append(hits[r - 1] / r)
+        mapr.append(np.sum((hits / np.arange(1, n))[:r] * rel[:r]) / r)
+    return {"precision@1": np.mean(p1), "recall@1": np.mean(p1), "r_precision": np.mean(rp), "map@r": np.mean(mapr),
+            "queries_without_match": n - len(p1)}
 
 
 def test_image_retrieval_by_class_matches_numpy(digits_run, monkeypatch):
@@ -314,3 +317,31 @@ def test_image_retrieval_by_distance_differs_from_similarity_and_matches_numpy()
     with pytest.raises(ValueError, match="by must be one of"):
         image_retrieval.scores(compared, labels, by="cosine")
 
+
+def singleton_data():
+    """(vectors float32 [70, 6], labels int [70]): four classes of 15, ten classes of one (no other image of their
+    class), shuffled; the same as tests/reference/pml_image_retrieval.py's."""
+    rng = np.random.default_rng(16)
+    labels = rng.permutation(np.concatenate([np.repeat(np.arange(4), 15), np.arange(10, 20)]))
+    vectors = (np.eye(6)[labels % 6] + 0.9 * rng.normal(size=(70, 6))) * rng.uniform(0.3, 3, (70, 1))
+    return vectors.astype(np.float32), labels
+
+
+def test_image_retrieval_leaves_out_queries_without_match_as_pytorch_metric_learning_does():
+    from wpce_jax.evaluate import image_retrieval
+
+    vectors, labels = singleton_data()
+    with open(os.path.join(os.path.dirname(__file__), "reference", "pml_image_retrieval.json")) as f:
+        pml = json.load(f)  # AccuracyCalculator's numbers on these vectors (tests/reference/pml_image_retrieval.py)
+    assert float(vectors.sum()) == pytest.approx(pml["checksum"], rel=1e-6)  # the same data as the script's
+    for by in image_retrieval.BY:
+        got = image_retrieval.scores(vectors[:, None], labels, by=by)
+        want = _numpy_image_retrieval(vectors[:, None], labels, by)
+        assert got["queries_without_match"] == want["queries_without_match"] == 10
+        for name in want:
+            assert got[name] == pytest.approx(want[name], abs=1e-6), (by, name)
+        for name in ("precision@1", "r_precision", "map@r"):  # no ties in random data: the same rankings
+            assert got[name] == pytest.approx(pml[by][name], abs=1e-6), (by, name)
+    # Every image alone in its class: no query is defined.
+    alone = image_retrieval.scores(vectors[:5, None], np.arange(5))
+    assert alone["queries_without_match"] == 5 and all(np.isnan(alone[m]) for m in image_retrieval.METRICS)
