@@ -133,6 +133,7 @@ def test_overrides_take_the_fields_type():
     table = format_table({"zeroshot/a/top1": 0.5, "zeroshot/a/top5": 0.75, "retrieval/b/i2t_map": 0.25})
     assert table.splitlines() == ["zeroshot      top1      top5", "a           0.5000    0.7500", "",
                                   "retrieval   i2t_map", "b            0.2500"]
+    assert format_table({"image_retrieval/c/queries_without_match": 1}).splitlines()[1].split() == ["c", "1"]
 
 
 def _in_process(workdir, devices, **overrides):

@@ -108,6 +108,8 @@ def with_eval_defaults(config):
 def _cell(value, width: int) -> str:
     if value is None:
         return " " * width
+    if isinstance(value, int):  # a count, e.g. image_retrieval/<set>/queries_without_match
+        return f"{value:>{width}d}"
     return f"{value:>{width}.4f}" if 0 <= value <= 1 else f"{value:>{width}.4g}"  # rates, or e.g. a probe's C
 
 
