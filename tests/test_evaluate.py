@@ -9,13 +9,14 @@ import sys
 import jax
 import numpy as np
 import pytest
+from jax.sharding import PartitionSpec as P
 
 from wpce_jax import checkpoint
 from wpce_jax.data.tokenizers import get_tokenizer
 from wpce_jax.evaluate import retrieval, zeroshot
 from wpce_jax.evaluate.__main__ import apply_overrides, format_table
 from wpce_jax.evaluate.evaluator import Evaluator
-from wpce_jax.parallel import make_mesh, replicate
+from wpce_jax.parallel import make_mesh
 from test_multiprocess import free_port
 
 
@@ -82,6 +83,7 @@ def test_cli_writes_every_contract_metric(evaluated, digits_run):
     assert set(CONTRACT) <= set(results)
     assert all(0 <= results[k] <= 1 for k in CONTRACT)
     assert "zeroshot/digits/top1" in stdout and "retrieval  " in stdout and "wrote" in stdout
+    assert "restored " in stdout and "the checkpoint holds" in stdout  # the parameters only, and how they are placed
     assert "linear probe, C spacing 16" in stdout  # the command shows the C search
     with open(os.path.join(digits_run, "metrics.jsonl")) as f:
         logged = [json.loads(line) for line in f if "zeroshot/digits/top1" in line][-1]
@@ -131,25 +133,95 @@ def test_overrides_take_the_fields_type():
     table = format_table({"zeroshot/a/top1": 0.5, "zeroshot/a/top5": 0.75, "retrieval/b/i2t_map": 0.25})
     assert table.splitlines() == ["zeroshot      top1      top5", "a           0.5000    0.7500", "",
                                   "retrieval   i2t_map", "b            0.2500"]
+    assert format_table({"image_retrieval/c/queries_without_match": 1}).splitlines()[1].split() == ["c", "1"]
 
 
 def _in_process(workdir, devices, **overrides):
-    config, model, state, _ = checkpoint.restore(workdir)
+    config, model, state, _, mesh, _ = checkpoint.restore(workdir, devices=devices)
     with config.unlocked():
         config.eval.update(overrides)
-    mesh = make_mesh(devices)
-    state = replicate(state, mesh)
     tokenizer = get_tokenizer(config.data.tokenizer, config.data.tokenizer_path, config.model.text.context_length)
     return Evaluator(model, config, mesh, tokenizer, log=lambda line: None)(state.params, state.rng, state.eval_rff)
 
 
-def test_eight_devices_equal_one(digits_run):
-    overrides = {"rff_draws": 2, "linear_probe": ""}
-    eight, one = _in_process(digits_run, jax.devices(), **overrides), _in_process(digits_run, jax.devices()[:1],
-                                                                                  **overrides)
+@pytest.fixture(scope="module")
+def fsdp8_run(digits_run, tmp_path_factory):
+    """The shared run's last checkpoint saved again as a run with config.mesh.fsdp = 8 saves it: parameters and
+    Adam's moments split over the 8 devices (a copy in seconds instead of a training run)."""
+    import shutil
+
+    import orbax.checkpoint as ocp
+    from ml_collections import ConfigDict
+
+    from wpce_jax import rng
+    from wpce_jax.models.towers import make_model
+    from wpce_jax.optimizer import make_optimizer
+    from wpce_jax.parallel import state_shardings
+    from wpce_jax.train_step import initial_state
+
+    workdir = str(tmp_path_factory.mktemp("fsdp8") / "run")
+    shutil.copytree(digits_run, workdir, ignore=shutil.ignore_patterns("checkpoints", "eval"))  # the tokenizer
+    source = ocp.CheckpointManager(checkpoint.checkpoint_dir(digits_run),
+                                   options=ocp.CheckpointManagerOptions(read_only=True))
+    step = source.latest_step()
+    config = ConfigDict(source.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"])
+    config.mesh.fsdp = 8
+    model = make_model(config)
+    abstract = jax.eval_shape(lambda: initial_state(model, make_optimizer(config), config, rng.root_key(config.seed)))
+    mesh = make_mesh(fsdp=8)
+    saved = source.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(checkpoint.abstract_like(abstract, state_shardings(abstract, mesh))),
+        position=ocp.args.JsonRestore()))
+    source.close()
+    state = saved["state"]
+    assert state.params["image_encoder"]["cls_token"].sharding.spec == P(None, None, "fsdp")
+    target = checkpoint.Checkpointer(workdir, max_to_keep=1, async_save=False)
+    target.save(step, state, saved["position"]["examples_seen"], config)
+    target.close()
+    return workdir, jax.tree.map(np.asarray, state.params)
+
+
+def test_fsdp8_checkpoint_evaluates_the_same_split_on_eight_devices_and_whole_on_one(fsdp8_run, monkeypatch):
+    import orbax.checkpoint as ocp
+
+    workdir, params = fsdp8_run
+    read = []  # the arrays Orbax reads: never the optimiser state
+    original = ocp.type_handlers.ArrayHandler.deserialize
+
+    async def deserialize(self, infos, args=None):
+        read.extend(info.name for info in infos)
+        return await original(self, infos, args)
+
+    monkeypatch.setattr(ocp.type_handlers.ArrayHandler, "deserialize", deserialize)
+    restored = checkpoint.restore(workdir)
+    assert isinstance(restored.state, checkpoint.EvalState) and restored.mesh.shape["fsdp"] == 8
+    assert read and not [name for name in read if not name.startswith(("params.", "rng", "eval_rff."))]
+    assert len(read) == len(jax.tree.leaves(restored.state))
+    token = restored.state.params["image_encoder"]["cls_token"]
+    assert token.sharding.spec == P(None, None, "fsdp")
+    assert token.addressable_shards[0].data.shape[-1] * 8 == token.shape[-1]  # each device holds 1/8 of it
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, restored.state.params), params)
+    # "restored 0.12 MB (parameters 0.12 MB; the checkpoint holds 0.36 MB)": parameters, key and draw, not Adam's
+    # two moments.
+    assert restored.summary.startswith("restored ") and "split over fsdp 8 of 8 devices" in restored.summary
+
+    overrides = {"rff_draws": 2, "linear_probe": "", "image_retrieval": "digits"}
+    eight, one = _in_process(workdir, jax.devices(), **overrides), _in_process(workdir, jax.devices()[:1],
+                                                                               **overrides)
     assert set(eight) == set(one) and "zeroshot/digits/top1_draw_std" in eight
-    for name in eight:
-        assert eight[name] == pytest.approx(one[name], abs=1e-6), name
+    for name in eight:  # float32 sums in another order: rates of a few hundred images move by whole counts or not
+        assert eight[name] == pytest.approx(one[name], rel=1e-5, abs=1e-6), name
+
+    six = checkpoint.restore(workdir, devices=jax.devices()[:6])  # 8 does not divide 6: 6 splits, said so
+    assert six.mesh.shape["fsdp"] == 6 and "does not divide 6" in six.summary
+
+    # checkpoint.load (notebooks): split over this process's 8 devices, the same vectors as whole on one.
+    split, whole = checkpoint.load(workdir), checkpoint.load(workdir, devices=jax.devices()[:1])
+    assert split.params["image_encoder"]["cls_token"].sharding.spec == P(None, None, "fsdp")
+    images = np.random.default_rng(0).integers(0, 256, (5, 40, 40, 3), dtype=np.uint8)
+    np.testing.assert_allclose(split.encode_images(images), whole.encode_images(images), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(split.encode_texts(["a 3", "seven"]), whole.encode_texts(["a 3", "seven"]),
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_two_processes_equal_one(evaluated, tmp_path):
@@ -172,7 +244,7 @@ def test_two_processes_equal_one(evaluated, tmp_path):
 def _numpy_image_retrieval(compared: np.ndarray, labels: np.ndarray, by: str = "similarity") -> dict[str, float]:
     """Brute force in float64: each image ranks the others (its own column deleted) by the draw-averaged
     similarity (or the negative squared distance), stable descending (ties to the lower index); the metrics'
-    means over the queries."""
+    means over the queries that have another image of their class, and the count of those that have none."""
     n, draws = compared.shape[:2]
     v = compared.astype(np.float64)
     scores = np.einsum("nrf,mrf->nm", v, v) / draws
@@ -183,11 +255,14 @@ def _numpy_image_retrieval(compared: np.ndarray, labels: np.ndarray, by: str = "
         keep = np.arange(n) != i
         rel = (labels[keep] == labels[i])[np.argsort(-scores[i, keep], kind="stable")]
         r = int(rel.sum())
+        if r == 0:
+            continue
         hits = np.cumsum(rel)
         p1.append(float(rel[0]))
-        rp.append(hits[r - 1] / r if r else 0.0)
-        mapr.append(np.sum((hits / np.arange(1, n))[:r] * rel[:r]) / r if r else 0.0)
-    return {"precision@1": np.mean(p1), "recall@1": np.mean(p1), "r_precision": np.mean(rp), "map@r": np.mean(mapr)}
+        rp.append(hits[r - 1] / r)
+        mapr.append(np.sum((hits / np.arange(1, n))[:r] * rel[:r]) / r)
+    return {"precision@1": np.mean(p1), "recall@1": np.mean(p1), "r_precision": np.mean(rp), "map@r": np.mean(mapr),
+            "queries_without_match": n - len(p1)}
 
 
 def test_image_retrieval_by_class_matches_numpy(digits_run, monkeypatch):
@@ -210,7 +285,7 @@ def test_image_retrieval_by_class_matches_numpy(digits_run, monkeypatch):
         assert eight[name] == pytest.approx(one[name], abs=1e-6), name
 
     # The same features, encoded on their own: the digits test images under both evaluation draws.
-    config, model, state, _ = checkpoint.restore(digits_run)
+    config, model, state, *_ = checkpoint.restore(digits_run, devices=jax.devices()[:1])
     with config.unlocked():
         config.eval.rff_draws = 2
     data, _ = registry.resolve_classification(registry.Spec("digits", "digits", ""), "test", config.eval,
@@ -242,3 +317,32 @@ def test_image_retrieval_by_distance_differs_from_similarity_and_matches_numpy()
     assert image_retrieval.scores(compared, labels, by="distance") != image_retrieval.scores(compared, labels)
     with pytest.raises(ValueError, match="by must be one of"):
         image_retrieval.scores(compared, labels, by="cosine")
+
+
+def singleton_data():
+    """(vectors float32 [70, 6], labels int [70]): four classes of 15, ten classes of one (no other image of their
+    class), shuffled; the same as tests/reference/pml_image_retrieval.py's."""
+    rng = np.random.default_rng(16)
+    labels = rng.permutation(np.concatenate([np.repeat(np.arange(4), 15), np.arange(10, 20)]))
+    vectors = (np.eye(6)[labels % 6] + 0.9 * rng.normal(size=(70, 6))) * rng.uniform(0.3, 3, (70, 1))
+    return vectors.astype(np.float32), labels
+
+
+def test_image_retrieval_leaves_out_queries_without_match_as_pytorch_metric_learning_does():
+    from wpce_jax.evaluate import image_retrieval
+
+    vectors, labels = singleton_data()
+    with open(os.path.join(os.path.dirname(__file__), "reference", "pml_image_retrieval.json")) as f:
+        pml = json.load(f)  # AccuracyCalculator's numbers on these vectors (tests/reference/pml_image_retrieval.py)
+    assert float(vectors.sum()) == pytest.approx(pml["checksum"], rel=1e-6)  # the same data as the script's
+    for by in image_retrieval.BY:
+        got = image_retrieval.scores(vectors[:, None], labels, by=by)
+        want = _numpy_image_retrieval(vectors[:, None], labels, by)
+        assert got["queries_without_match"] == want["queries_without_match"] == 10
+        for name in want:
+            assert got[name] == pytest.approx(want[name], abs=1e-6), (by, name)
+        for name in ("precision@1", "r_precision", "map@r"):  # no ties in random data: the same rankings
+            assert got[name] == pytest.approx(pml[by][name], abs=1e-6), (by, name)
+    # Every image alone in its class: no query is defined.
+    alone = image_retrieval.scores(vectors[:5, None], np.arange(5))
+    assert alone["queries_without_match"] == 5 and all(np.isnan(alone[m]) for m in image_retrieval.METRICS)

@@ -9,17 +9,25 @@ DIR may be local or gs://. Saving is asynchronous; Orbax marks a checkpoint comp
 (a renamed temporary directory on local disks, a commit_success.txt object on gs://), so a run killed while saving
 leaves the previous checkpoint intact. A damaged checkpoint is moved aside to <step>.damaged by `Checkpointer.skip`,
 so that the run can go on from an earlier one (which failures count as damage: wpce_jax/restore.py).
+
+`restore` and `load` (evaluation, notebooks) read only what evaluation uses (parameters, root key, evaluation RFF
+draw), never the optimiser state, and place the parameters split over the devices present as the run split them.
 """
 import json
+import warnings
 from typing import Any, NamedTuple, Optional
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
 from wpce_jax.errors import MissingInputError, UserError
+from wpce_jax.kernels import RFF
+from wpce_jax.parallel import (FSDP_AXIS, apply_gathered, fsdp_shardings, largest_fsdp, make_mesh,
+                               replicated)
 from wpce_jax.paths import resolved
 from wpce_jax.pointcloud import PointCloud
 
@@ -141,18 +149,20 @@ class LoadedModel:
     patch_grid, token_strings: what the image and text points stand for (wpce_jax.visualize draws them).
     """
 
-    def __init__(self, config: ConfigDict, model, params, eval_rff, step: int):
+    def __init__(self, config: ConfigDict, model, params, eval_rff, step: int, mesh: Optional[Mesh] = None):
         from wpce_jax.data.tokenizers import get_tokenizer
-        from wpce_jax.similarity import encoders
+        from wpce_jax.similarity import embed
 
         self.config, self.params, self.eval_rff, self.step = config, params, eval_rff, step
         self.tokenizer = get_tokenizer(config.data.tokenizer, config.data.tokenizer_path,
                                        config.model.text.context_length)
-        image_features, text_features = encoders(model, config)
-        self._image, self._text = jax.jit(image_features), jax.jit(text_features)
         self.model = model
-        self._image_cloud = jax.jit(lambda p, x: model.apply({"params": p}, x, method="encode_image"))
-        self._text_cloud = jax.jit(lambda p, t: model.apply({"params": p}, t, method="encode_text"))
+        # The mesh the parameters are placed on: split over its "fsdp" axis, each weight is gathered where used.
+        mesh = mesh or make_mesh(jax.local_devices()[:1])
+        cloud = lambda method: lambda p, x: apply_gathered(model, mesh, p, x, method)  # noqa: E731
+        self._image_cloud, self._text_cloud = jax.jit(cloud("encode_image")), jax.jit(cloud("encode_text"))
+        self._image = jax.jit(lambda p, x, rff: embed(cloud("encode_image")(p, x), rff, config))
+        self._text = jax.jit(lambda p, t, rff: embed(cloud("encode_text")(p, t), rff, config))
 
     def preprocess(self, images: np.ndarray) -> np.ndarray:
         """uint8 [N, H, W, 3] -> uint8 [N, S, S, 3] (the evaluation crop); normalised float [N, S, S, 3] -> float32."""
@@ -223,20 +233,46 @@ class LoadedModel:
         return out
 
 
+class EvalState(NamedTuple):
+    """What evaluation reads of a checkpoint's TrainState (train_step.TrainState); never the optimiser state."""
+    params: Any
+    rng: jax.Array           # uint32 key data of the run's root key: the extra evaluation RFF draws come from it
+    eval_rff: Optional[RFF]  # the run's fixed evaluation RFF draw (None for the CLIP baseline)
+
+
 class Restored(NamedTuple):
     config: ConfigDict
     model: Any
-    state: Any      # the TrainState (parameters, step, root key, evaluation RFF draw, ...) on one device
+    state: EvalState  # on `mesh`: the parameters split over its "fsdp" axis (parallel.fsdp_spec), the rest replicated
     step: int
+    mesh: Mesh
+    summary: str      # one line: the bytes read (against the parameters' and the checkpoint's) and the placement
 
 
-def restore(path, step: Optional[int] = None) -> Restored:
-    """A run's checkpoint (the latest, or `step`) from its workdir (local or gs://), on this process's first
-    device."""
+def _saved_fsdp(config: ConfigDict) -> int:
+    return int(config.mesh.fsdp) if "mesh" in config else 1  # runs saved before FSDP existed were unsplit
+
+
+def _nbytes(tree) -> int:
+    return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.3g} MB"
+
+
+def restore(path, step: Optional[int] = None, devices=None, data_parallel: bool = True) -> Restored:
+    """What evaluation needs of a run's checkpoint (the latest, or `step`) from its workdir (local or gs://): the
+    parameters, root key and evaluation RFF draw (EvalState); the optimiser state is not read.
+
+    They are placed on a mesh of `devices` (default: every device of every process) with the run's config.mesh.fsdp
+    or, when that does not divide the device count, the largest divisor of it below that (the summary says so):
+    each device holds 1/fsdp of the parameters, so a model that trained split is evaluated split. One device: whole.
+    data_parallel=False: only the first fsdp of `devices` (one for an unsplit run), for work too small to spread.
+    """
     from wpce_jax import rng
-    from wpce_jax.models.towers import make_model
-    from wpce_jax.optimizer import make_optimizer
-    from wpce_jax.train_step import initial_state
+    from wpce_jax.models.towers import init_params, make_model
+    from wpce_jax.similarity import eval_rff
 
     directory = checkpoint_dir(path)
     if not directory.is_dir():
@@ -256,17 +292,47 @@ def restore(path, step: Optional[int] = None) -> Restored:
         if beside.exists():
             config.data.tokenizer_path = str(beside)
         model = make_model(config)
-        abstract = jax.eval_shape(lambda: initial_state(model, make_optimizer(config), config,
-                                                        rng.root_key(config.seed)))
-        target = abstract_like(abstract, jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
-        state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+
+        def eval_state():  # the same shapes as train_step.initial_state's
+            root = rng.root_key(config.seed)
+            return EvalState(init_params(model, rng.init_key(root), config), jax.random.key_data(root),
+                             eval_rff(root, config))
+
+        abstract = jax.eval_shape(eval_state)
+        devices = jax.devices() if devices is None else list(devices)
+        saved_fsdp = _saved_fsdp(config)
+        present = len(devices)
+        fsdp = largest_fsdp(saved_fsdp, present)
+        if not data_parallel:
+            devices = devices[:fsdp]
+        mesh = make_mesh(devices, fsdp)
+        shardings = EvalState(fsdp_shardings(abstract.params, mesh), replicated(mesh),
+                              jax.tree.map(lambda _: replicated(mesh), abstract.eval_rff))
+        target = abstract_like(abstract, shardings)
+        # A partial restore: only these subtrees of the saved TrainState are read (the CLIP baseline has no draw).
+        item = {k: v for k, v in target._asdict().items() if v is not None}
+        state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+            item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True)))["state"]
+        saved = ocp.PyTreeCheckpointHandler().metadata(directory / str(step) / "state")
     finally:
         manager.close()
-    return Restored(config, model, state, step)
+    state = EvalState(state["params"], state["rng"], state.get("eval_rff"))
+    placement = ("on one device" if len(devices) == 1 else f"whole on each of {len(devices)} devices" if fsdp == 1
+                 else f"split over fsdp {fsdp} of {len(devices)} devices")
+    if fsdp != saved_fsdp and present > 1:
+        placement += f" (the run's mesh.fsdp {saved_fsdp} does not divide {present}: the largest divisor below)"
+    summary = (f"restored {_mb(_nbytes(target))} (parameters {_mb(_nbytes(target.params))}; the checkpoint holds "
+               f"{_mb(_nbytes(saved.tree))}), {placement}")
+    return Restored(config, model, state, step, mesh, summary)
 
 
-def load(path, step: Optional[int] = None) -> LoadedModel:
-    """Loads a run's checkpoint (the latest, or `step`) from its workdir (local or gs://) for inference on one
-    device."""
-    config, model, state, step = restore(path, step)
-    return LoadedModel(config, model, state.params, state.eval_rff, step)
+def load(path, step: Optional[int] = None, devices=None) -> LoadedModel:
+    """Loads a run's checkpoint (the latest, or `step`) from its workdir (local or gs://) for inference: on one
+    device, or, for a run that split its parameters over config.mesh.fsdp devices, split over that many of this
+    process's devices (or of `devices`); no optimiser state (`restore`)."""
+    devices = jax.local_devices() if devices is None else devices
+    restored = restore(path, step, devices, data_parallel=False)
+    if restored.mesh.shape[FSDP_AXIS] != _saved_fsdp(restored.config) and restored.mesh.size > 1:
+        warnings.warn(restored.summary)
+    return LoadedModel(restored.config, restored.model, restored.state.params, restored.state.eval_rff,
+                       restored.step, restored.mesh)

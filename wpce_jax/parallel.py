@@ -79,14 +79,30 @@ def gather_fsdp(tree, skip_blocks: bool = False) -> Any:
     return jax.tree.map_with_path(gather, tree)
 
 
+def apply_gathered(model, mesh: Mesh, params, inputs, method: str) -> Any:
+    """`model.apply` of `method` with parameters held split over "fsdp" (or whole), to be traced under jit: it runs
+    under `mesh`'s abstract mesh, so that each weight is gathered whole where it is used (`gather_fsdp`)."""
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+        return model.apply({"params": gather_fsdp(params, skip_blocks=True)}, inputs, method=method)
+
+
+def largest_fsdp(fsdp: int, devices: int) -> int:
+    """The largest divisor of `devices` that is at most `fsdp`: the split a run saved with `fsdp` gets where
+    `devices` are present (fsdp itself when it divides them; 1 on one device)."""
+    return max(f for f in range(1, min(fsdp, devices) + 1) if devices % f == 0)
+
+
+def fsdp_shardings(tree, mesh: Mesh) -> Any:
+    """NamedShardings per `fsdp_spec` for a tree of parameters or optimiser moments (arrays or ShapeDtypeStructs)."""
+    fsdp = mesh.shape[FSDP_AXIS]
+    return jax.tree_util.tree_map_with_path(lambda path, x: NamedSharding(mesh, fsdp_spec(path, x.shape, fsdp)), tree)
+
+
 def state_shardings(state, mesh: Mesh) -> Any:
     """NamedShardings for a TrainState (arrays or ShapeDtypeStructs): params and opt_state per `fsdp_spec`, the
     rest (step, keys, evaluation RFF draw) replicated."""
-    fsdp = mesh.shape[FSDP_AXIS]
-    split = lambda tree: jax.tree_util.tree_map_with_path(  # noqa: E731
-        lambda path, x: NamedSharding(mesh, fsdp_spec(path, x.shape, fsdp)), tree)
     rest = jax.tree.map(lambda _: replicated(mesh), state._replace(params=None, opt_state=None))
-    return rest._replace(params=split(state.params), opt_state=split(state.opt_state))
+    return rest._replace(params=fsdp_shardings(state.params, mesh), opt_state=fsdp_shardings(state.opt_state, mesh))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

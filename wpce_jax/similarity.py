@@ -52,15 +52,3 @@ def embed(cloud: PointCloud, rff: Optional[RFF], config: ConfigDict) -> jax.Arra
     if config.model.similarity == "clip":
         return feature_map(cloud, None, 1.0, 0.0)  # one point of weight 1: its unit vector
     return feature_map(cloud, rff, config.wpce.a_lin, config.wpce.a_rff)
-
-
-def encoders(model, config: ConfigDict):
-    """(image_features(params, images, rff), text_features(params, tokens, rff)) -> [B, F]: the towers of a
-    DualEncoder followed by `embed`, as pure functions to jit."""
-    def image_features(params, images, rff):
-        return embed(model.apply({"params": params}, images, method="encode_image"), rff, config)
-
-    def text_features(params, tokens, rff):
-        return embed(model.apply({"params": params}, tokens, method="encode_text"), rff, config)
-
-    return image_features, text_features

@@ -1,7 +1,8 @@
 """Evaluates a run's checkpoint: python -m wpce_jax.evaluate --workdir=DIR [--step=N] [--config.KEY=VALUE ...]
 
-Restores the checkpoint (the latest by default) with the config the run saved, applies the overrides, runs the
-evaluations it names (eval.zeroshot, eval.linear_probe, eval.retrieval; dataset specs as in
+Restores the checkpoint's parameters and evaluation RFF draw (the latest by default; never the optimiser state),
+split over the devices as the run split them (config.mesh.fsdp), with the config the run saved, applies the
+overrides, runs the evaluations it names (eval.zeroshot, eval.linear_probe, eval.retrieval; dataset specs as in
 wpce_jax/evaluate/registry.py), prints a table, and writes DIR/eval/step_<N>.json. For example, add sets the run
 did not name:
 
@@ -108,6 +109,8 @@ def with_eval_defaults(config):
 def _cell(value, width: int) -> str:
     if value is None:
         return " " * width
+    if isinstance(value, int):  # a count, e.g. image_retrieval/<set>/queries_without_match
+        return f"{value:>{width}d}"
     return f"{value:>{width}.4f}" if 0 <= value <= 1 else f"{value:>{width}.4g}"  # rates, or e.g. a probe's C
 
 
@@ -142,17 +145,15 @@ def main(argv, overrides):
     from wpce_jax.data.tokenizers import get_tokenizer
     from wpce_jax.evaluate.evaluator import Evaluator, validate_eval_config
     from wpce_jax.metric_writer import write_eval_json
-    from wpce_jax.parallel import make_mesh, replicate
 
     is_main = jax.process_index() == 0
-    config, model, state, step = restore(FLAGS.workdir, FLAGS.step)
+    config, model, state, step, mesh, summary = restore(FLAGS.workdir, FLAGS.step)
     changes = apply_overrides(with_eval_defaults(config), overrides)
     validate_eval_config(config)
     if is_main:
         print(f"evaluating the step-{step} checkpoint of {FLAGS.workdir}"
               + (f" with {'; '.join(changes)}" if changes else ""), flush=True)
-    mesh = make_mesh()
-    state = replicate(state, mesh)
+        print(summary, flush=True)
     tokenizer = get_tokenizer(config.data.tokenizer, config.data.tokenizer_path, config.model.text.context_length)
     cache = f"{FLAGS.workdir}/eval/features/step_{step}" if config.eval.cache_features else None
     evaluator = Evaluator(model, config, mesh, tokenizer, cache_dir=cache, training=False, verbose=True)

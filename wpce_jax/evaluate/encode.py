@@ -25,7 +25,7 @@ from ml_collections import ConfigDict
 from wpce_jax.data.pipeline import make_eval_dataset
 from wpce_jax.progress import Progress
 from wpce_jax.kernels import RFF
-from wpce_jax.parallel import batch_sharding, gather_fsdp, global_batch, per_process_batch, replicated
+from wpce_jax.parallel import apply_gathered, batch_sharding, global_batch, per_process_batch, replicated
 from wpce_jax.pointcloud import PointCloud
 from wpce_jax.similarity import embed
 
@@ -89,9 +89,8 @@ class Encoders:
     def __init__(self, model, config: ConfigDict, mesh: Mesh):
         self.config, self.mesh = config, mesh
 
-        def apply(params, inputs, method):  # FSDP-split params are gathered where used (parallel.gather_fsdp)
-            with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
-                return model.apply({"params": gather_fsdp(params, skip_blocks=True)}, inputs, method=method)
+        def apply(params, inputs, method):  # FSDP-split params are gathered where used
+            return apply_gathered(model, mesh, params, inputs, method)
 
         def images(params, batch, rffs):
             cloud, pooled = apply(params, batch["image"], "encode_image_and_pool")

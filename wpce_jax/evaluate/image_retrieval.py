@@ -4,7 +4,9 @@ Every test image of a labelled set queries all the other test images (leave-one-
 of its own ranking); the relevant ones are those of its class. Metrics, means over the queries:
 precision@1, R-precision and MAP@R (R = the number of other images of the query's class), and recall@1 (a hit
 when the nearest other image is of the same class; by definition equal to precision@1). An image alone in its
-class has no relevant item and scores 0. Ties are broken by image index (metrics.py).
+class has no relevant item: none of these is defined for it, so it is left out of the means (as Musgrave et al.
+and pytorch-metric-learning's AccuracyCalculator do) and counted in queries_without_match; when every image is
+alone the means are NaN. Ties are broken by image index (metrics.py).
 
 The compared vector is the one retrieval.py compares: with R evaluation RFF draws the draws' vectors concatenated
 and divided by sqrt(R), so that a dot product is the mean similarity over the draws; for the CLIP baseline it is
@@ -26,7 +28,7 @@ from wpce_jax.evaluate import metrics
 from wpce_jax.evaluate.retrieval import _flatten_draws
 from wpce_jax.parallel import replicate
 
-METRICS = ("precision@1", "r_precision", "map@r", "recall@1")
+METRICS = ("precision@1", "r_precision", "map@r", "recall@1")  # means over the queries with a match
 
 
 BY = ("similarity", "distance")
@@ -34,8 +36,9 @@ BY = ("similarity", "distance")
 
 def scores(compared: np.ndarray, labels: np.ndarray, mesh: Optional[Mesh] = None,
            by: str = "similarity") -> dict[str, float]:
-    """Metric name (without prefix) -> mean over queries, from the compared vectors [N, R, F] and labels [N],
-    ranked by similarity or by distance (module docstring)."""
+    """Metric name (without prefix) -> mean over the queries that have another image of their class, from the
+    compared vectors [N, R, F] and labels [N], ranked by similarity or by distance (module docstring); and
+    "queries_without_match", the number of images alone in their class (left out of the means)."""
     if by not in BY:
         raise ValueError(f"by must be one of {BY}, got {by!r}")
     queries = candidates = _flatten_draws(compared)
@@ -48,7 +51,10 @@ def scores(compared: np.ndarray, labels: np.ndarray, mesh: Optional[Mesh] = None
         # rows over the mesh.
         queries, candidates = replicate((queries, candidates), mesh)
     per_query = metrics.retrieval_metrics(queries, candidates, labels, labels, ks=(1,), exclude_self=True)
-    return {name: float(np.mean(per_query[name])) for name in METRICS}
+    _, group, size = np.unique(labels, return_inverse=True, return_counts=True)
+    matched = size[group] > 1
+    means = {name: float(np.mean(per_query[name][matched])) if matched.any() else float("nan") for name in METRICS}
+    return {**means, "queries_without_match": int(np.sum(~matched))}
 
 
 def evaluate(name: str, data: ClassificationSet, *, images, mesh: Optional[Mesh] = None,
