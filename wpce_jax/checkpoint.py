@@ -2,8 +2,9 @@
 
 A checkpoint DIR/checkpoints/<step>/ holds three items:
     state     the TrainState: parameters, optimiser state, step, root RNG key, non-finite marker, evaluation RFF draw;
-    position  {"examples_seen": global training examples consumed}: where the data stream goes on (it is
-              addressed by global example index, so any worker or process count resumes it exactly);
+    position  {"examples_seen": global training examples consumed, "skipped_examples": how many of them were
+              stand-ins for unreadable records}: where the data stream goes on (it is addressed by global example
+              index, so any worker or process count resumes it exactly);
     config    the run's resolved config as JSON (the tokenizer path in it points at the copy under DIR/tokenizer/).
 DIR may be local or gs://. Saving is asynchronous; Orbax marks a checkpoint complete only when all of it is written
 (a renamed temporary directory on local disks, a commit_success.txt object on gs://), so a run killed while saving
@@ -54,15 +55,21 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
 
-    def save(self, step: int, state, examples_seen: int, config: ConfigDict) -> None:
+    def save(self, step: int, state, examples_seen: int, config: ConfigDict, skipped_examples: int = 0) -> None:
         self.manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state),
-            position=ocp.args.JsonSave({"examples_seen": int(examples_seen)}),
+            position=ocp.args.JsonSave({"examples_seen": int(examples_seen),
+                                        "skipped_examples": int(skipped_examples)}),
             config=ocp.args.JsonSave(config_to_json(config))), force=True)
 
     def saved_config(self, step: int) -> dict:
         """The config a checkpoint was written with (plain dict)."""
         return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+
+    def skipped_examples(self, step: int) -> int:
+        """How many of the examples before checkpoint `step` were stand-ins (0 for checkpoints that predate it)."""
+        position = self.manager.restore(step, args=ocp.args.Composite(position=ocp.args.JsonRestore()))["position"]
+        return int(position.get("skipped_examples", 0))
 
     def restore(self, step: int, abstract_state) -> tuple[Any, int]:
         """(state shaped and sharded like `abstract_state`, global examples consumed) of checkpoint `step`."""

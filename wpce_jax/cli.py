@@ -20,11 +20,12 @@ def quiet_libraries() -> None:
 def user_errors() -> tuple[type, ...]:
     """Errors that describe a mistake in the inputs (their message names the input and the fix)."""
     from wpce_jax.data.records import ManifestError
+    from wpce_jax.errors import UserError
     from wpce_jax.platform import AcceleratorMissingError
     from wpce_jax.run_record import ConfigChangedError
     from wpce_jax.workdir_lock import WorkdirLockedError
 
-    return (ValueError, FileNotFoundError, IsADirectoryError, PermissionError, ManifestError,
+    return (UserError, ValueError, FileNotFoundError, IsADirectoryError, PermissionError, ManifestError,
             AcceleratorMissingError, ConfigChangedError, WorkdirLockedError)
 
 
