@@ -1,14 +1,19 @@
 """Training records that do not read (a damaged ArrayRecord chunk) or decode (a broken JPEG or header): replaced by
 deterministic stand-ins, counted, limited; a shard that does not open stops the pipeline at start-up."""
+import json
 import os
 import shutil
+import subprocess
+import time
 
 import numpy as np
 import pytest
 
-from wpce_jax.data import image_ops, pipeline, records, testing, tokenizers, unreadable
+from wpce_jax import train
+from wpce_jax.data import image_ops, pipeline, records, run_data, testing, tokenizers, unreadable
 from wpce_jax.data.train_tokenizer import train_sentencepiece
 from wpce_jax.errors import UserError
+from runs import cli, losses, run_cli, tiny_config
 
 N, SIZE, SEED, B = 40, 16, 3, 8  # 5 batches of B per epoch
 
@@ -186,3 +191,68 @@ def test_fraction_limit_counts_the_first_examples_as_min_examples():
     with pytest.raises(UserError):
         unreadable.check_fraction(1, 32, 0.0)
     unreadable.check_fraction(0, 32, 0.0)
+
+
+# ------------------------------------------------------------------ the trainer on damaged digits
+
+# Global positions of the damaged records in the tiny runs' stream (batch 32): rows of steps 3 and 9.
+DAMAGED = (2 * 32 + 5, 8 * 32 + 7)
+NO_EVAL = {"eval.zeroshot": "", "eval.retrieval": "", "eval.image_retrieval": ""}
+
+
+@pytest.fixture
+def damaged_cache(cache_dir, tmp_path):
+    """A copy of the built digits (data.cache_dir) in which the training records at DAMAGED do not read; and the
+    (shard, index in it) of the first."""
+    config = tiny_config(cache_dir)
+    built = os.path.dirname(run_data.prepare_digits(config).train_dir)
+    copy = tmp_path / "cache"
+    shutil.copytree(built, copy / os.path.basename(built))
+    train_dir = str(copy / os.path.basename(built) / "train")
+    order = pipeline.ShuffledOrder(pipeline.dataset_size(train_dir), config.batch_size, seed=config.seed)
+    return str(copy), [corrupt_record(train_dir, order[g]) for g in DAMAGED][0]
+
+
+def _skipped(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    return {r["step"]: r["train/skipped_examples"] for r in rows if "train/skipped_examples" in r}
+
+
+def test_resume_after_sigkill_on_damaged_data_is_exact(damaged_cache, tmp_path):
+    cache, (shard, index) = damaged_cache
+    reference, workdir = str(tmp_path / "reference"), str(tmp_path / "run")
+    steps = {"total_steps": 12, "checkpoint_every_steps": 6, **NO_EVAL}
+    uninterrupted = subprocess.Popen(cli(reference, cache, **steps), stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+    killed = subprocess.Popen(cli(workdir, cache, **steps), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True)
+    deadline = time.time() + 300
+    while not os.path.isdir(os.path.join(workdir, "checkpoints", "6")):  # after the first damaged record
+        assert killed.poll() is None and time.time() < deadline, killed.stderr.read()[-3000:]
+        time.sleep(0.2)
+    killed.kill()
+    killed.wait()
+    err = killed.stderr.read()
+    assert err.count("unreadable training record") == 1
+    assert f"unreadable training record {index} of {shard} (RuntimeError: Corrupted Riegeli" in err
+    # Resumed with two worker processes: the flags come from them; the count before step 6 from the checkpoint.
+    resumed = run_cli(workdir, cache, **steps, **{"data.worker_count": 2})
+    assert "resumed from the step-6 checkpoint" in resumed.stdout
+    out, err = uninterrupted.communicate(timeout=300)
+    assert uninterrupted.returncode == 0, err[-3000:]
+    want = {step: 0 if step < 3 else 1 if step < 9 else 2 for step in range(1, 13)}
+    assert _skipped(reference) == _skipped(workdir) == want
+    assert losses(workdir) == losses(reference)  # bit-identical, every step
+    for stdout in (out, resumed.stdout):
+        assert "2 of the 384 training examples were stand-ins for records that did not read or decode" in stdout
+
+
+def test_too_many_stand_ins_stop_the_run(damaged_cache, tmp_path):
+    cache, _ = damaged_cache
+    workdir = str(tmp_path / "run")
+    config = tiny_config(cache, total_steps=5, **NO_EVAL, **{"data.max_skipped_fraction": 0.0})
+    with pytest.raises(unreadable.TooManySkippedError, match=r"1 of the 96 training examples so far could not be "
+                                                             r"read or decoded .*data.max_skipped_fraction = 0;"):
+        train.train_and_evaluate(config, workdir)
+    assert _skipped(workdir) == {1: 0, 2: 0, 3: 1}  # on record up to the step that stopped it
