@@ -1,4 +1,5 @@
-"""Builders of small, real webdataset tar shards for tests and benchmarks (no download).
+"""Builders of small, real webdataset tar shards for tests and benchmarks (no download), and of damaged ArrayRecord
+chunks.
 
 Images are real photographs-in-miniature: scikit-learn's handwritten digit scans, coloured and upscaled, so
 JPEG behaves as on natural images (smooth regions and edges), not as on white noise.
