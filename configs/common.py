@@ -33,6 +33,7 @@ def base() -> ml_collections.ConfigDict:
     c.data.crop_scale = (0.5, 1.0)    # RandomResizedCrop area range for training
     c.data.worker_count = 0           # grain worker processes decoding images (0: threads in the main process)
     c.data.samples_per_class = 0      # 0: uniform shuffle; m >= 2: batches of whole groups of m images of a class
+    c.data.max_skipped_fraction = 0.01  # stop when more of the examples seen had to be replaced (unreadable records)
 
     c.model = ml_collections.ConfigDict()
     c.model.similarity = "wpce"       # "wpce" (point clouds, kernel similarity) or "clip" (one point, cosine)

@@ -54,7 +54,7 @@ def _labels(ds, n_batches=None):
 
 def test_batch_layout(dataset):
     b = next(iter(_make(dataset)))
-    assert set(b) == {"image", "tokens", "label"}
+    assert set(b) == {"image", "tokens", "label", "skipped"}
     assert b["image"].shape == (4, SIZE, SIZE, 3) and b["image"].dtype == np.uint8
     assert b["tokens"].shape == (4, 16) and b["tokens"].dtype == np.int32
     assert b["label"].shape == (4,) and b["label"].dtype == np.int32
@@ -144,8 +144,8 @@ MODES = {"crop": {}, "two_view": {"views": VIEWS}}
 def test_global_batches_do_not_depend_on_the_process_count(dataset, mode):
     n = PER_EPOCH + 2  # across the epoch boundary
     one = _global_batches(dataset, 1, n, **MODES[mode])
-    assert set(one[0]) == ({"image", "image2", "tokens", "label"} if mode == "two_view" else
-                           {"image", "tokens", "label"})
+    assert set(one[0]) == ({"image", "image2", "tokens", "label", "skipped"} if mode == "two_view" else
+                           {"image", "tokens", "label", "skipped"})
     for processes in (2, 4):
         _assert_same_batches(_global_batches(dataset, processes, n, **MODES[mode]), one)
     # An epoch is B * floor(N / B) distinct records; the next epoch is another order.

@@ -2,8 +2,9 @@
 
 A checkpoint DIR/checkpoints/<step>/ holds three items:
     state     the TrainState: parameters, optimiser state, step, root RNG key, non-finite marker, evaluation RFF draw;
-    position  {"examples_seen": global training examples consumed}: where the data stream goes on (it is
-              addressed by global example index, so any worker or process count resumes it exactly);
+    position  {"examples_seen": global training examples consumed, "skipped_examples": how many of them were
+              stand-ins for unreadable records}: where the data stream goes on (it is addressed by global example
+              index, so any worker or process count resumes it exactly);
     config    the run's resolved config as JSON (the tokenizer path in it points at the copy under DIR/tokenizer/).
 DIR may be local or gs://. Saving is asynchronous; Orbax marks a checkpoint complete only when all of it is written
 (a renamed temporary directory on local disks, a commit_success.txt object on gs://), so a run killed while saving
@@ -65,10 +66,11 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
 
-    def save(self, step: int, state, examples_seen: int, config: ConfigDict) -> None:
+    def save(self, step: int, state, examples_seen: int, config: ConfigDict, skipped_examples: int = 0) -> None:
         self.manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state),
-            position=ocp.args.JsonSave({"examples_seen": int(examples_seen)}),
+            position=ocp.args.JsonSave({"examples_seen": int(examples_seen),
+                                        "skipped_examples": int(skipped_examples)}),
             config=ocp.args.JsonSave(config_to_json(config))), force=True)
 
     # A step is read through Orbax's item handlers rather than the manager: the manager's restore ends in a barrier
@@ -90,6 +92,11 @@ class Checkpointer:
         """'/'-joined path -> shape of every array in checkpoint `step`'s TrainState, from its metadata (the arrays
         are not read)."""
         return array_shapes(self._state.metadata(self.directory / str(step) / "state").tree)
+
+    def skipped_examples(self, step: int) -> int:
+        """How many of the examples before checkpoint `step` were stand-ins (0 for checkpoints that predate it)."""
+        position = self.manager.restore(step, args=ocp.args.Composite(position=ocp.args.JsonRestore()))["position"]
+        return int(position.get("skipped_examples", 0))
 
     def restore(self, step: int, abstract_state) -> tuple[Any, int]:
         """(state shaped and sharded like `abstract_state`, global examples consumed) of checkpoint `step`."""

@@ -141,6 +141,9 @@ def validate_config(config: ConfigDict) -> None:
         if not config.data.tokenizer_path:
             raise ConfigError("config field data.tokenizer_path is required: bpe_simple_vocab_16e6.txt.gz for "
                               "clip_bpe, a .model file for sentencepiece")
+    if _number(config, "data.max_skipped_fraction", 0) > 1:
+        raise ConfigError(f"config field data.max_skipped_fraction must be in [0, 1], got "
+                          f"{config.data.max_skipped_fraction!r}")
     lo, hi = config.data.crop_scale
     if not 0 < lo <= hi <= 1:
         raise ConfigError(f"config field data.crop_scale must satisfy 0 < lo <= hi <= 1, got {tuple(config.data.crop_scale)}")

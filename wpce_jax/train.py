@@ -21,6 +21,7 @@ import time
 from typing import Any, Iterator
 
 import jax
+import numpy as np
 from etils import epath
 from jax.experimental import multihost_utils
 from ml_collections import ConfigDict
@@ -28,7 +29,7 @@ from ml_collections import ConfigDict
 from wpce_jax import config_fields, mfu, platform, rng, run_record
 from wpce_jax.checkpoint import Checkpointer, abstract_like
 from wpce_jax.config_validation import mode_settings, validate
-from wpce_jax.data import run_data
+from wpce_jax.data import run_data, unreadable
 from wpce_jax.data.image_ops import ViewAugment
 from wpce_jax.data.pipeline import make_dataset
 from wpce_jax.errors import ConfigError, UserError, WrongPathError
@@ -110,6 +111,21 @@ class StopSignals:
 
 
 @dataclasses.dataclass
+class _Skipped:
+    """Training examples that were stand-ins for unreadable records (data/unreadable.py): `before` this run started
+    (all processes, from the checkpoint) and seen by this process since."""
+    before: int = 0
+    local: int = 0
+
+    def total(self) -> int:
+        """All processes' count (a collective: every process must call it at the same step)."""
+        local = self.local
+        if jax.process_count() > 1:
+            local = int(np.sum(multihost_utils.process_allgather(np.int32(local))))
+        return self.before + local
+
+
+@dataclasses.dataclass
 class _Run:
     """Everything the loop works with."""
     config: ConfigDict          # resolved (run_data.resolve)
@@ -124,6 +140,7 @@ class _Run:
     lock: WorkdirLock
     stop: StopSignals
     start: int                  # the step restored from (0 for a new run)
+    skipped: _Skipped           # examples replaced because their records did not read or decode
 
 
 def _workdir(path) -> epath.Path:
@@ -193,13 +210,15 @@ def train_and_evaluate(config: ConfigDict, workdir, stop_signals: "StopSignals |
                 writer.truncate_after(start)  # lines a killed run wrote after its last checkpoint
             elif (kept := writer.set_aside()) is not None:
                 _say(f"starting from step 0: the metrics already in {workdir} were moved to {kept.name}")
-            batches = _global_batches(iter(_dataset(config, data, examples)), mode_settings(config).mode, mesh)
+            skipped = _Skipped(checkpointer.skipped_examples(start) if start else 0)
+            batches = _global_batches(iter(_dataset(config, data, examples)), mode_settings(config).mode, mesh,
+                                      skipped)
             first = next(batches)
             train_step, flops = _compile(model, config, mesh, tx, state, first)
             batches = itertools.chain([first], batches)
             run = _Run(config, workdir, state, batches, train_step, flops,
                        Evaluator(model, config, mesh, data.tokenizer, digits_data=data.digits),
-                       checkpointer, writer, lock, stop, start)
+                       checkpointer, writer, lock, stop, start, skipped)
             return _loop(run)
         finally:
             checkpointer.wait()
@@ -217,9 +236,11 @@ def _dataset(config: ConfigDict, data: run_data.RunData, start_example: int):
                         samples_per_class=config.data.get("samples_per_class", 0), start_example=start_example)
 
 
-def _global_batches(local_batches: Iterator[dict], mode: str, mesh) -> Iterator[dict]:
-    """This process's numpy batches -> global arrays on the mesh."""
+def _global_batches(local_batches: Iterator[dict], mode: str, mesh, skipped: _Skipped) -> Iterator[dict]:
+    """This process's numpy batches -> global arrays on the mesh; their "skipped" flags are counted in `skipped`."""
     for local in local_batches:
+        local = dict(local)
+        skipped.local += int(np.count_nonzero(local.pop("skipped")))
         if mode != "image_text":  # the image-only steps never read the captions: do not ship them
             local = {k: v for k, v in local.items() if k != "tokens"}
         if mode == "labelled" and (local["label"] < 0).any():
@@ -263,7 +284,7 @@ def _check_finite(run: _Run) -> None:
 
 def _save(run: _Run, step: int) -> None:
     _check_finite(run)
-    run.checkpointer.save(step, run.state, step * run.config.batch_size, run.config)
+    run.checkpointer.save(step, run.state, step * run.config.batch_size, run.config, run.skipped.total())
 
 
 def _loop(run: _Run) -> dict[str, float]:
@@ -275,6 +296,7 @@ def _loop(run: _Run) -> dict[str, float]:
     profile = tuple(config.get("profile_steps") or ())
     last_eval: dict[str, float] = {}
     data_wait, window_start = 0.0, run.start
+    step = run.start
     for step in range(run.start + 1, total + 1):
         if profile and step == profile[0]:
             jax.profiler.start_trace(os.fspath(run.workdir / "profile"))
@@ -298,6 +320,7 @@ def _loop(run: _Run) -> dict[str, float]:
             utilisation = mfu.mfu(run.flops_per_step, 1 / max(steps_per_s, 1e-9), device_kind)
             if utilisation is not None:
                 logged["train/mfu"] = utilisation
+            logged["train/skipped_examples"] = skipped = run.skipped.total()
             run.writer.write(step, logged)
             shown = "  ".join(f"{k.split('/')[-1]} {float(logged[k]):.4g}" for k in
                               ("train/loss", "train/logit_scale", "train/learning_rate") if k in logged)
@@ -305,6 +328,7 @@ def _loop(run: _Run) -> dict[str, float]:
                                              f"data wait {100 * logged['train/data_wait_share']:.0f}%")
             data_wait, window_start = 0.0, step
             _check_finite(run)  # after logging, so the bad loss is on record
+            unreadable.check_fraction(skipped, step * config.batch_size, config.data.max_skipped_fraction)
         if run.stop.reached(step):  # before evaluating: a preempted run has seconds, not minutes
             with progress.pause():
                 _save(run, step)
@@ -322,4 +346,8 @@ def _loop(run: _Run) -> dict[str, float]:
         if step % config.checkpoint_every_steps == 0 or final:
             with progress.pause():
                 _save(run, step)
+    skipped = run.skipped.total()
+    if skipped:
+        _say(f"{skipped:,} of the {step * config.batch_size:,} training examples were stand-ins for records that did "
+             f"not read or decode (train/skipped_examples)")
     return last_eval

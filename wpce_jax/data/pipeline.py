@@ -10,7 +10,9 @@ B = batch_size * process_count.
     -> process p of P takes rows [k B + p b, k B + (p + 1) b) of global batch k (b = batch_size), so the
        concatenation over processes of their k-th batches does not depend on P
     -> RandomResizedCrop (and the two-view augmentation) drawn from an RNG keyed by (seed, g) alone
-    -> decode, crop, tokenize -> batches of b, images as uint8 pixels (normalised on the device, models/vit.py)
+    -> read, decode, crop, tokenize -> batches of b, images as uint8 pixels (normalised on the device,
+       models/vit.py); a record that does not read or decode is replaced by a stand-in drawn from (seed, g)
+       and flagged "skipped" (unreadable.py)
 Global batch k is a function of (dataset, seed, B, k) and the augmentation settings only: the worker count, the
 process count (for a fixed B) and where a run was interrupted change nothing. A run that has consumed `start_example` global examples (a multiple
 of B; the trainer checkpoints step * B) resumes with make_dataset(..., start_example=start_example), which
@@ -31,7 +33,7 @@ from typing import Any, Sequence
 import grain
 import numpy as np
 
-from wpce_jax.data import image_ops, records
+from wpce_jax.data import image_ops, records, unreadable
 from wpce_jax.data.class_balanced import ClassBalancedOrder
 from wpce_jax.errors import DataError
 
@@ -47,43 +49,36 @@ def augment_rng(seed: int, position: int) -> np.random.Generator:
 
 
 @dataclasses.dataclass(frozen=True)
-class _DecodeTrain(grain.transforms.Map):
-    """(g, record bytes) -> {"image": uint8 [S, S, 3], "tokens": int32 [L], "label": int32 []} (random crop drawn
-    from augment_rng(seed, g))."""
+class _TrainExample(grain.transforms.Map):
+    """(g, record index) -> {"image": uint8 [S, S, 3], "tokens": int32 [L], "label": int32 [], "skipped": bool []
+    (True when the record did not read or decode and a stand-in took its place, unreadable.py)}; with `views`
+    also "image2": uint8 [S, S, 3]. One random crop, or two SimCLR views (image_ops.train_views), drawn from
+    augment_rng(seed, g)."""
 
+    source: Any
+    shards: unreadable.ShardIndex
     tokenizer: Any
     image_size: int
     crop_scale: tuple[float, float]
     decoder: str
     seed: int
+    views: image_ops.ViewAugment | None
 
-    def map(self, element: tuple[int, bytes]) -> dict[str, np.ndarray]:
-        g, data = element
+    def _images(self, g: int, data: bytes) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         header, offset = records.decode_header(data)
-        image = image_ops.train_crop(memoryview(data)[offset:].tobytes(), self.image_size,
-                                     augment_rng(self.seed, g), self.crop_scale, self.decoder)
-        return _example(image, header, self.tokenizer)
+        jpeg, rng = memoryview(data)[offset:].tobytes(), augment_rng(self.seed, g)
+        if self.views is None:
+            return header, {"image": image_ops.train_crop(jpeg, self.image_size, rng, self.crop_scale, self.decoder)}
+        first, second = image_ops.train_views(jpeg, self.image_size, rng, self.views, self.crop_scale, self.decoder)
+        return header, {"image": first, "image2": second}
 
-
-@dataclasses.dataclass(frozen=True)
-class _DecodeViews(grain.transforms.Map):
-    """(g, record bytes) -> {"image": uint8 [S, S, 3] (first view), "image2": uint8 [S, S, 3] (second view),
-    "tokens", "label"}: two SimCLR views (image_ops.train_views) drawn from augment_rng(seed, g)."""
-
-    tokenizer: Any
-    image_size: int
-    crop_scale: tuple[float, float]
-    decoder: str
-    augment: image_ops.ViewAugment
-    seed: int
-
-    def map(self, element: tuple[int, bytes]) -> dict[str, np.ndarray]:
-        g, data = element
-        header, offset = records.decode_header(data)
-        first, second = image_ops.train_views(memoryview(data)[offset:].tobytes(), self.image_size,
-                                              augment_rng(self.seed, g), self.augment, self.crop_scale,
-                                              self.decoder)
-        return dict(_example(first, header, self.tokenizer), image2=second)
+    def map(self, element: tuple[int, int]) -> dict[str, np.ndarray]:
+        g, index = element
+        (header, images), skipped = unreadable.read_or_stand_in(
+            self.source.__getitem__, lambda data: self._images(g, data), index=index, position=g, seed=self.seed,
+            shards=self.shards)
+        return dict(images, tokens=self.tokenizer([header["caption"]])[0], label=np.int32(header.get("label", -1)),
+                    skipped=np.bool_(skipped))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,7 +104,7 @@ class _DecodeEval(grain.transforms.MapWithIndex):
         try:
             pixels = image_ops.eval_crop(image, self.image_size, self.decoder)
             ok = True
-        except (OSError, ValueError, SyntaxError):  # what PIL and simplejpeg raise on a broken file
+        except unreadable.DECODE_ERRORS:  # a broken file
             pixels, ok = np.zeros((self.image_size, self.image_size, 3), np.uint8), False
         out = {"image": pixels, "label": np.int32(label), "mask": np.bool_(self.real and ok),
                "corrupt": np.bool_(self.real and not ok),
@@ -117,14 +112,6 @@ class _DecodeEval(grain.transforms.MapWithIndex):
         if self.tokenizer is not None:
             out["tokens"] = self.tokenizer([header["caption"]])[0]
         return out
-
-
-def _example(image: np.ndarray, header: dict[str, Any], tokenizer) -> dict[str, np.ndarray]:
-    return {
-        "image": image,
-        "tokens": tokenizer([header["caption"]])[0],
-        "label": np.int32(header.get("label", -1)),
-    }
 
 
 @functools.lru_cache(maxsize=64)
@@ -170,17 +157,6 @@ class _ProcessStream:
         j, row = divmod(int(i), self.batch_size)
         g = (self.first_batch + j) * self.global_batch + self.offset + row
         return g, self.order[g]
-
-
-@dataclasses.dataclass(frozen=True)
-class _Read(grain.transforms.Map):
-    """(g, record index) -> (g, the record's bytes)."""
-
-    source: Any
-
-    def map(self, element: tuple[int, int]) -> tuple[int, bytes]:
-        g, index = element
-        return g, self.source[index]
 
 
 def make_eval_dataset(source, *, image_size: int, batch_size: int, process_index: int = 0,
@@ -268,7 +244,8 @@ def make_dataset(
     Returns:
       grain.IterDataset of dicts: "image" uint8 [b, S, S, 3] (pixels: the image tower normalises them on the
       device, a quarter of the bytes of float32), "tokens" int32 [b, L], "label" int32 [b] (-1 for unlabelled
-      records); with `views` also "image2" uint8 [b, S, S, 3];
+      records); training adds "skipped" bool [b] (a stand-in replaced a record that did not read or decode,
+      unreadable.py) and with `views` "image2" uint8 [b, S, S, 3];
       evaluation adds "mask" and "corrupt" bool [b] (make_eval_dataset).
     """
     if not 0 <= process_index < process_count:
@@ -284,7 +261,10 @@ def make_dataset(
     n = int(manifest["num_examples"])
     if not paths or n == 0:
         raise records.ManifestError(f"{os.path.join(data_dir, records.MANIFEST_NAME)} lists no examples")
-    source = grain.sources.ArrayRecordDataSource(paths)
+    # Every shard must open (a footer read each): a truncated or overwritten file stops here, named, rather than at
+    # the first batch that reads it. grain is then given the counts ("path[0:n]"), so it does not open them again.
+    counts = records.count_all(paths)
+    source = grain.sources.ArrayRecordDataSource([f"{p}[0:{c}]" for p, c in zip(paths, counts)])
     if len(source) != n:
         raise records.ManifestError(
             f"{data_dir}: the shards hold {len(source)} records but manifest.json says num_examples={n}; "
@@ -314,11 +294,9 @@ def make_dataset(
     else:
         num_batches = num_epochs * order.batches_per_epoch - first_batch
     stream = _ProcessStream(order, batch_size, process_index, process_count, first_batch, num_batches)
-    if views is None:
-        decode = _DecodeTrain(tokenizer, image_size, tuple(crop_scale), decoder, seed)
-    else:
-        decode = _DecodeViews(tokenizer, image_size, tuple(crop_scale), decoder, views, seed)
-    ds = grain.MapDataset.source(stream).map(_Read(source)).map(decode)
+    example = _TrainExample(source, unreadable.ShardIndex(paths, counts), tokenizer, image_size, tuple(crop_scale),
+                            decoder, seed, views)
+    ds = grain.MapDataset.source(stream).map(example)
     return _batched(ds, batch_size, True, worker_count, read_threads)
 
 

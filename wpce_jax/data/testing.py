@@ -1,4 +1,5 @@
-"""Builders of small, real webdataset tar shards for tests and benchmarks (no download).
+"""Builders of small, real webdataset tar shards for tests and benchmarks (no download), and of damaged ArrayRecord
+chunks.
 
 Images are real photographs-in-miniature: scikit-learn's handwritten digit scans, coloured and upscaled, so
 JPEG behaves as on natural images (smooth regions and edges), not as on white noise.
@@ -82,3 +83,47 @@ def valid_shard(path: str, keys: Iterable[int], side: int = 64, *, seed: int = 0
         expected[key] = (pixels, caption, jpeg)
     write_tar(path, members)
     return expected
+
+
+# Riegeli's layout (the container of ArrayRecord files): 64 KiB blocks, each opening with a 24-byte block header;
+# chunks of a 40-byte header (hash, data size, data hash, type and record count, decoded size) and their data.
+_BLOCK, _BLOCK_HEADER, _CHUNK_HEADER = 1 << 16, 24, 40
+
+
+def _payload_offsets(begin: int, n: int) -> list[int]:
+    """File offsets of n chunk bytes from `begin` on, stepping over block headers."""
+    out, pos = [], begin
+    while len(out) < n:
+        if pos % _BLOCK < _BLOCK_HEADER:
+            pos += _BLOCK_HEADER - pos % _BLOCK
+            continue
+        out.append(pos)
+        pos += 1
+    return out
+
+
+def damage_record(path: str, index: int, nbytes: int = 64) -> None:
+    """Flips `nbytes` bytes in the middle of the chunk of record `index` of an ArrayRecord file written with
+    group_size:1 (one record per chunk), in place: reading that record then fails with "Corrupted Riegeli/records
+    file: chunk data hash mismatch", every other record still reads."""
+    with open(path, "rb") as f:
+        data = bytearray(f.read())
+    pos, records_seen = 0, -1
+    while True:
+        header = _payload_offsets(pos, _CHUNK_HEADER)
+        if header[-1] >= len(data):
+            raise ValueError(f"{path} has no record {index}")
+        fields = bytes(data[p] for p in header)
+        size, type_and_count = int.from_bytes(fields[8:16], "little"), int.from_bytes(fields[24:32], "little")
+        if chr(type_and_count & 0xFF) == "r" and type_and_count >> 8 == 1:
+            records_seen += 1
+            if records_seen == index:
+                if size < nbytes:
+                    raise ValueError(f"record {index} of {path} has a chunk of {size} bytes, fewer than {nbytes}")
+                for p in _payload_offsets(header[0], _CHUNK_HEADER + (size + nbytes) // 2)[-nbytes:]:
+                    data[p] ^= 0xFF
+                with open(path, "wb") as f:
+                    f.write(data)
+                return
+        # The next chunk starts after this one's data, and at least one byte per record further on.
+        pos = max(_payload_offsets(header[0], _CHUNK_HEADER + size + 1)[-1], header[0] + (type_and_count >> 8))
