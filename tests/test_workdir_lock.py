@@ -89,3 +89,16 @@ def test_the_heartbeat_thread_stops_at_release(tmp_path):
     assert not thread.is_alive()
     time.sleep(0.05)  # a beat after the release would write the lock file again
     assert not (tmp_path / "run.lock").exists()
+
+
+def test_a_holder_that_lost_the_lock_never_overwrites_the_new_holder(tmp_path):
+    # A run frozen past the stale limit wakes up after another run took the workdir over: its heartbeat thread must
+    # leave the new holder's lock alone, and its release must not delete it.
+    lines = []
+    with WorkdirLock(tmp_path, log=lines.append, heartbeat_every_s=0.02):
+        taker = {"host": "other-host", "pid": 1, "started": "later", "heartbeat": time.time()}
+        write_lock(tmp_path, **taker)
+        time.sleep(0.2)  # ten heartbeat periods
+        assert json.loads((tmp_path / "run.lock").read_text()) == taker
+    assert json.loads((tmp_path / "run.lock").read_text()) == taker
+    assert any("taken over by another run" in line for line in lines)

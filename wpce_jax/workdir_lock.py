@@ -91,9 +91,17 @@ class WorkdirLock:
         self._thread.start()
         return self
 
+    def _ours(self, holder: dict | None) -> bool:
+        return holder is not None and (holder.get("host"), holder.get("pid"), holder.get("started")) == (
+            self.host, self.pid, self._started)
+
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat_every_s):
             try:
+                # A run that was frozen past the stale limit may have lost the lock to another: never overwrite it.
+                if not self._ours(self._holder()):
+                    self.log(f"{self.path} was taken over by another run; this run no longer holds the workdir")
+                    return
                 self._write()
             except Exception as e:  # noqa: BLE001 - e.g. an object store's hiccup: the next beat retries
                 self.log(f"could not refresh the heartbeat of {self.path}: {e}")
@@ -103,5 +111,5 @@ class WorkdirLock:
             self._stop.set()
             self._thread.join()
             self._thread = None
-        if self.enabled and (self._holder() or {}).get("pid") == self.pid:
+        if self.enabled and self._ours(self._holder()):
             self.path.unlink(missing_ok=True)
