@@ -284,7 +284,9 @@ def restore(path, step: Optional[int] = None, devices=None, data_parallel: bool 
     directory = checkpoint_dir(path)
     if not directory.is_dir():
         raise MissingInputError(f"no checkpoints under {directory}: is {path!r} a training workdir?")
-    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))
+    # Read-only, with the options read_only implies already set (Orbax otherwise warns once for each it overrides).
+    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
+        read_only=True, save_interval_steps=0, create=False, cleanup_tmp_directories=False))
     try:
         steps = manager.all_steps()
         if step is None:
