@@ -9,6 +9,7 @@ from wpce_jax.errors import ConfigError
 from wpce_jax.kernels import KINDS
 from wpce_jax.losses import MININGS
 from wpce_jax.models.towers import validate_model_config
+from wpce_jax.optimizer import frozen_pattern
 
 DATA_KINDS = ("digits", "arrayrecord")
 TOKENIZERS = ("clip_bpe", "sentencepiece")
@@ -161,6 +162,11 @@ def validate_config(config: ConfigDict) -> None:
             raise ConfigError(f"config field {path} must lie in [0, 1), got {beta!r}")
     if not isinstance(config.optim.warmup_steps, int) or config.optim.warmup_steps < 0:
         raise ConfigError(f"config field optim.warmup_steps must be an int >= 0, got {config.optim.warmup_steps!r}")
+    for path in ("init_from", "optim.frozen"):
+        value = _get(config, path, None)
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"config field {path} must be a string or unset, got {value!r}")
+    frozen_pattern(config)  # a ConfigError when it is not a regular expression
     if not 0 < _number(config, "logit_scale_min", 0, False) < _number(config, "logit_scale_max", 0, False):
         raise ConfigError(f"config fields logit_scale_min < logit_scale_max required, got "
                           f"{config.logit_scale_min} and {config.logit_scale_max}")
