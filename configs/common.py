@@ -13,6 +13,7 @@ def base() -> ml_collections.ConfigDict:
     c.warmup_epochs = placeholder(float)  # its manifest's num_examples), and the warm-up's (replaces optim.warmup_steps)
     c.init_from = placeholder(str)    # DIR[:STEP]: a new run starts from that workdir's parameters (latest step by
                                       # default; not the optimiser state); ignored once the run has a checkpoint
+    c.require_init_from = False       # True: a fine-tuning config; a run without init_from stops with a ConfigError
     c.batch_size = 256                # global batch (all devices of all processes)
     c.log_every_steps = 50            # metrics.jsonl / TensorBoard / console every this many steps
     c.eval_every_steps = 500          # evaluation (eval.*) every this many steps (and at the end)

@@ -1,13 +1,15 @@
 """Fine-tuning: `config.init_from` (a new run from another run's parameters) and `optim.frozen` (locked
 parameters, no optimiser state). The source is the shared 30-step tiny digits run (WPCE, InfoNCE)."""
 import math
+import os
+import runpy
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from runs import tiny_config
+from runs import ROOT, tiny_config
 from wpce_jax import checkpoint, run_record, train
 from wpce_jax.checkpoint import ParamsMismatchError
 from wpce_jax.config_validation import validate
@@ -101,3 +103,23 @@ def test_resume_check_knows_the_fields(cache_dir):
     assert fatal == [] and allowed == ["init_from: '/a' -> '/b'"]
     fatal, _ = run_record.compare(saved, tiny_config(cache_dir, init_from="/a", **{"optim.frozen": "text_.*"}))
     assert fatal == ["optim.frozen: 'image_.*' -> 'text_.*'"]
+
+
+FINETUNE_CLIP = os.path.join(ROOT, "configs", "finetune_clip.py")
+
+
+@pytest.mark.parametrize("arg", ["lit", "full", "lit,wpce", "lit,clip", "full,wpce", "full,clip"])
+def test_finetune_clip_config_validates(arg, tmp_path):
+    """Each documented argument builds a config that validates (no data is read); without init_from it stops
+    with an error naming the field."""
+    config = runpy.run_path(FINETUNE_CLIP)["get_config"](arg)
+    assert config.model.similarity == (arg.partition(",")[2] or "wpce")
+    assert config.optim.frozen == ("image_.*" if arg.startswith("lit") else None)
+    config.data.train_dir, config.data.tokenizer_path = str(tmp_path / "train"), str(tmp_path / "bpe.txt.gz")
+    config.model.text.vocab_size, config.model.text.eot_id = 49408, 49407  # the tokenizer fills these at start-up
+    with pytest.raises(ConfigError, match="config field init_from is required"):
+        validate(config)
+    config.init_from = str(tmp_path / "imported")
+    validate(config)
+    with pytest.raises(ValueError, match=":lit' or ':full'"):
+        runpy.run_path(FINETUNE_CLIP)["get_config"]("partial")
