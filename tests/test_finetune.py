@@ -123,3 +123,11 @@ def test_finetune_clip_config_validates(arg, tmp_path):
     validate(config)
     with pytest.raises(ValueError, match=":lit' or ':full'"):
         runpy.run_path(FINETUNE_CLIP)["get_config"]("partial")
+
+
+def test_block_layout_must_match_the_source(digits_run, cache_dir, tmp_path):
+    """A source with per-block parameters into a model with stacked (scanned) blocks: every block would start
+    fresh; the run stops naming model.scan_blocks instead."""
+    config = tiny_config(cache_dir, init_from=digits_run, **QUICK, **{"model.scan_blocks": True})
+    with pytest.raises(ConfigError, match="model.scan_blocks = True .* set --config.model.scan_blocks=False"):
+        train.train_and_evaluate(config, str(tmp_path))

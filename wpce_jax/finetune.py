@@ -20,6 +20,7 @@ from ml_collections import ConfigDict
 from wpce_jax.checkpoint import abstract_like, checkpoint_dir, restore_params
 from wpce_jax.errors import ConfigError
 from wpce_jax.optimizer import count_frozen, param_path
+from wpce_jax.parallel import SCANNED
 
 
 def parse_init_from(value: str) -> tuple[str, Optional[int]]:
@@ -65,6 +66,12 @@ def start_from(state, shardings, config: ConfigDict, say: Callable[[str], None])
     directory, step = parse_init_from(config.init_from)
     target = abstract_like(state.params, shardings.params)
     source = restore_params(directory, step, target)
+    stacked = lambda paths: any(f"/{SCANNED}/" in p for p in paths)  # noqa: E731
+    if stacked(source.missing) != stacked(source.unused) and source.missing and source.unused:
+        raise ConfigError(f"config field model.scan_blocks = {config.model.scan_blocks} but the source {directory} "
+                          f"keeps its transformer blocks {'per block' if config.model.scan_blocks else 'stacked'}: "
+                          f"set --config.model.scan_blocks={not config.model.scan_blocks} (the source's config.json "
+                          f"has its value), or every block would start fresh")
     say(f"init_from: {len(source.params)} of {len(source.params) + len(source.missing)} parameter arrays from the "
         f"step-{source.step} checkpoint of {directory}")
     if source.missing:
