@@ -11,6 +11,9 @@ def base() -> ml_collections.ConfigDict:
     c.total_steps = 1000              # train steps in the run (unless epochs is set)
     c.epochs = placeholder(float)     # set: the run's length in passes over the training set (steps counted from
     c.warmup_epochs = placeholder(float)  # its manifest's num_examples), and the warm-up's (replaces optim.warmup_steps)
+    c.init_from = placeholder(str)    # DIR[:STEP]: a new run starts from that workdir's parameters (latest step by
+                                      # default; not the optimiser state); ignored once the run has a checkpoint
+    c.require_init_from = False       # True: a fine-tuning config; a run without init_from stops with a ConfigError
     c.batch_size = 256                # global batch (all devices of all processes)
     c.log_every_steps = 50            # metrics.jsonl / TensorBoard / console every this many steps
     c.eval_every_steps = 500          # evaluation (eval.*) every this many steps (and at the end)
@@ -80,6 +83,8 @@ def base() -> ml_collections.ConfigDict:
     c.optim.eps = 1e-8                # AdamW epsilon
     c.optim.weight_decay = 0.5        # decoupled weight decay, matrices only
     c.optim.grad_clip_norm = 0.0      # clip gradients to this global norm (0: off)
+    c.optim.frozen = placeholder(str)  # regex over '/'-joined parameter paths (or their ancestors'), e.g. 'image_.*'
+                                      # (LiT): those get no update and no optimiser state
     c.optim.accum_steps = 1           # k micro-batches per step, to save memory: the towers run on batch_size / k at
                                       # a time; the loss is still over all of batch_size (GradCache); 1 update a step
 

@@ -144,6 +144,66 @@ def abstract_like(tree, shardings) -> Any:
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
+class ParamsMismatchError(UserError, ValueError):
+    """A source checkpoint's parameter has another shape than the model's (e.g. another embed_dim)."""
+
+
+class SourceParams(NamedTuple):
+    params: dict          # '/'-joined path -> array, for the model's parameters the source has (shapes equal)
+    missing: list[str]    # paths of the model's parameters that the source lacks
+    unused: list[str]     # paths of the source's parameters that the model lacks
+    step: int
+
+
+def _flat_params(tree) -> dict:
+    from wpce_jax.optimizer import param_path
+    return {param_path(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def restore_params(workdir, step: Optional[int], abstract_params) -> SourceParams:
+    """The parameters of a run's checkpoint (the latest, or `step`), read alone (no optimiser state) into the
+    placement of `abstract_params` (a tree of ShapeDtypeStructs, e.g. the model's, with shardings).
+
+    Only the parameters both sides have are read; the others are listed. A shape that differs raises
+    ParamsMismatchError naming every such parameter (path, source shape, model shape) before anything is read."""
+    directory = checkpoint_dir(workdir)
+    if not directory.is_dir():
+        raise MissingInputError(f"no checkpoints under {directory}: is {workdir!r} a training or imported workdir?")
+    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))
+    try:
+        steps = sorted(manager.all_steps())
+    finally:
+        manager.close()
+    if step is None and steps:
+        step = steps[-1]
+    if step not in steps:
+        raise MissingInputError(f"{directory} has no step-{step} checkpoint; it has steps {steps}"
+                                if steps else f"{directory} holds no complete checkpoint")
+    item = directory / str(step) / "state"
+    handler = ocp.PyTreeCheckpointHandler()
+    source = _flat_params(handler.metadata(item).tree["params"])
+    model = _flat_params(abstract_params)
+    wrong = [f"{p}: source {tuple(source[p].shape)}, model {tuple(x.shape)}" for p, x in model.items()
+             if p in source and tuple(source[p].shape) != tuple(x.shape)]
+    if wrong:
+        raise ParamsMismatchError(f"the parameters of {item} do not fit the model (another size: check model.* "
+                                  f"against the source's config.json):\n  " + "\n  ".join(wrong))
+    shared = {p: x for p, x in model.items() if p in source}
+    nested: dict = {}
+    for p, x in shared.items():
+        node = nested
+        *parents, leaf = p.split("/")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = x
+    target = {"params": nested}
+    restored = handler.restore(item, args=ocp.args.PyTreeRestore(
+        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True))
+    handler.close()
+    return SourceParams(_flat_params(restored["params"]), sorted(set(model) - set(source)),
+                        sorted(set(source) - set(model)), step)
+
+
 class LoadedModel:
     """A trained model for notebooks: encoders to compared vectors and their similarity.
 

@@ -9,6 +9,7 @@ from wpce_jax.errors import ConfigError
 from wpce_jax.kernels import KINDS
 from wpce_jax.losses import MININGS
 from wpce_jax.models.towers import validate_model_config
+from wpce_jax.optimizer import frozen_pattern
 
 DATA_KINDS = ("digits", "arrayrecord")
 TOKENIZERS = ("clip_bpe", "sentencepiece")
@@ -166,6 +167,15 @@ def validate_config(config: ConfigDict) -> None:
         raise ConfigError(f"config field optim.warmup_steps must be an int >= 0, got {config.optim.warmup_steps!r}")
     if _get(config, "optim.schedule_steps", None) is not None:
         _positive_int(config, "optim.schedule_steps")
+    for path in ("init_from", "optim.frozen"):
+        value = _get(config, path, None)
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"config field {path} must be a string or unset, got {value!r}")
+    frozen_pattern(config)  # a ConfigError when it is not a regular expression
+    if _get(config, "require_init_from", False) and not _get(config, "init_from", None):
+        raise ConfigError("config field init_from is required by this fine-tuning config: set "
+                          "--config.init_from=DIR[:STEP], the workdir (e.g. from python -m wpce_jax.import_checkpoint) "
+                          "whose parameters the run starts from")
     if not 0 < _number(config, "logit_scale_min", 0, False) < _number(config, "logit_scale_max", 0, False):
         raise ConfigError(f"config fields logit_scale_min < logit_scale_max required, got "
                           f"{config.logit_scale_min} and {config.logit_scale_max}")

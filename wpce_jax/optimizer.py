@@ -8,13 +8,22 @@ whatever `optim.accum_steps` (which only splits a step's batch into micro-batche
 schedule counts train steps. Weight decay touches matrices only: dense kernels (attention projections included),
 token and position embeddings; never biases (the attention q/k/v biases are [heads, head_dim] but still biases),
 norm scales, the class token or the logit scale.
+
+Frozen parameters (`optim.frozen`, a regular expression over '/'-joined parameter paths such as
+"image_encoder/block_0/attn/query/kernel"): a parameter is frozen when the expression matches the whole of its
+path or of one of its ancestors' ("image_.*" and "image_encoder" both freeze the image encoder). They get no
+update, no weight decay and no optimiser state (`optax.partition` with `optax.set_to_zero`), their gradient is
+never computed (`stop_frozen` in the train step), and gradient clipping sees the trained parameters' norm only.
 """
 import math
+import re
 
 import jax
 import jax.numpy as jnp
 import optax
 from ml_collections import ConfigDict
+
+from wpce_jax.errors import ConfigError
 
 
 def num_updates(config: ConfigDict) -> int:
@@ -47,13 +56,71 @@ def decay_mask(params):
     return jax.tree_util.tree_map_with_path(decayed, params)
 
 
+def param_path(path) -> str:
+    """A key path of the parameter tree -> "image_encoder/block_0/attn/query/kernel"."""
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def frozen_pattern(config: ConfigDict) -> "re.Pattern | None":
+    """`optim.frozen` compiled (None when unset or empty); a ConfigError naming the field when it does not compile."""
+    pattern = config.optim.get("frozen")
+    if not pattern:
+        return None
+    try:
+        return re.compile(pattern)
+    except re.error as e:
+        raise ConfigError(f"config field optim.frozen = {pattern!r} is not a regular expression ({e}); give one "
+                          f"over '/'-joined parameter paths, e.g. 'image_.*' (docs/architecture.md)") from None
+
+
+def is_frozen(pattern: "re.Pattern | None", path: str) -> bool:
+    """Whether `pattern` matches the whole of `path` or of one of its ancestors' paths."""
+    if pattern is None:
+        return False
+    parts = path.split("/")
+    return any(pattern.fullmatch("/".join(parts[:i])) for i in range(1, len(parts) + 1))
+
+
+def frozen_mask(params, config: ConfigDict):
+    """A tree like `params` of bools: True where `optim.frozen` freezes the parameter."""
+    pattern = frozen_pattern(config)
+    return jax.tree_util.tree_map_with_path(lambda path, _: is_frozen(pattern, param_path(path)), params)
+
+
+def stop_frozen(params, config: ConfigDict):
+    """`params` with the frozen ones behind stop_gradient: their gradient is exactly zero and XLA drops the work
+    that only fed it (the whole backward pass of a frozen tower)."""
+    pattern = frozen_pattern(config)
+    if pattern is None:
+        return params
+    return jax.tree_util.tree_map_with_path(
+        lambda path, x: jax.lax.stop_gradient(x) if is_frozen(pattern, param_path(path)) else x, params)
+
+
+def count_frozen(params, config: ConfigDict) -> tuple[int, int]:
+    """(frozen, trained) parameter counts (scalars, not arrays); a ConfigError when `optim.frozen` is set but
+    matches no parameter (a misspelt path would otherwise silently train everything)."""
+    sizes = list(zip((math.prod(x.shape) for x in jax.tree.leaves(params)),
+                     jax.tree.leaves(frozen_mask(params, config))))
+    frozen = sum(n for n, m in sizes if m)
+    if config.optim.get("frozen") and not any(m for _, m in sizes):
+        groups = ", ".join(sorted(params))
+        raise ConfigError(f"config field optim.frozen = {config.optim.frozen!r} matches no parameter; paths are "
+                          f"'/'-joined from the top-level groups {groups} (e.g. 'image_.*' for a locked image "
+                          f"tower)")
+    return frozen, sum(n for n, _ in sizes) - frozen
+
+
 def make_optimizer(config: ConfigDict) -> optax.GradientTransformation:
     o = config.optim
     tx = optax.adamw(learning_rate_schedule(config), b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
                      mask=decay_mask)
     if o.grad_clip_norm:
         tx = optax.chain(optax.clip_by_global_norm(o.grad_clip_norm), tx)
-    return tx
+    if frozen_pattern(config) is None:
+        return tx  # the state tree of a run without frozen parameters stays what it always was
+    labels = lambda params: jax.tree.map(lambda m: "frozen" if m else "trained", frozen_mask(params, config))  # noqa: E731
+    return optax.partition({"trained": tx, "frozen": optax.set_to_zero()}, labels)
 
 
 def logit_scale_bounds(similarity: str, low: float, high: float) -> tuple[float, float]:

@@ -26,7 +26,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 from ml_collections import ConfigDict
 
-from wpce_jax import config_fields, mfu, platform, rng, run_record
+from wpce_jax import config_fields, finetune, mfu, platform, rng, run_record
 from wpce_jax.checkpoint import Checkpointer, abstract_like
 from wpce_jax.config_validation import mode_settings, validate
 from wpce_jax.data import run_data, unreadable
@@ -196,14 +196,16 @@ def train_and_evaluate(config: ConfigDict, workdir, stop_signals: "StopSignals |
         init = lambda: initial_state(model, tx, config, rng.root_key(config.seed))  # noqa: E731
         abstract = jax.eval_shape(init)  # shapes only: traces the model's init, allocates nothing
         shardings = state_shardings(abstract, mesh)
+        finetune.describe_frozen(abstract.params, config, _say)
         checkpointer = Checkpointer(workdir, config.keep_checkpoints, config.async_checkpoints)
         writer = MetricWriter(workdir, enabled=is_main)
         try:
             start, state, examples = resume(checkpointer, config, abstract_like(abstract, shardings))
             if start:
                 _say(f"resumed from the step-{start} checkpoint in {workdir}")
+                finetune.resumed_note(config, start, _say)
             else:
-                state = jax.jit(init, out_shardings=shardings)()
+                state = finetune.start_from(jax.jit(init, out_shardings=shardings)(), shardings, config, _say)
             if is_main:
                 run_record.write(workdir, config, platform.describe())
             if start:

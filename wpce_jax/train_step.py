@@ -33,7 +33,7 @@ from wpce_jax.kernels import RFF
 from wpce_jax.losses import (infonce_and_accuracy, margin_contrastive_loss, nce_loss, nt_xent, pair_distances,
                              sigmoid_loss, triplet_loss)
 from wpce_jax.models.towers import init_params, logit_scale_value
-from wpce_jax.optimizer import clip_logit_scale, learning_rate_schedule
+from wpce_jax.optimizer import clip_logit_scale, learning_rate_schedule, stop_frozen
 from wpce_jax.parallel import DATA_AXIS, gather_fsdp
 from wpce_jax.rng import init_key
 from wpce_jax.similarity import embed, eval_rff, train_rff
@@ -212,7 +212,10 @@ def make_grad_fn(model, config: ConfigDict, mesh):
          summed into the parameter gradient.
     The cost is one more forward pass of the towers. Loss and metrics are those of k = 1; the gradient equals
     k = 1's up to float32 rounding (the batch sum is taken in k parts)."""
-    encode, objective = make_encode_fn(model, config), make_objective_fn(model, config, mesh)
+    encode_all, objective_all = make_encode_fn(model, config), make_objective_fn(model, config, mesh)
+    # Frozen parameters (optim.frozen) enter behind stop_gradient: a zero gradient, and no backward pass of theirs.
+    encode = lambda p, b, r: encode_all(stop_frozen(p, config), b, r)  # noqa: E731
+    objective = lambda p, v, b: objective_all(stop_frozen(p, config), v, b)  # noqa: E731
     k = config.optim.accum_steps
     if k == 1:
         return jax.value_and_grad(lambda p, b, r: objective(p, encode(p, b, r), b), has_aux=True)
