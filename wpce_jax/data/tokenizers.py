@@ -35,6 +35,11 @@ class Tokenizer:
         """Text token ids of one string, without start/end tokens and without truncation."""
         raise NotImplementedError
 
+    def piece(self, token_id: int) -> str:
+        """The vocabulary entry of one id as the tokenizer writes it (SentencePiece pieces keep their word-start
+        mark "▁", CLIP BPE symbols their "</w>"): what a text point stands for."""
+        raise NotImplementedError
+
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
         """Tokenizes a batch.
 
@@ -127,7 +132,7 @@ class ClipBpeTokenizer(Tokenizer):
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        for k in ("_byte_encoder", "_pattern", "_cache"):
+        for k in ("_byte_encoder", "_pattern", "_cache", "_decoder"):
             state.pop(k, None)
         return state
 
@@ -183,9 +188,16 @@ class ClipBpeTokenizer(Tokenizer):
             ids.extend(self.encoder[t] for t in self._bpe(token).split(" "))
         return ids
 
+    @functools.cached_property
+    def _decoder(self) -> dict[int, str]:
+        return {v: k for k, v in self.encoder.items()}
+
+    def piece(self, token_id: int) -> str:
+        return self._decoder[int(token_id)]
+
     def decode(self, ids: Iterable[int]) -> str:
         """Text of text-token ids (specials and pads are the caller's to strip); for debugging and tests."""
-        decoder = {v: k for k, v in self.encoder.items()}
+        decoder = self._decoder
         byte_decoder = {v: k for k, v in self._byte_encoder.items()}
         words = [decoder[int(i)] for i in ids]
         # Undo the byte map per symbol, keeping each "</w>" end-of-word marker as a space.
@@ -244,6 +256,9 @@ class SentencePieceTokenizer(Tokenizer):
 
     def decode(self, ids: Iterable[int]) -> str:
         return self._sp.DecodeIds([int(i) for i in ids])
+
+    def piece(self, token_id: int) -> str:
+        return self._sp.IdToPiece(int(token_id))
 
 
 def get_tokenizer(kind: str, path: str, context_length: int) -> Tokenizer:

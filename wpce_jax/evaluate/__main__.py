@@ -141,7 +141,7 @@ def main(argv, overrides):
     import jax
 
     distributed.initialize()
-    from wpce_jax.checkpoint import restore
+    from wpce_jax.inference import restore
     from wpce_jax.data.tokenizers import get_tokenizer
     from wpce_jax.evaluate.evaluator import Evaluator, validate_eval_config
     from wpce_jax.metric_writer import write_eval_json
