@@ -145,6 +145,7 @@ def test_b16_release_maps_onto_the_model(name):
     assert (config.data.image_size, m.embed_dim, m.ln_eps, m.text.ln_eps) == (224, 512, 1e-6, 1e-6)
     assert (m.image.ln_pre, m.image.patch_bias, m.image.activation, m.text.activation) == \
         (False, True, "gelu", "quick_gelu")
+    np.testing.assert_allclose([config.logit_scale_min, config.logit_scale_max], [1, 100], rtol=1e-4)
     if name == "CLIP_WPSE_VITB16":
         assert (m.similarity, m.text.null_rows, m.text.sequel_rule) == ("wpce", 76, "zero_id")
         assert (m.weight_activation, m.weight_alpha, m.weight_bias) == ("tanh", 100.0, False)

@@ -16,7 +16,7 @@ shows; all in float32; about 1.5 MB in all):
     bpe_tiny.txt.gz          CLIP's BPE file cut to its first 30 merges: a 544-id vocabulary (eot 543), so that
                              the tiny text towers stay small; the project's clip_bpe tokenizer reads it.
     inputs.npz               images [4, 32, 32, 3] (already normalised floats, NHWC), tokens [4, 16] int32 (sot,
-                             random ids in [1, 542), eot, zero padding; the last row is full).
+                             random ids in [1, 542), eot, zero padding; the last row is full; row 1 holds an id 0, "!", inside its text).
     wpse_wpce/               the release's CLIP_WPSE_two_proj (timm ViT, sequel null tokens, ScaledTanh alpha 2,
                              identity logit scale, Gaussian RFF criterion) built by hydra.utils.instantiate from its
                              config.yaml, saved as the release saves it (checkpoint_best.pt with DDP's "module."
@@ -79,6 +79,7 @@ def inputs() -> tuple[np.ndarray, np.ndarray]:
         tokens[row, 0] = SOT
         tokens[row, 1:1 + length] = rng.integers(1, SOT, size=length)
         tokens[row, 1 + length] = EOT
+    tokens[1, 3] = 0  # CLIP BPE's "!" inside a text: the release embeds it as padding (its "sequel" rule)
     return images, tokens
 
 

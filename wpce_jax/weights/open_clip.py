@@ -114,7 +114,7 @@ def read(path) -> Imported:
              "pos_embed": sd.take("visual.positional_embedding", (tokens, width))[None],
              "ln_pre": sd.layer_norm("visual.ln_pre", width),
              "encoder": {**blocks, "ln_final": sd.layer_norm("visual.ln_post", width)}}
-    text, text_fields = openai_text_tower(sd, text_cfg.get("heads") if model_cfg else None)
+    text, text_fields = openai_text_tower(sd, text_cfg.get("heads", 8) if model_cfg else None)  # open_clip: 8
     text_width = text_fields["model.text.width"]
     params = {"image_encoder": image, "text_encoder": text,
               "image_head": head(sd.take("visual.proj", (width, embed_dim))),

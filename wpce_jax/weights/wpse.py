@@ -13,7 +13,9 @@ tower is OpenAI CLIP's (QuickGELU). Points: `image_projection`/`text_projection`
 no biases. "sequel" null tokens: the table has vocab + L - 1 rows and every id-0 token takes the next one.
 LayerNorm eps: `ln_eps` everywhere for the *_VITB16 factories (the only ones that apply it); otherwise PyTorch's
 1e-5 in the text tower and timm's 1e-6 in the ViT. The logit scale is `config_logit_scale.activation` of the parameter
-(LogitScaleIdentity for WPCE, LogitScaleExp, the default, for CLIP). Heads: the config's `transformer_heads` and
+(LogitScaleIdentity for WPCE, LogitScaleExp, the default, for CLIP), clamped after every update to
+`config_logit_scale.min`/`max` (default raw 0 and 4.6052: [1, 100] for LogitScaleExp); they become
+logit_scale_min/max. Heads: the config's `transformer_heads` and
 `vision_model.num_heads` when it names them, otherwise width / 64 (the B/16 models: 8 and 12).
 
 Criterion: `losses.CLIP_WPSE_Loss` with `rff_trick` `losses.RFFFeaturesGaussian(sigma)` or
@@ -94,15 +96,26 @@ def _kernel(criterion: dict, where: str) -> dict:
             "wpce.a_lin": a_lin, "wpce.a_rff": a_rff}
 
 
-def _logit_scale(raw: np.ndarray, model_cfg: dict, similarity: str) -> np.ndarray:
-    """The release's parameter -> this project's: the scale itself ("wpce") or its log ("clip")."""
-    activation = ((model_cfg.get("config_logit_scale") or {}).get("activation") or {}).get(
-        "_target_", "models.LogitScaleExp")
+def _logit_scale(raw: np.ndarray, model_cfg: dict, similarity: str) -> tuple[np.ndarray, dict]:
+    """The release's parameter -> (this project's: the scale itself ("wpce") or its log ("clip"), the clamp's
+    logit_scale_min/max fields in scale units)."""
+    cfg = model_cfg.get("config_logit_scale") or {}
+    activation = (cfg.get("activation") or {}).get("_target_", "models.LogitScaleExp")
     if activation not in ("models.LogitScaleExp", "models.LogitScaleIdentity"):
         raise WeightsFileError(f"config_logit_scale.activation {activation!r} is neither LogitScaleExp nor "
                                f"LogitScaleIdentity")
-    scale = np.exp(raw) if activation == "models.LogitScaleExp" else raw
-    return np.float32(scale if similarity == "wpce" else np.log(scale))
+    act = np.exp if activation == "models.LogitScaleExp" else (lambda x: x)
+
+    def bound(entry, default: float) -> float:  # the release's CLIP.raw_logit_scale, then its activation
+        entry = entry or {"type": "raw_scale", "value": default}
+        value = float(entry["value"])
+        return float(act(value)) if entry["type"] == "raw_scale" else value
+
+    # This project's clamp needs a positive lower bound (the release's default 0 is raw, i.e. exp(0) = 1 for CLIP).
+    bounds = {"logit_scale_min": max(bound(cfg.get("min"), 0.0), 1e-6),
+              "logit_scale_max": bound(cfg.get("max"), 4.6052)}
+    scale = act(raw)
+    return np.float32(scale if similarity == "wpce" else np.log(scale)), bounds
 
 
 def read(path) -> Imported:
@@ -160,7 +173,9 @@ def from_state_dict(state_dict: dict, source: str, args: dict, where: str) -> Im
                                  sd.take("image_weight_proj", (vision_width, 1)) if with_weights else None),
               "text_head": head(sd.take("text_projection", (text_width, embed_dim)),
                                 sd.take("text_weight_proj", (text_width, 1)) if with_weights else None),
-              "logit_scale": _logit_scale(sd.take("logit_scale", ()), model_cfg, similarity)}
+              "logit_scale": None}
+    params["logit_scale"], bounds = _logit_scale(sd.take("logit_scale", ()), model_cfg, similarity)
+    fields.update(bounds)
     sd.check_all_taken()
     fields.update({"model.embed_dim": embed_dim, "model.similarity": similarity, "model.ln_eps": image_eps,
                    "model.image.ln_eps": image_eps, "model.text.ln_eps": text_eps,
