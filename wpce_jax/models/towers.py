@@ -285,8 +285,9 @@ def make_model(config) -> DualEncoder:
     remat, scan = _remat_policy(config), _get(config, "model.scan_blocks", False)
     text_width = _get(config, "model.text.width")
     image_encoder = VisionTransformer(patch_size=patch, width=dims.width, depth=dims.depth, heads=dims.heads,
-                                      mlp_dim=dims.mlp_dim, ln_eps=float(_get(config, "model.image.ln_eps", ln_eps)), dtype=dtype, remat=remat,
-                                      scan=scan, ln_pre=_get(config, "model.image.ln_pre", False),
+                                      mlp_dim=dims.mlp_dim, ln_eps=float(_get(config, "model.image.ln_eps", ln_eps)),
+                                      dtype=dtype, remat=remat, scan=scan,
+                                      ln_pre=_get(config, "model.image.ln_pre", False),
                                       patch_bias=_get(config, "model.image.patch_bias", True),
                                       activation=_get(config, "model.image.activation", "gelu"),
                                       pixel_stats=_get(config, "model.image.pixel_stats", "imagenet"))
