@@ -47,6 +47,7 @@ def base() -> ml_collections.ConfigDict:
     c.model.scan_blocks = False       # transformer blocks under nn.scan (compile time independent of depth)
     c.model.weight_alpha = 100.0      # point weights are alpha * tanh(x / alpha)
     c.model.weight_bias = True        # the point-weight projection has a bias (the reference release's has none)
+    c.model.weight_activation = "tanh"  # "tanh": alpha * tanh(x / alpha); "sigmoid": alpha * sigmoid(x / alpha)
     c.model.image = ml_collections.ConfigDict()
     c.model.image.variant = "B/16"    # "Ti"/"S"/"B"/"L" with "/patch", or "custom" with the fields below
     c.model.image.patch_size = placeholder(int)   # patch side (custom, or a size name without "/patch")
@@ -54,6 +55,11 @@ def base() -> ml_collections.ConfigDict:
     c.model.image.depth = placeholder(int)        # custom only: blocks
     c.model.image.heads = placeholder(int)        # custom only: attention heads
     c.model.image.mlp_dim = placeholder(int)      # custom only: MLP hidden size
+    c.model.image.ln_eps = placeholder(float)     # the ViT's LayerNorm epsilon (default model.ln_eps)
+    c.model.image.ln_pre = False      # a LayerNorm before the blocks (OpenAI CLIP's ViT)
+    c.model.image.patch_bias = True   # the patch embedding has a bias (OpenAI CLIP's has none)
+    c.model.image.activation = "gelu"  # MLP activation: "gelu" (exact) or "quick_gelu" (OpenAI CLIP's ViT)
+    c.model.image.pixel_stats = "imagenet"  # uint8 pixel mean/std: "imagenet" or "clip" (OpenAI CLIP's weights)
     c.model.text = ml_collections.ConfigDict()
     c.model.text.width = 512          # token width
     c.model.text.depth = 12           # blocks
@@ -61,6 +67,10 @@ def base() -> ml_collections.ConfigDict:
     c.model.text.mlp_dim = 2048       # MLP hidden size
     c.model.text.context_length = 77  # tokens per caption, start and end tokens included
     c.model.text.activation = "gelu"  # MLP activation: "gelu" (exact) or "quick_gelu" (the reference's text tower)
+    c.model.text.ln_eps = placeholder(float)      # the text tower's LayerNorm epsilon (default model.ln_eps)
+    c.model.text.pool = "first_eot"   # the "clip" text position: "first_eot" or "argmax" (largest id, OpenAI's rule)
+    c.model.text.null_rows = placeholder(int)     # sequel padding rows (default context_length; release: L - 1; 0: none)
+    c.model.text.sequel_rule = "after_end"  # padding positions: "after_end" (after the first eot) or "zero_id" (release)
     c.model.text.vocab_size = placeholder(int)    # filled in from the tokenizer at start-up
     c.model.text.eot_id = placeholder(int)        # filled in from the tokenizer at start-up
 

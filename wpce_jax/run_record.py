@@ -149,11 +149,11 @@ def _git_commit() -> str | None:
     return commit + ("+dirty" if dirty else "")
 
 
-def write(workdir, config: ConfigDict, platform: str) -> epath.Path:
-    """DIR/config.json."""
+def write(workdir, config: ConfigDict, platform: str, extra: dict | None = None) -> epath.Path:
+    """DIR/config.json; `extra` adds top-level entries (the import command records its source there)."""
     record = {"config": config_to_json(config), "versions": _versions(), "git_commit": _git_commit(),
               "command": sys.argv, "platform": platform,
-              "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+              "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), **(extra or {})}
     path = epath.Path(workdir) / "config.json"
     write_text(path, json.dumps(record, indent=1))
     return path

@@ -25,6 +25,11 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
 _SCALE = (1.0 / (255.0 * IMAGENET_STD)).astype(np.float32)
 _OFFSET = (IMAGENET_MEAN / IMAGENET_STD).astype(np.float32)
+# OpenAI CLIP's statistics: its weights (and open_clip's / transformers' copies of them) expect these.
+CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
+CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
+PIXEL_STATS = {"imagenet": (_SCALE, _OFFSET),
+               "clip": ((1.0 / (255.0 * CLIP_STD)).astype(np.float32), (CLIP_MEAN / CLIP_STD).astype(np.float32))}
 
 DECODERS = ("pil", "simplejpeg")
 # Measured by benchmarks/pipeline.py (decode + RandomResizedCrop + normalise of 256-pixel JPEGs).
@@ -197,8 +202,10 @@ def eval_crop(data, size: int, decoder: str = DEFAULT_DECODER) -> np.ndarray:
     return _impl(decoder)(data, center_crop_box, size)
 
 
-def normalize(images):
-    """uint8 [..., 3] -> float32 [..., 3], (x / 255 - mean) / std with ImageNet statistics, as x * s - o in float32.
+def normalize(images, stats: str = "imagenet"):
+    """uint8 [..., 3] -> float32 [..., 3], (x / 255 - mean) / std with ImageNet statistics (stats "imagenet") or
+    OpenAI CLIP's ("clip"), as x * s - o in float32.
     Takes NumPy or JAX arrays: the image tower calls it on uint8 batches inside jit (models/vit.py), where it
     fuses into the patch embedding, so that hosts ship one byte per pixel instead of four."""
-    return images.astype(np.float32) * _SCALE - _OFFSET
+    scale, offset = PIXEL_STATS[stats]
+    return images.astype(np.float32) * scale - offset

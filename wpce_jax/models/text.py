@@ -40,6 +40,28 @@ def sequel_token_ids(tokens: jax.Array, vocab_size: int, eot_id: int) -> jax.Arr
     return jnp.where(after_end > 0, vocab_size + after_end - 1, tokens.astype(jnp.int32))
 
 
+def release_sequel_token_ids(tokens: jax.Array, vocab_size: int) -> jax.Array:
+    """The reference release's rule, tokens [B, L] int -> [B, L] int32: every id-0 token counts as padding (its
+    tokenizer pads with 0), and the k-th of them gets vocab_size + k - 1. It equals `sequel_token_ids` on rows
+    padded with 0 after the end whose text holds no id 0; CLIP BPE's id 0 is "!", which the release embeds as
+    padding even inside the text."""
+    is_pad = tokens == 0
+    count = jnp.cumsum(is_pad.astype(jnp.int32), axis=-1)
+    return jnp.where(is_pad, vocab_size + count - 1, tokens.astype(jnp.int32))
+
+
+POOLS = ("first_eot", "argmax")
+SEQUEL_RULES = ("after_end", "zero_id")
+
+
+def pool_positions(tokens: jax.Array, eot_id: int, pool: str) -> jax.Array:
+    """tokens [B, L] int -> [B] int32, the position a one-point (CLIP) text embedding reads: "first_eot",
+    `end_positions`; "argmax", the position of the largest id (OpenAI CLIP's rule: its eot id is the largest)."""
+    if pool == "argmax":
+        return jnp.argmax(tokens, axis=-1).astype(jnp.int32)
+    return end_positions(tokens, eot_id)
+
+
 def check_token_ids(tokens, vocab_size: int, context_length: int | None = None) -> None:
     """Host-side validation of a token batch (NumPy or any array convertible to one); raises ValueError.
 
@@ -77,6 +99,11 @@ class TextTransformer(nn.Module):
     remat: str = "none"  # transformer.REMAT_POLICIES
     scan: bool = False   # blocks under nn.scan (transformer.TransformerStack)
     activation: str = "gelu"  # "quick_gelu": the reference release's text tower
+    # Embedding rows after the vocabulary for the sequel padding tokens: None means context_length (one spare);
+    # context_length - 1 is the reference release's table; 0 turns sequel padding off (OpenAI CLIP: padding is
+    # embedded as its own token id).
+    null_rows: int | None = None
+    sequel_rule: str = "after_end"  # SEQUEL_RULES: which positions are padding ("zero_id": the release's rule)
 
     @nn.compact
     def __call__(self, tokens: jax.Array) -> jax.Array:
@@ -87,9 +114,15 @@ class TextTransformer(nn.Module):
         length = tokens.shape[1]
         if length > self.context_length:
             raise ValueError(f"tokens have length {length} > context_length {self.context_length}")
-        ids = sequel_token_ids(tokens, self.vocab_size, self.eot_id)
+        null_rows = self.context_length if self.null_rows is None else self.null_rows
+        if null_rows == 0:
+            ids = tokens.astype(jnp.int32)
+        elif self.sequel_rule == "zero_id":
+            ids = release_sequel_token_ids(tokens, self.vocab_size)
+        else:
+            ids = sequel_token_ids(tokens, self.vocab_size, self.eot_id)
         # Initialisation scales follow CLIP (token 0.02, position 0.01).
-        x = nn.Embed(self.vocab_size + self.context_length, self.width, dtype=self.dtype, param_dtype=jnp.float32,
+        x = nn.Embed(self.vocab_size + null_rows, self.width, dtype=self.dtype, param_dtype=jnp.float32,
                      embedding_init=nn.initializers.normal(stddev=0.02), name="token_embed")(ids)
         pos = self.param("pos_embed", nn.initializers.normal(stddev=0.01), (self.context_length, self.width),
                          jnp.float32)

@@ -18,6 +18,11 @@ raises ValueError naming the bad field; "optional" fields take the default shown
     model.image.depth        int   custom only: number of blocks.
     model.image.heads        int   custom only: attention heads; must divide width.
     model.image.mlp_dim      int   custom only: MLP hidden size.
+    model.image.ln_pre       bool  optional, default False: a LayerNorm before the blocks (OpenAI CLIP's ViT).
+    model.image.patch_bias   bool  optional, default True: the patch embedding has a bias (OpenAI CLIP's: none).
+    model.image.activation   str   optional, default "gelu": the ViT MLP's activation, "gelu" | "quick_gelu".
+    model.image.pixel_stats  str   optional, default "imagenet": mean/std normalising uint8 pixels, "imagenet" |
+                                   "clip" (OpenAI CLIP's, which its weights expect).
     model.text.vocab_size    int   tokenizer vocabulary; ids must lie in [0, vocab_size).
     model.text.width         int   token width (paper: 512).
     model.text.depth         int   number of blocks (paper: 12).
@@ -27,9 +32,19 @@ raises ValueError naming the bad field; "optional" fields take the default shown
     model.text.eot_id        int   end-of-text token id, in [0, vocab_size).
     model.text.activation    str   optional, default "gelu": the text MLP's activation, "gelu" (exact) or
                                    "quick_gelu" (x sigmoid(1.702 x), the reference release's text tower).
+    model.text.pool          str   optional, default "first_eot": the position "clip" reads, "first_eot" or
+                                   "argmax" (the largest id: OpenAI CLIP's rule).
+    model.text.null_rows     int   optional, default context_length: embedding rows for the sequel padding tokens
+                                   (context_length - 1: the reference release's table; 0: no sequel tokens,
+                                   padding embedded as its own id, as OpenAI CLIP).
+    model.text.sequel_rule   str   optional, default "after_end": which positions take sequel rows, "after_end"
+                                   (after the first eot) or "zero_id" (every id 0: the reference release's rule).
     model.embed_dim          int   point dimension d shared by both towers.
     model.similarity         str   "wpce" (point clouds) or "clip" (one point per input, cosine baseline).
     model.ln_eps             float optional, default 1e-6: LayerNorm epsilon everywhere.
+    model.image.ln_eps       float optional, default model.ln_eps: the ViT's LayerNorm epsilon.
+    model.text.ln_eps        float optional, default model.ln_eps: the text tower's (the release's custom models
+                                   keep PyTorch's 1e-5 here and timm's 1e-6 in the ViT).
     model.dtype              str   optional, default "float32": compute dtype, "float32" or "bfloat16";
                                    parameters are float32 either way.
     model.remat              str   optional, default "none": what each transformer block keeps for the backward
@@ -41,6 +56,8 @@ raises ValueError naming the bad field; "optional" fields take the default shown
     model.weight_alpha       float optional, default 100.0: bound of the soft-clipped point weights.
     model.weight_bias        bool  optional, default True: the point-weight projection has a bias (the reference
                                    release's has none).
+    model.weight_activation  str   optional, default "tanh": point weights alpha * tanh(x / alpha), or "sigmoid":
+                                   alpha * sigmoid(x / alpha) (positive weights only: the paper's ablation).
     objective                str   optional, default "infonce": the training objective, "infonce" | "sigmoid" |
                                    "nce" (top level, not under model: it picks the logit parameters below).
 
@@ -63,10 +80,11 @@ import jax
 import jax.numpy as jnp
 
 from wpce_jax.errors import ConfigError
-from wpce_jax.models.heads import PointCloudHead
-from wpce_jax.models.text import TextTransformer, end_positions
+from wpce_jax.models.heads import WEIGHT_ACTIVATIONS, PointCloudHead
+from wpce_jax.models.text import POOLS, SEQUEL_RULES, TextTransformer, pool_positions
 from wpce_jax.models.transformer import ACTIVATIONS, REMAT_POLICIES
 from wpce_jax.models.vit import VIT_SIZES, VisionTransformer, ViTDims, parse_variant
+from wpce_jax.data.image_ops import PIXEL_STATS
 from wpce_jax.config_fields import get as _get, positive_int as _positive_int
 from wpce_jax.pointcloud import PointCloud
 
@@ -91,6 +109,8 @@ class DualEncoder(nn.Module):
     weight_alpha: float = 100.0
     objective: str = "infonce"
     weight_bias: bool = True
+    weight_activation: str = "tanh"  # heads.WEIGHT_ACTIVATIONS
+    text_pool: str = "first_eot"     # text.POOLS: the position the "clip" text embedding reads
 
     def setup(self):
         if self.similarity not in SIMILARITIES:
@@ -98,8 +118,10 @@ class DualEncoder(nn.Module):
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         with_weights = self.similarity == "wpce"
-        self.image_head = PointCloudHead(self.embed_dim, self.weight_alpha, with_weights, self.weight_bias)
-        self.text_head = PointCloudHead(self.embed_dim, self.weight_alpha, with_weights, self.weight_bias)
+        head = dict(embed_dim=self.embed_dim, weight_alpha=self.weight_alpha, with_weights=with_weights,
+                    weight_bias=self.weight_bias, weight_activation=self.weight_activation)
+        self.image_head = PointCloudHead(**head)
+        self.text_head = PointCloudHead(**head)
         sigmoid = self.objective == "sigmoid"
         init_scale = SIGMOID_INIT_SCALE if sigmoid else 1.0 / INIT_TEMPERATURE
         init_value = init_scale if self.similarity == "wpce" else math.log(init_scale)
@@ -128,7 +150,7 @@ class DualEncoder(nn.Module):
         M = L for "wpce" (padding positions included), 1 (the end-of-text position) for "clip"."""
         hidden = self.text_encoder(tokens)
         if self.similarity == "clip":
-            end = end_positions(tokens, self.text_encoder.eot_id)
+            end = pool_positions(tokens, self.text_encoder.eot_id, self.text_pool)
             hidden = jnp.take_along_axis(hidden, end[:, None, None], axis=1)
         return self.text_head(hidden)
 
@@ -211,21 +233,35 @@ def validate_model_config(config, require_vocabulary: bool = True) -> None:
     similarity = _get(config, "model.similarity")
     if similarity not in SIMILARITIES:
         raise ConfigError(f"config field model.similarity must be one of {SIMILARITIES}, got {similarity!r}")
-    for path, default in (("model.ln_eps", 1e-6), ("model.weight_alpha", 100.0)):
+    for path, default in (("model.ln_eps", 1e-6), ("model.weight_alpha", 100.0), ("model.image.ln_eps", 1.0),
+                          ("model.text.ln_eps", 1.0)):
         value = _get(config, path, default)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
             raise ConfigError(f"config field {path} must be a positive number, got {value!r}")
     dtype = _get(config, "model.dtype", "float32")
     if dtype not in DTYPES:
         raise ConfigError(f"config field model.dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
-    for path in ("model.scan_blocks", "model.weight_bias"):
-        flag = _get(config, path, path == "model.weight_bias")
+    for path, default in (("model.scan_blocks", False), ("model.weight_bias", True), ("model.image.ln_pre", False),
+                          ("model.image.patch_bias", True)):
+        flag = _get(config, path, default)
         if not isinstance(flag, bool):
             raise ConfigError(f"config field {path} must be a bool, got {flag!r}")
     _remat_policy(config)
-    activation = _get(config, "model.text.activation", "gelu")
-    if activation not in ACTIVATIONS:
-        raise ConfigError(f"config field model.text.activation must be one of {ACTIVATIONS}, got {activation!r}")
+    for path, default, allowed in (("model.text.activation", "gelu", ACTIVATIONS),
+                                   ("model.image.activation", "gelu", ACTIVATIONS),
+                                   ("model.image.pixel_stats", "imagenet", tuple(PIXEL_STATS)),
+                                   ("model.text.pool", "first_eot", POOLS),
+                                   ("model.text.sequel_rule", "after_end", SEQUEL_RULES),
+                                   ("model.weight_activation", "tanh", tuple(WEIGHT_ACTIVATIONS))):
+        value = _get(config, path, default)
+        if value not in allowed:
+            raise ConfigError(f"config field {path} must be one of {allowed}, got {value!r}")
+    length = _get(config, "model.text.context_length")
+    null_rows = _get(config, "model.text.null_rows", None)
+    if null_rows is not None and (isinstance(null_rows, bool) or not isinstance(null_rows, int)
+                                  or not (null_rows == 0 or null_rows >= length - 1)):
+        raise ConfigError(f"config field model.text.null_rows must be 0 (no sequel padding tokens) or at least "
+                          f"model.text.context_length - 1 = {length - 1}, got {null_rows!r}")
     objective = _get(config, "objective", "infonce")
     if objective not in OBJECTIVES:
         raise ConfigError(f"config field objective must be one of {OBJECTIVES}, got {objective!r}")
@@ -250,19 +286,28 @@ def make_model(config) -> DualEncoder:
     remat, scan = _remat_policy(config), _get(config, "model.scan_blocks", False)
     text_width = _get(config, "model.text.width")
     image_encoder = VisionTransformer(patch_size=patch, width=dims.width, depth=dims.depth, heads=dims.heads,
-                                      mlp_dim=dims.mlp_dim, ln_eps=ln_eps, dtype=dtype, remat=remat,
-                                      scan=scan)
+                                      mlp_dim=dims.mlp_dim, ln_eps=float(_get(config, "model.image.ln_eps", ln_eps)),
+                                      dtype=dtype, remat=remat, scan=scan,
+                                      ln_pre=_get(config, "model.image.ln_pre", False),
+                                      patch_bias=_get(config, "model.image.patch_bias", True),
+                                      activation=_get(config, "model.image.activation", "gelu"),
+                                      pixel_stats=_get(config, "model.image.pixel_stats", "imagenet"))
     text_encoder = TextTransformer(
         vocab_size=_get(config, "model.text.vocab_size"), width=text_width,
         depth=_get(config, "model.text.depth"), heads=_get(config, "model.text.heads"),
         mlp_dim=_get(config, "model.text.mlp_dim", 4 * text_width),
         context_length=_get(config, "model.text.context_length"), eot_id=_get(config, "model.text.eot_id"),
-        ln_eps=ln_eps, dtype=dtype, remat=remat, scan=scan, activation=_get(config, "model.text.activation", "gelu"))
+        ln_eps=float(_get(config, "model.text.ln_eps", ln_eps)), dtype=dtype, remat=remat, scan=scan,
+        activation=_get(config, "model.text.activation", "gelu"),
+        null_rows=_get(config, "model.text.null_rows", None),
+        sequel_rule=_get(config, "model.text.sequel_rule", "after_end"))
     return DualEncoder(image_encoder=image_encoder, text_encoder=text_encoder,
                        embed_dim=_get(config, "model.embed_dim"), similarity=_get(config, "model.similarity"),
                        weight_alpha=float(_get(config, "model.weight_alpha", 100.0)),
                        objective=_get(config, "objective", "infonce"),
-                       weight_bias=_get(config, "model.weight_bias", True))
+                       weight_bias=_get(config, "model.weight_bias", True),
+                       weight_activation=_get(config, "model.weight_activation", "tanh"),
+                       text_pool=_get(config, "model.text.pool", "first_eot"))
 
 
 def dummy_inputs(config, batch_size: int = 1) -> tuple[jax.Array, jax.Array]:

@@ -67,20 +67,25 @@ class VisionTransformer(nn.Module):
     dtype: jnp.dtype = jnp.float32
     remat: str = "none"  # transformer.REMAT_POLICIES
     scan: bool = False   # blocks under nn.scan (transformer.TransformerStack)
+    # What distinguishes the sources of imported weights (the defaults are timm's ViT, the reference release's):
+    ln_pre: bool = False        # a LayerNorm after the position embedding, before the blocks (OpenAI CLIP's ViT)
+    patch_bias: bool = True     # the patch embedding has a bias (OpenAI CLIP's conv1 has none)
+    activation: str = "gelu"    # MLP activation, transformer.ACTIVATIONS ("quick_gelu": OpenAI CLIP's ViT)
+    pixel_stats: str = "imagenet"  # uint8 pixels normalised with image_ops.PIXEL_STATS[pixel_stats]
 
     @nn.compact
     def __call__(self, images: jax.Array) -> jax.Array:
         if images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"images must be [B, H, W, 3], got shape {images.shape}")
         if images.dtype == jnp.uint8:  # pixels as the input pipeline hands them: normalised here, on the device
-            images = normalize(images)
+            images = normalize(images, self.pixel_stats)
         _, height, width_px, _ = images.shape
         for name, size in (("height", height), ("width", width_px)):
             if size % self.patch_size:
                 raise ValueError(f"image {name} {size} is not divisible by the ViT patch size {self.patch_size}")
         # A strided convolution is the patch split followed by one shared linear map.
         x = nn.Conv(self.width, kernel_size=(self.patch_size, self.patch_size),
-                    strides=(self.patch_size, self.patch_size), padding="VALID",
+                    strides=(self.patch_size, self.patch_size), padding="VALID", use_bias=self.patch_bias,
                     dtype=self.dtype, param_dtype=jnp.float32, name="patch_embed")(images)
         batch, gh, gw, _ = x.shape
         x = x.reshape(batch, gh * gw, self.width)
@@ -89,5 +94,8 @@ class VisionTransformer(nn.Module):
         pos = self.param("pos_embed", nn.initializers.normal(stddev=0.02), (1, x.shape[1], self.width),
                          jnp.float32)
         x = x + pos.astype(self.dtype)
+        if self.ln_pre:
+            x = nn.LayerNorm(epsilon=self.ln_eps, dtype=self.dtype, param_dtype=jnp.float32, name="ln_pre")(x)
         return TransformerStack(depth=self.depth, num_heads=self.heads, mlp_dim=self.mlp_dim, ln_eps=self.ln_eps,
-                                dtype=self.dtype, remat=self.remat, scan=self.scan, name="encoder")(x)
+                                dtype=self.dtype, remat=self.remat, scan=self.scan, activation=self.activation,
+                                name="encoder")(x)
