@@ -21,7 +21,7 @@ import time
 from absl import app, flags
 from etils import epath
 
-from wpce_jax.cli import fail, one_line, parse_flags, quiet_libraries, user_errors
+from wpce_jax.cli import fail, one_line, parse_flags, quiet_libraries, report_errors
 from wpce_jax.errors import UserError
 
 FORMATS = ("wpse", "open_clip", "hf_clip")
@@ -163,6 +163,7 @@ def import_checkpoint(fmt: str, input_path, workdir, tokenizer=None, as_wpce: bo
     return workdir
 
 
+@report_errors
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -171,11 +172,8 @@ def main(argv):
         if FLAGS[name].value is None:
             fail(f"--{name} is required (python -m wpce_jax.import_checkpoint --format={'|'.join(FORMATS)} "
                  f"--input=PATH --workdir=DIR --tokenizer=bpe_simple_vocab_16e6.txt.gz)")
-    try:
-        import_checkpoint(FLAGS.format, FLAGS.input, FLAGS.workdir, FLAGS.tokenizer, FLAGS.as_wpce, FLAGS.kernel,
-                          FLAGS.kernel_scale)
-    except (UserError, *user_errors()) as e:
-        fail(one_line(e))
+    import_checkpoint(FLAGS.format, FLAGS.input, FLAGS.workdir, FLAGS.tokenizer, FLAGS.as_wpce, FLAGS.kernel,
+                      FLAGS.kernel_scale)
 
 
 if __name__ == "__main__":
