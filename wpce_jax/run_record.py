@@ -20,11 +20,12 @@ from wpce_jax.paths import write_text
 
 # Fields a resumed run may change: when and what to evaluate, log and checkpoint, the input workers, where the
 # built-in data is cached, the tokenizer copy's path (it moves with the workdir), the length of the run, and the
-# micro-batches of gradient accumulation and the FSDP split of the parameters (they change memory, not the step's
-# result beyond float rounding).
+# micro-batches of gradient accumulation, the FSDP split of the parameters and the attention implementation (they
+# change memory and speed, not the step's result beyond float rounding).
 MAY_CHANGE = ("eval.", "log_every_steps", "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints",
               "async_checkpoints", "data.worker_count", "data.cache_dir", "data.tokenizer_path", "total_steps",
-              "epochs", "profile_steps", "require_accelerator", "optim.accum_steps", "mesh.fsdp")
+              "epochs", "profile_steps", "require_accelerator", "optim.accum_steps", "mesh.fsdp",
+              "model.attention")
 PACKAGES = ("jax", "jaxlib", "libtpu", "jax-cuda12-plugin", "jax-cuda13-plugin", "flax", "optax", "orbax-checkpoint", "grain", "numpy", "ml-collections", "wpce_jax")
 
 

@@ -38,6 +38,8 @@ raises ValueError naming the bad field; "optional" fields take the default shown
     model.scan_blocks        bool  optional, default False: run each tower's blocks under nn.scan (compile time
                                    independent of depth; the parameters of the blocks are stacked, so checkpoints
                                    of the two settings are not interchangeable).
+    model.attention          str   optional, default "auto": the attention implementation, "auto" | "xla" |
+                                   "cudnn" (`resolve_attention`); it changes no parameter and no checkpoint.
     model.weight_alpha       float optional, default 100.0: bound of the soft-clipped point weights.
     model.weight_bias        bool  optional, default True: the point-weight projection has a bias (the reference
                                    release's has none).
@@ -56,7 +58,7 @@ Objective "sigmoid" (SigLIP) initialises the scale to 10 instead (log(10) for "c
 of their runs (and their checkpoints) are unchanged.
 """
 import math
-from typing import Any
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
@@ -64,6 +66,7 @@ import jax.numpy as jnp
 
 from wpce_jax.models.heads import PointCloudHead
 from wpce_jax.models.text import TextTransformer, end_positions
+from wpce_jax.errors import UserError
 from wpce_jax.models.transformer import ACTIVATIONS, REMAT_POLICIES
 from wpce_jax.models.vit import VIT_SIZES, VisionTransformer, ViTDims, parse_variant
 from wpce_jax.config_fields import get as _get, positive_int as _positive_int
@@ -75,6 +78,12 @@ INIT_TEMPERATURE = 0.07
 OBJECTIVES = ("infonce", "sigmoid", "nce")
 SIGMOID_INIT_SCALE = 10.0   # SigLIP's initialisation: t' = log 10 ...
 SIGMOID_INIT_BIAS = -10.0   # ... and b = -10
+ATTENTION_CHOICES = ("auto", "xla", "cudnn")
+
+
+class AttentionUnavailableError(UserError, ValueError):
+    """config model.attention = "cudnn" where cuDNN's fused attention cannot run (a ValueError too, as every other
+    config error)."""
 
 
 class DualEncoder(nn.Module):
@@ -222,12 +231,71 @@ def validate_model_config(config, require_vocabulary: bool = True) -> None:
         if not isinstance(flag, bool):
             raise ValueError(f"config field {path} must be a bool, got {flag!r}")
     _remat_policy(config)
+    resolve_attention(config)
     activation = _get(config, "model.text.activation", "gelu")
     if activation not in ACTIVATIONS:
         raise ValueError(f"config field model.text.activation must be one of {ACTIVATIONS}, got {activation!r}")
     objective = _get(config, "objective", "infonce")
     if objective not in OBJECTIVES:
         raise ValueError(f"config field objective must be one of {OBJECTIVES}, got {objective!r}")
+
+
+def _head_dims(config) -> dict[str, int]:
+    """{"model.image": image head dim, "model.text": text head dim} (width / heads of each tower)."""
+    dims, _ = _image_dims(config)
+    return {"model.image": dims.width // dims.heads,
+            "model.text": _get(config, "model.text.width") // _get(config, "model.text.heads")}
+
+
+def cudnn_attention_unavailable(config, device=None) -> Optional[str]:
+    """Why cuDNN's fused attention cannot run this config's towers on `device` (default: the first device), or
+    None when it can. The conditions are those of jax.nn.dot_product_attention(implementation="cudnn") in the
+    installed JAX (jax/_src/cudnn/fused_attention_stablehlo.py: check_layout, check_is_flash_attention): an NVIDIA
+    GPU (CUDA) of compute capability 8.0 or later (flash attention), bfloat16 inputs (the project's other dtype,
+    float32, is not taken), head dimension a multiple of 8 and at most 128 (256 from compute capability 9.0, Hopper).
+    The towers' masks are none (images) and causal (text), both the kernel's own."""
+    device = device or jax.devices()[0]
+    capability = getattr(device, "compute_capability", None)
+    if device.platform != "gpu" or capability is None or "cuda" not in device.client.platform_version.lower():
+        return f"cuDNN's fused attention needs an NVIDIA GPU; this process runs on {device.device_kind} " \
+               f"({device.platform})"
+    major_minor = tuple(int(part) for part in str(capability).split(".")[:2])
+    if major_minor < (8, 0):
+        return f"cuDNN's fused attention needs compute capability 8.0 or later; {device.device_kind} has {capability}"
+    dtype = _get(config, "model.dtype", "float32")
+    if dtype != "bfloat16":
+        return f"cuDNN's fused attention needs model.dtype='bfloat16', got {dtype!r}"
+    largest = 256 if major_minor >= (9, 0) else 128
+    for tower, head_dim in _head_dims(config).items():
+        if head_dim % 8 or head_dim > largest:
+            return (f"cuDNN's fused attention needs a head dimension that is a multiple of 8 and at most {largest}; "
+                    f"{tower}.width / {tower}.heads = {head_dim}")
+    return None
+
+
+def resolve_attention(config, device=None) -> str:
+    """model.attention -> the towers' implementation, a transformer.ATTENTIONS name: "flax", "xla" or "cudnn".
+
+    "auto": "cudnn" where `cudnn_attention_unavailable` finds nothing against it (NVIDIA GPUs, bfloat16), else
+    "flax", Flax's own attention (the towers' attention before this field existed): on the CPU, JAX's "xla"
+    implementation is slower over a training step (ViT-Ti/16 forward and backward, docs/performance.md); on TPUs
+    and on GPUs in float32 the two have not been compared, so nothing changes there.
+    "xla": jax.nn.dot_product_attention's XLA implementation everywhere. "cudnn": the fused kernel, or
+    AttentionUnavailableError (raised by validate_model_config, before any compute) where it cannot run.
+    device: the device the towers will run on (default: the first device).
+    """
+    attention = _get(config, "model.attention", "auto")
+    if attention not in ATTENTION_CHOICES:
+        raise ValueError(f"config field model.attention must be one of {ATTENTION_CHOICES}, got {attention!r}")
+    if attention == "xla":
+        return "xla"
+    reason = cudnn_attention_unavailable(config, device)
+    if attention == "cudnn":
+        if reason:
+            raise AttentionUnavailableError(f"config field model.attention='cudnn': {reason}; use 'auto' (cuDNN "
+                                            f"where it can run) or 'xla'")
+        return "cudnn"
+    return "flax" if reason else "cudnn"
 
 
 def _remat_policy(config) -> str:
@@ -247,16 +315,17 @@ def make_model(config) -> DualEncoder:
     ln_eps = float(_get(config, "model.ln_eps", 1e-6))
     dtype = DTYPES[_get(config, "model.dtype", "float32")]
     remat, scan = _remat_policy(config), _get(config, "model.scan_blocks", False)
-    text_width = _get(config, "model.text.width")
+    text_width, attention = _get(config, "model.text.width"), resolve_attention(config)
     image_encoder = VisionTransformer(patch_size=patch, width=dims.width, depth=dims.depth, heads=dims.heads,
                                       mlp_dim=dims.mlp_dim, ln_eps=ln_eps, dtype=dtype, remat=remat,
-                                      scan=scan)
+                                      scan=scan, attention=attention)
     text_encoder = TextTransformer(
         vocab_size=_get(config, "model.text.vocab_size"), width=text_width,
         depth=_get(config, "model.text.depth"), heads=_get(config, "model.text.heads"),
         mlp_dim=_get(config, "model.text.mlp_dim", 4 * text_width),
         context_length=_get(config, "model.text.context_length"), eot_id=_get(config, "model.text.eot_id"),
-        ln_eps=ln_eps, dtype=dtype, remat=remat, scan=scan, activation=_get(config, "model.text.activation", "gelu"))
+        ln_eps=ln_eps, dtype=dtype, remat=remat, scan=scan, activation=_get(config, "model.text.activation", "gelu"),
+        attention=attention)
     return DualEncoder(image_encoder=image_encoder, text_encoder=text_encoder,
                        embed_dim=_get(config, "model.embed_dim"), similarity=_get(config, "model.similarity"),
                        weight_alpha=float(_get(config, "model.weight_alpha", 100.0)),
@@ -280,5 +349,6 @@ def init_params(model: DualEncoder, rng: jax.Array, config) -> dict:
     return jax.jit(model.init)(rng, images, tokens)["params"]
 
 
-__all__ = ["DualEncoder", "make_model", "init_params", "dummy_inputs", "validate_model_config",
+__all__ = ["DualEncoder", "make_model", "init_params", "dummy_inputs", "validate_model_config", "resolve_attention",
+           "cudnn_attention_unavailable", "AttentionUnavailableError",
            "logit_scale_value", "SIMILARITIES", "DTYPES", "OBJECTIVES"]

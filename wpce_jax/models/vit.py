@@ -67,6 +67,7 @@ class VisionTransformer(nn.Module):
     dtype: jnp.dtype = jnp.float32
     remat: str = "none"  # transformer.REMAT_POLICIES
     scan: bool = False   # blocks under nn.scan (transformer.TransformerStack)
+    attention: str = "flax"  # transformer.ATTENTIONS
 
     @nn.compact
     def __call__(self, images: jax.Array) -> jax.Array:
@@ -90,4 +91,5 @@ class VisionTransformer(nn.Module):
                          jnp.float32)
         x = x + pos.astype(self.dtype)
         return TransformerStack(depth=self.depth, num_heads=self.heads, mlp_dim=self.mlp_dim, ln_eps=self.ln_eps,
-                                dtype=self.dtype, remat=self.remat, scan=self.scan, name="encoder")(x)
+                                dtype=self.dtype, remat=self.remat, scan=self.scan, attention=self.attention,
+                                name="encoder")(x)
