@@ -122,3 +122,29 @@ def test_cudnn_conditions_and_auto(device, dtype, image_width, want):
         config.model.attention = "cudnn"
         with pytest.raises(AttentionUnavailableError):
             resolve_attention(config, device)
+
+
+def test_checkpoint_of_a_cudnn_run_loads_without_cudnn(tmp_path):
+    """checkpoint.restore of a run saved with model.attention="cudnn", on this CPU: the config falls back to "auto"
+    (the implementation has no parameters) and the parameters come back as saved."""
+    import runpy
+
+    from wpce_jax import checkpoint
+    from wpce_jax.optimizer import make_optimizer
+    from wpce_jax.train_step import initial_state
+
+    config = runpy.run_path("configs/digits.py")["get_config"]()
+    config.model.text.vocab_size, config.model.text.eot_id = 64, 63
+    config.model.image.update(dict(width=16, depth=1, heads=2, mlp_dim=32))
+    config.model.text.update(dict(width=16, depth=1, heads=2, mlp_dim=32))
+    config.data.tokenizer_path = str(tmp_path / "absent.model")
+    config.model.attention = "auto"
+    state = initial_state(make_model(config), make_optimizer(config), config, jax.random.key(0))
+    config.model.attention = "cudnn"  # as a GPU run would have saved it
+    saver = checkpoint.Checkpointer(tmp_path, max_to_keep=1, async_save=False)
+    saver.save(1, state, 0, config)
+    saver.close()
+    restored = checkpoint.restore(tmp_path)
+    assert restored.config.model.attention == "auto" and restored.step == 1
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(restored.state.params)):
+        np.testing.assert_array_equal(a, b)

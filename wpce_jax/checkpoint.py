@@ -207,7 +207,7 @@ def restore(path, step: Optional[int] = None) -> Restored:
     """A run's checkpoint (the latest, or `step`) from its workdir (local or gs://), on this process's first
     device."""
     from wpce_jax import rng
-    from wpce_jax.models.towers import make_model
+    from wpce_jax.models.towers import cudnn_attention_unavailable, make_model
     from wpce_jax.optimizer import make_optimizer
     from wpce_jax.train_step import initial_state
 
@@ -228,6 +228,9 @@ def restore(path, step: Optional[int] = None) -> Restored:
         beside = directory.parent / "tokenizer" / epath.Path(config.data.tokenizer_path).name
         if beside.exists():
             config.data.tokenizer_path = str(beside)
+        # The attention implementation is how, not what (no parameters): a cuDNN run's checkpoint loads anywhere.
+        if config.get("model", {}).get("attention") == "cudnn" and cudnn_attention_unavailable(config):
+            config.model.attention = "auto"
         model = make_model(config)
         abstract = jax.eval_shape(lambda: initial_state(model, make_optimizer(config), config,
                                                         rng.root_key(config.seed)))
