@@ -356,8 +356,12 @@ def _median_seconds(call, repeats: int = 5) -> float:
     return float(np.median(times))
 
 
-def _number(value, scale: float = 1.0, digits: int = 3) -> str:
-    return "n/a" if value is None else f"{value / scale:.{digits}g}"
+def _number(value) -> str:
+    return "n/a" if value is None else f"{value:.3g}"
+
+
+def gib(value) -> str:
+    return "n/a" if value is None else f"{value / 2 ** 30:.3f}"
 
 
 def table(report: dict) -> str:
@@ -366,7 +370,7 @@ def table(report: dict) -> str:
     p = report["platform"]
     memory = p["memory_bytes_per_device"]
     lines.append(f"platform: JAX {p['jax']}, {p['backend']}, {p['device_count']} x {p['device_kind']}, "
-                 f"{_number(memory, 2 ** 30)} GiB per device, {p['host_cores']} host cores; "
+                 f"{gib(memory)} GiB per device, {p['host_cores']} host cores; "
                  f"model.attention='auto' -> {p['attention_auto']}")
     t = report.get("train_step")
     if t:
@@ -380,7 +384,7 @@ def table(report: dict) -> str:
         for name, r in rows:
             mfu = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
             lines.append(f"  {name:<24} {r['compile_s']:>9.1f} {r['step_s']:>9.4f} {r['images_per_s']:>9.1f} "
-                         f"{mfu:>6} {_number(r['step_bytes'], 2 ** 30):>9} {r['step_s'] / t['wpce']['step_s']:>8.2f}")
+                         f"{mfu:>6} {gib(r['step_bytes']):>9} {r['step_s'] / t['wpce']['step_s']:>8.2f}")
         if "wpce_over_clip" in t:
             lines.append(f"  WPCE / CLIP step time: {t['wpce_over_clip']:.3f}")
     a = report.get("attention")
@@ -401,7 +405,7 @@ def table(report: dict) -> str:
                      f"{z['score_images_per_s']:.0f} images/s against {z['classes']} classes (F = {z['feature_dim']})")
     c = report.get("checkpoint")
     if c:
-        lines.append(f"checkpoint: {c['parameters'] / 1e6:.1f} M parameters, {c['bytes'] / 2 ** 20:.0f} MiB, save "
+        lines.append(f"checkpoint: {c['parameters'] / 1e6:.2f} M parameters, {c['bytes'] / 2 ** 20:.1f} MiB, save "
                      f"{c['save_s']:.2f} s, restore {c['restore_s']:.2f} s")
     for note in report["skipped"]:
         lines.append(f"SKIPPED {note}")
