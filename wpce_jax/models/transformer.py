@@ -37,10 +37,11 @@ _KERNEL_INIT = nn.initializers.xavier_uniform()
 
 
 ACTIVATIONS = ("gelu", "quick_gelu")
+# The attention implementations of the module docstring.
+ATTENTIONS = ("flax", "xla", "cudnn")
 # What a rematerialised block keeps for the backward pass: "none" (no remat: everything), "full" (only its input;
 # the backward pass recomputes the block), "save_dots" (the outputs of the dense layers' matmuls; the attention
 # scores, softmax, norms and activations are recomputed).
-ATTENTIONS = ("flax", "xla", "cudnn")
 REMAT_POLICIES = {"none": None, "full": None, "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
 
 
@@ -53,8 +54,8 @@ def quick_gelu(x: jax.Array) -> jax.Array:
 def _jax_attention(query, key, value, mask=None, *, implementation, is_causal):
     """Flax's attention_fn interface on jax.nn.dot_product_attention: query [B, L, heads, head_dim], key and value
     [B, S, heads, head_dim] (the compute dtype), mask None or bool broadcastable to [B, heads, L, S] ->
-    [B, L, heads, head_dim]. Flax passes only the keyword arguments this signature names (mask), so dropout,
-    which the towers never use, cannot be asked of it silently."""
+    [B, L, heads, head_dim]. Flax passes only the keyword arguments this signature names (mask); what it leaves out
+    is dropout, which the towers never use."""
     return jax.nn.dot_product_attention(query, key, value, mask=mask, is_causal=is_causal,
                                         implementation=implementation)
 
@@ -94,7 +95,7 @@ class EncoderBlock(nn.Module):
 
     causal: query i attends to keys j <= i only (the kernels' is_causal where the implementation has one).
     mask: None or bool broadcastable to [B, heads, L, L], True where query i may attend to key j (with causal, both
-    apply; "cudnn" takes no mask).
+    apply).
     attention: an ATTENTIONS name (see the module docstring); it changes no parameter.
     """
     num_heads: int
