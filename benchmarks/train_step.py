@@ -58,8 +58,10 @@ def preset_config(name: str, similarity: str):
 
 
 def measure(config, steps: int) -> dict:
-    """The config's train step on random inputs: compile seconds, seconds per step, MFU (None off accelerators),
-    the compiled step's temporary bytes per device (None when XLA reports none) and the first step's loss."""
+    """The config's train step on random inputs: compile seconds, seconds per step (the median of `steps` steps,
+    each timed to its end), MFU (None off accelerators), the compiled step's FLOPs per device (XLA's cost
+    analysis), its temporary bytes and its whole footprint per device (arguments, outputs and temporaries, less
+    the donated state; None when XLA reports none), and the first step's loss."""
     mesh = make_mesh(fsdp=config.mesh.fsdp)
     model, tx = make_model(config), make_optimizer(config)
     state = initial_state(model, tx, config, jax.random.key(0))
@@ -82,15 +84,20 @@ def measure(config, steps: int) -> dict:
     for _ in range(2):  # warm up
         state, metrics = compiled(state, batch)
     jax.block_until_ready(metrics)
-    started = time.perf_counter()
-    for _ in range(steps):
+    times = []
+    for _ in range(steps):  # the median: one slow step (a host hiccup on a shared machine) does not move it
+        started = time.perf_counter()
         state, metrics = compiled(state, batch)
-    jax.block_until_ready(metrics)
-    seconds = (time.perf_counter() - started) / steps
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - started)
+    seconds = float(np.median(times))
     flops = mfu.step_flops(lowered)
-    utilisation = mfu.mfu(flops / jax.device_count() if flops else None, seconds, jax.devices()[0].device_kind)
-    return {"compile_s": compile_s, "step_s": seconds, "mfu": utilisation, "loss": loss,
-            "temp_bytes": None if analysis is None else analysis.temp_size_in_bytes}
+    flops = flops / jax.device_count() if flops else None
+    utilisation = mfu.mfu(flops, seconds, jax.devices()[0].device_kind)
+    footprint = None if analysis is None else (analysis.argument_size_in_bytes + analysis.output_size_in_bytes
+                                               + analysis.temp_size_in_bytes - analysis.alias_size_in_bytes)
+    return {"compile_s": compile_s, "step_s": seconds, "mfu": utilisation, "loss": loss, "flops": flops,
+            "temp_bytes": None if analysis is None else analysis.temp_size_in_bytes, "step_bytes": footprint}
 
 
 def main():

@@ -45,6 +45,7 @@ def base() -> ml_collections.ConfigDict:
     c.model.dtype = "float32"         # compute dtype ("bfloat16" for mixed precision); parameters stay float32
     c.model.remat = "none"            # backward-pass memory: "none" | "full" (recompute blocks) | "save_dots"
     c.model.scan_blocks = False       # transformer blocks under nn.scan (compile time independent of depth)
+    c.model.attention = "auto"        # "auto" (cuDNN's fused kernel on NVIDIA GPUs in bf16, else Flax's) | "xla" | "cudnn"
     c.model.weight_alpha = 100.0      # point weights are alpha * tanh(x / alpha)
     c.model.weight_bias = True        # the point-weight projection has a bias (the reference release's has none)
     c.model.weight_activation = "tanh"  # "tanh": alpha * tanh(x / alpha); "sigmoid": alpha * sigmoid(x / alpha)

@@ -150,7 +150,7 @@ def restore(path, step: Optional[int] = None, devices=None, data_parallel: bool 
     data_parallel=False: only the first fsdp of `devices` (one for an unsplit run), for work too small to spread.
     """
     from wpce_jax import rng
-    from wpce_jax.models.towers import init_params, make_model
+    from wpce_jax.models.towers import cudnn_attention_unavailable, init_params, make_model
     from wpce_jax.similarity import eval_rff
 
     directory = checkpoint_dir(path)
@@ -170,6 +170,9 @@ def restore(path, step: Optional[int] = None, devices=None, data_parallel: bool 
         beside = directory.parent / "tokenizer" / epath.Path(config.data.tokenizer_path).name
         if beside.exists():
             config.data.tokenizer_path = str(beside)
+        # The attention implementation is how, not what (no parameters): a cuDNN run's checkpoint loads anywhere.
+        if config.get("model", {}).get("attention") == "cudnn" and cudnn_attention_unavailable(config):
+            config.model.attention = "auto"
         model = make_model(config)
 
         def eval_state():  # the same shapes as train_step.initial_state's

@@ -24,14 +24,14 @@ from wpce_jax.paths import write_text
 # Fields a resumed run may change: when and what to evaluate, log and checkpoint, the input workers, the limit on
 # replaced unreadable records (raised to go on after it stopped a run), where the built-in data is cached, the
 # tokenizer copy's path (it moves with the workdir), the length of the run and of its warm-up (the schedule stays the
-# checkpoint's: keep_schedule), the micro-batches of gradient accumulation and the FSDP split of the parameters (they
-# change memory, not the step's result beyond float rounding), and init_from (read only when a run starts without a
-# checkpoint of its own; a resumed run's parameters are its checkpoint's). optim.frozen changes every later update:
-# it may not change.
+# checkpoint's: keep_schedule), the micro-batches of gradient accumulation, the FSDP split of the parameters and the
+# attention implementation (they change memory and speed, not the step's result beyond float rounding), and
+# init_from (read only when a run starts without a checkpoint of its own; a resumed run's parameters are its
+# checkpoint's). optim.frozen changes every later update: it may not change.
 MAY_CHANGE = ("eval.", "log_every_steps", "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints",
               "async_checkpoints", "data.worker_count", "data.max_skipped_fraction", "data.cache_dir",
               "data.tokenizer_path", "total_steps", "epochs", "warmup_epochs", "profile_steps", "require_accelerator",
-              "optim.accum_steps", "mesh.fsdp", "init_from")
+              "optim.accum_steps", "mesh.fsdp", "model.attention", "init_from")
 PACKAGES = ("jax", "jaxlib", "libtpu", "jax-cuda12-plugin", "jax-cuda13-plugin", "flax", "optax", "orbax-checkpoint", "grain", "numpy", "ml-collections", "wpce_jax")
 
 

@@ -104,6 +104,7 @@ class TextTransformer(nn.Module):
     # embedded as its own token id).
     null_rows: int | None = None
     sequel_rule: str = "after_end"  # SEQUEL_RULES: which positions are padding ("zero_id": the release's rule)
+    attention: str = "flax"   # transformer.ATTENTIONS
 
     @nn.compact
     def __call__(self, tokens: jax.Array) -> jax.Array:
@@ -127,8 +128,6 @@ class TextTransformer(nn.Module):
         pos = self.param("pos_embed", nn.initializers.normal(stddev=0.01), (self.context_length, self.width),
                          jnp.float32)
         x = x + pos[:length].astype(self.dtype)
-        # [1, 1, L, L]: one mask broadcast over batch and heads.
-        causal = nn.make_causal_mask(jnp.ones((1, length), jnp.int32), dtype=jnp.bool_)
         return TransformerStack(depth=self.depth, num_heads=self.heads, mlp_dim=self.mlp_dim, ln_eps=self.ln_eps,
                                 dtype=self.dtype, remat=self.remat, scan=self.scan, activation=self.activation,
-                                name="encoder")(x, causal)
+                                causal=True, attention=self.attention, name="encoder")(x)

@@ -53,6 +53,8 @@ raises ValueError naming the bad field; "optional" fields take the default shown
     model.scan_blocks        bool  optional, default False: run each tower's blocks under nn.scan (compile time
                                    independent of depth; the parameters of the blocks are stacked, so checkpoints
                                    of the two settings are not interchangeable).
+    model.attention          str   optional, default "auto": the attention implementation, "auto" | "xla" |
+                                   "cudnn" (`resolve_attention`); it changes no parameter and no checkpoint.
     model.weight_alpha       float optional, default 100.0: bound of the soft-clipped point weights.
     model.weight_bias        bool  optional, default True: the point-weight projection has a bias (the reference
                                    release's has none).
@@ -73,13 +75,13 @@ Objective "sigmoid" (SigLIP) initialises the scale to 10 instead (log(10) for "c
 of their runs (and their checkpoints) are unchanged.
 """
 import math
-from typing import Any
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from wpce_jax.errors import ConfigError
+from wpce_jax.errors import ConfigError, UserError
 from wpce_jax.models.heads import WEIGHT_ACTIVATIONS, PointCloudHead
 from wpce_jax.models.text import POOLS, SEQUEL_RULES, TextTransformer, pool_positions
 from wpce_jax.models.transformer import ACTIVATIONS, REMAT_POLICIES
@@ -94,6 +96,12 @@ INIT_TEMPERATURE = 0.07
 OBJECTIVES = ("infonce", "sigmoid", "nce")
 SIGMOID_INIT_SCALE = 10.0   # SigLIP's initialisation: t' = log 10 ...
 SIGMOID_INIT_BIAS = -10.0   # ... and b = -10
+ATTENTION_CHOICES = ("auto", "xla", "cudnn")
+
+
+class AttentionUnavailableError(UserError, ValueError):
+    """config model.attention = "cudnn" where cuDNN's fused attention cannot run (a ValueError too, as every other
+    config error)."""
 
 
 class DualEncoder(nn.Module):
@@ -247,6 +255,7 @@ def validate_model_config(config, require_vocabulary: bool = True) -> None:
         if not isinstance(flag, bool):
             raise ConfigError(f"config field {path} must be a bool, got {flag!r}")
     _remat_policy(config)
+    resolve_attention(config)
     for path, default, allowed in (("model.text.activation", "gelu", ACTIVATIONS),
                                    ("model.image.activation", "gelu", ACTIVATIONS),
                                    ("model.image.pixel_stats", "imagenet", tuple(PIXEL_STATS)),
@@ -267,6 +276,64 @@ def validate_model_config(config, require_vocabulary: bool = True) -> None:
         raise ConfigError(f"config field objective must be one of {OBJECTIVES}, got {objective!r}")
 
 
+def _head_dims(config) -> dict[str, int]:
+    """{"model.image": image head dim, "model.text": text head dim} (width / heads of each tower)."""
+    dims, _ = _image_dims(config)
+    return {"model.image": dims.width // dims.heads,
+            "model.text": _get(config, "model.text.width") // _get(config, "model.text.heads")}
+
+
+def cudnn_attention_unavailable(config, device=None) -> Optional[str]:
+    """Why cuDNN's fused attention cannot run this config's towers on `device` (default: the first device), or
+    None when it can. The conditions are those of jax.nn.dot_product_attention(implementation="cudnn") in the
+    installed JAX (jax/_src/cudnn/fused_attention_stablehlo.py: check_layout, check_is_flash_attention): an NVIDIA
+    GPU (CUDA) of compute capability 8.0 or later (flash attention), bfloat16 inputs (the project's other dtype,
+    float32, is not taken), head dimension a multiple of 8 and at most 128 (256 from compute capability 9.0, Hopper).
+    The towers' masks are none (images) and causal (text), both the kernel's own."""
+    device = device or jax.devices()[0]
+    capability = getattr(device, "compute_capability", None)
+    if device.platform != "gpu" or capability is None or "cuda" not in device.client.platform_version.lower():
+        return f"cuDNN's fused attention needs an NVIDIA GPU; this process runs on {device.device_kind} " \
+               f"({device.platform})"
+    major_minor = tuple(int(part) for part in str(capability).split(".")[:2])
+    if major_minor < (8, 0):
+        return f"cuDNN's fused attention needs compute capability 8.0 or later; {device.device_kind} has {capability}"
+    dtype = _get(config, "model.dtype", "float32")
+    if dtype != "bfloat16":
+        return f"cuDNN's fused attention needs model.dtype='bfloat16', got {dtype!r}"
+    largest = 256 if major_minor >= (9, 0) else 128
+    for tower, head_dim in _head_dims(config).items():
+        if head_dim % 8 or head_dim > largest:
+            return (f"cuDNN's fused attention needs a head dimension that is a multiple of 8 and at most {largest}; "
+                    f"{tower}.width / {tower}.heads = {head_dim}")
+    return None
+
+
+def resolve_attention(config, device=None) -> str:
+    """model.attention -> the towers' implementation, a transformer.ATTENTIONS name: "flax", "xla" or "cudnn".
+
+    "auto": "cudnn" where `cudnn_attention_unavailable` finds nothing against it (NVIDIA GPUs, bfloat16), else
+    "flax", Flax's own attention (the towers' attention before this field existed): on the CPU, JAX's "xla"
+    implementation is slower over a training step (ViT-Ti/16 forward and backward, docs/performance.md); on TPUs
+    and on GPUs in float32 the two have not been compared, so nothing changes there.
+    "xla": jax.nn.dot_product_attention's XLA implementation everywhere. "cudnn": the fused kernel, or
+    AttentionUnavailableError (raised by validate_model_config, before any compute) where it cannot run.
+    device: the device the towers will run on (default: the first device).
+    """
+    attention = _get(config, "model.attention", "auto")
+    if attention not in ATTENTION_CHOICES:
+        raise ConfigError(f"config field model.attention must be one of {ATTENTION_CHOICES}, got {attention!r}")
+    if attention == "xla":
+        return "xla"
+    reason = cudnn_attention_unavailable(config, device)
+    if attention == "cudnn":
+        if reason:
+            raise AttentionUnavailableError(f"config field model.attention='cudnn': {reason}; use 'auto' (cuDNN "
+                                            f"where it can run) or 'xla'")
+        return "cudnn"
+    return "flax" if reason else "cudnn"
+
+
 def _remat_policy(config) -> str:
     """model.remat as a REMAT_POLICIES name (bools from configs saved before the policies: True is "full")."""
     remat = _get(config, "model.remat", "none")
@@ -284,14 +351,15 @@ def make_model(config) -> DualEncoder:
     ln_eps = float(_get(config, "model.ln_eps", 1e-6))
     dtype = DTYPES[_get(config, "model.dtype", "float32")]
     remat, scan = _remat_policy(config), _get(config, "model.scan_blocks", False)
-    text_width = _get(config, "model.text.width")
+    text_width, attention = _get(config, "model.text.width"), resolve_attention(config)
     image_encoder = VisionTransformer(patch_size=patch, width=dims.width, depth=dims.depth, heads=dims.heads,
                                       mlp_dim=dims.mlp_dim, ln_eps=float(_get(config, "model.image.ln_eps", ln_eps)),
                                       dtype=dtype, remat=remat, scan=scan,
                                       ln_pre=_get(config, "model.image.ln_pre", False),
                                       patch_bias=_get(config, "model.image.patch_bias", True),
                                       activation=_get(config, "model.image.activation", "gelu"),
-                                      pixel_stats=_get(config, "model.image.pixel_stats", "imagenet"))
+                                      pixel_stats=_get(config, "model.image.pixel_stats", "imagenet"),
+                                      attention=attention)
     text_encoder = TextTransformer(
         vocab_size=_get(config, "model.text.vocab_size"), width=text_width,
         depth=_get(config, "model.text.depth"), heads=_get(config, "model.text.heads"),
@@ -300,7 +368,7 @@ def make_model(config) -> DualEncoder:
         ln_eps=float(_get(config, "model.text.ln_eps", ln_eps)), dtype=dtype, remat=remat, scan=scan,
         activation=_get(config, "model.text.activation", "gelu"),
         null_rows=_get(config, "model.text.null_rows", None),
-        sequel_rule=_get(config, "model.text.sequel_rule", "after_end"))
+        sequel_rule=_get(config, "model.text.sequel_rule", "after_end"), attention=attention)
     return DualEncoder(image_encoder=image_encoder, text_encoder=text_encoder,
                        embed_dim=_get(config, "model.embed_dim"), similarity=_get(config, "model.similarity"),
                        weight_alpha=float(_get(config, "model.weight_alpha", 100.0)),
@@ -326,5 +394,6 @@ def init_params(model: DualEncoder, rng: jax.Array, config) -> dict:
     return jax.jit(model.init)(rng, images, tokens)["params"]
 
 
-__all__ = ["DualEncoder", "make_model", "init_params", "dummy_inputs", "validate_model_config",
+__all__ = ["DualEncoder", "make_model", "init_params", "dummy_inputs", "validate_model_config", "resolve_attention",
+           "cudnn_attention_unavailable", "AttentionUnavailableError",
            "logit_scale_value", "SIMILARITIES", "DTYPES", "OBJECTIVES"]

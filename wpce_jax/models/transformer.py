@@ -10,7 +10,19 @@ Precision: `dtype` is the compute dtype (float32 or bfloat16); parameters are al
 (`param_dtype`), which is what mixed-precision training with a float32 optimiser state expects. The attention
 softmax is taken in float32 whatever the compute dtype (bfloat16's 8-bit mantissa would round the attention
 weights of long sequences), as the reference release does.
+
+Attention implementations (the `attention` field of the modules below; the config's model.attention is resolved
+to one of them by `towers.resolve_attention`):
+    "flax"   Flax's own dot_product_attention (mask array; query scaled before the product, logits in the compute
+             dtype, softmax in float32, the weighted sum of values in float32).
+    "xla"    jax.nn.dot_product_attention(implementation="xla"): logits and softmax in float32, the weights cast
+             back to the compute dtype for the weighted sum; a causal mask is built by JAX from is_causal.
+    "cudnn"  jax.nn.dot_product_attention(implementation="cudnn"): cuDNN's fused (flash) kernel on NVIDIA GPUs,
+             bfloat16/float16 only; a causal mask is the kernel's own (is_causal), so no [L, L] mask is read.
+The three compute the same function (to float32 rounding; bfloat16 rounds the attention weights at different
+places) and none has parameters, so checkpoints are interchangeable.
 """
+import functools
 from typing import Optional
 
 import flax.linen as nn
@@ -25,6 +37,8 @@ _KERNEL_INIT = nn.initializers.xavier_uniform()
 
 
 ACTIVATIONS = ("gelu", "quick_gelu")
+# The attention implementations of the module docstring.
+ATTENTIONS = ("flax", "xla", "cudnn")
 # What a rematerialised block keeps for the backward pass: "none" (no remat: everything), "full" (only its input;
 # the backward pass recomputes the block), "save_dots" (the outputs of the dense layers' matmuls; the attention
 # scores, softmax, norms and activations are recomputed).
@@ -35,6 +49,25 @@ def quick_gelu(x: jax.Array) -> jax.Array:
     """x * sigmoid(1.702 x): OpenAI CLIP's GELU approximation, which its text tower (and the reference release's)
     was trained with."""
     return x * jax.nn.sigmoid(1.702 * x)
+
+
+def _jax_attention(query, key, value, mask=None, *, implementation, is_causal):
+    """Flax's attention_fn interface on jax.nn.dot_product_attention: query [B, L, heads, head_dim], key and value
+    [B, S, heads, head_dim] (the compute dtype), mask None or bool broadcastable to [B, heads, L, S] ->
+    [B, L, heads, head_dim]. Flax passes only the keyword arguments this signature names (mask); what it leaves out
+    is dropout, which the towers never use."""
+    return jax.nn.dot_product_attention(query, key, value, mask=mask, is_causal=is_causal,
+                                        implementation=implementation)
+
+
+def attention_fn(attention: str, causal: bool):
+    """The attention_fn for nn.MultiHeadDotProductAttention: None (Flax's default) for "flax", else
+    jax.nn.dot_product_attention with the given implementation and is_causal=causal."""
+    if attention not in ATTENTIONS:
+        raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
+    if attention == "flax":
+        return None
+    return functools.partial(_jax_attention, implementation=attention, is_causal=causal)
 
 
 class MlpBlock(nn.Module):
@@ -60,7 +93,10 @@ class MlpBlock(nn.Module):
 class EncoderBlock(nn.Module):
     """One pre-norm residual block: [B, L, width] -> [B, L, width].
 
-    mask: None (full attention) or bool broadcastable to [B, heads, L, L], True where query i may attend to key j.
+    causal: query i attends to keys j <= i only (the kernels' is_causal where the implementation has one).
+    mask: None or bool broadcastable to [B, heads, L, L], True where query i may attend to key j (with causal, both
+    apply).
+    attention: an ATTENTIONS name (see the module docstring); it changes no parameter.
     """
     num_heads: int
     mlp_dim: int
@@ -68,13 +104,24 @@ class EncoderBlock(nn.Module):
     dtype: jnp.dtype = jnp.float32
     activation: str = "gelu"
     scan_form: bool = False  # return (x, None): the (carry, output) form nn.scan wants
+    causal: bool = False
+    attention: str = "flax"
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: Optional[jax.Array] = None):
+        fn = attention_fn(self.attention, self.causal)
+        if fn is None:  # Flax's attention takes the causal mask as an array
+            if self.causal:
+                causal = nn.make_causal_mask(jnp.ones((1, x.shape[1]), jnp.int32), dtype=jnp.bool_)
+                mask = causal if mask is None else nn.combine_masks(mask, causal)
+            extra = {}
+        else:
+            extra = {"attention_fn": fn}
         y = nn.LayerNorm(epsilon=self.ln_eps, dtype=self.dtype, param_dtype=jnp.float32, name="ln_attn")(x)
         y = nn.MultiHeadDotProductAttention(
             num_heads=self.num_heads, dtype=self.dtype, param_dtype=jnp.float32,
-            kernel_init=_KERNEL_INIT, deterministic=True, force_fp32_for_softmax=True, name="attn")(y, mask=mask)
+            kernel_init=_KERNEL_INIT, deterministic=True, force_fp32_for_softmax=True, name="attn",
+            **extra)(y, mask=mask)
         x = x + y
         y = nn.LayerNorm(epsilon=self.ln_eps, dtype=self.dtype, param_dtype=jnp.float32, name="ln_mlp")(x)
         y = MlpBlock(self.mlp_dim, dtype=self.dtype, activation=self.activation, name="mlp")(y)
@@ -88,6 +135,8 @@ class TransformerStack(nn.Module):
     leading axis (params "blocks/..." of shape [depth, ...]), so compile time and program size do not grow
     with depth; otherwise a Python loop over blocks named "block_0", "block_1", ... The two compute the same
     function of the same weights (stack the loop's block parameters to convert).
+    causal, attention: as EncoderBlock's (causal: the text tower's mask, given as a flag so that fused kernels
+    skip the masked half instead of reading an [L, L] mask).
     remat: a REMAT_POLICIES name: "full" or "save_dots" wrap each block in `nn.remat`, so that the backward pass
     recomputes what the policy does not keep (memory for compute; outputs and gradients unchanged). The parameter
     tree does not depend on `remat`.
@@ -100,6 +149,8 @@ class TransformerStack(nn.Module):
     remat: str = "none"
     activation: str = "gelu"
     scan: bool = False
+    causal: bool = False
+    attention: str = "flax"
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: Optional[jax.Array] = None) -> jax.Array:
@@ -109,7 +160,7 @@ class TransformerStack(nn.Module):
         if self.remat != "none":  # under scan, the loop already keeps XLA from merging the recomputation away
             block_cls = nn.remat(EncoderBlock, policy=REMAT_POLICIES[self.remat], prevent_cse=not self.scan)
         block = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, ln_eps=self.ln_eps, dtype=self.dtype,
-                     activation=self.activation)
+                     activation=self.activation, causal=self.causal, attention=self.attention)
         # Under FSDP each block gathers its own weights where it runs (inside the scan's loop: one layer at a time).
         block_cls = nn.map_variables(block_cls, "params", trans_in_fn=gather_fsdp, init=self.is_initializing())
         if self.scan:

@@ -72,6 +72,7 @@ class VisionTransformer(nn.Module):
     patch_bias: bool = True     # the patch embedding has a bias (OpenAI CLIP's conv1 has none)
     activation: str = "gelu"    # MLP activation, transformer.ACTIVATIONS ("quick_gelu": OpenAI CLIP's ViT)
     pixel_stats: str = "imagenet"  # uint8 pixels normalised with image_ops.PIXEL_STATS[pixel_stats]
+    attention: str = "flax"  # transformer.ATTENTIONS
 
     @nn.compact
     def __call__(self, images: jax.Array) -> jax.Array:
@@ -98,4 +99,4 @@ class VisionTransformer(nn.Module):
             x = nn.LayerNorm(epsilon=self.ln_eps, dtype=self.dtype, param_dtype=jnp.float32, name="ln_pre")(x)
         return TransformerStack(depth=self.depth, num_heads=self.heads, mlp_dim=self.mlp_dim, ln_eps=self.ln_eps,
                                 dtype=self.dtype, remat=self.remat, scan=self.scan, activation=self.activation,
-                                name="encoder")(x)
+                                attention=self.attention, name="encoder")(x)
