@@ -6,10 +6,12 @@ both; ",wpce" (default) or ",clip" picks the similarity.
         --config.data.train_dir=/data/cc3m_arrayrecord \
         --config.data.tokenizer_path=/data/bpe_simple_vocab_16e6.txt.gz
 
-init_from is the workdir `python -m wpce_jax.import_checkpoint` wrote (or any run with these model fields: a
-parameter of another shape stops the run before it trains, naming it). ",wpce" starts the point-weight projections
-fresh (a CLIP has none; the start-up lists them); ",clip" continues the source's own similarity. The model fields
-below are OpenAI CLIP ViT-B/16's; for another source, set --config.model.* to its config.json's.
+init_from is the workdir `python -m wpce_jax.import_checkpoint --format=open_clip` wrote (or any run with these
+model fields: a parameter of another shape stops the run before it trains, naming it): ",clip" continues the
+source's own similarity from a plain import; ",wpce" needs an import with --as_wpce (which adds the padding tokens'
+embedding rows and starts the point-weight projections as the paper's release does). The model fields below are
+OpenAI CLIP ViT-B/16's, as the importer records them; for another source, set --config.model.* to the imported
+workdir's config.json.
 """
 import os
 import sys
@@ -44,11 +46,16 @@ def get_config(arg: str = "lit,wpce"):
     c.model.ln_eps = 1e-5             # OpenAI CLIP's LayerNorm epsilon
     c.model.embed_dim = 512           # CLIP ViT-B/16's joint dimension
     c.model.image.variant = "B/16"    # 12 blocks of width 768, patch 16
+    c.model.image.ln_pre = True       # OpenAI CLIP's ViT normalises the tokens before the blocks
+    c.model.image.patch_bias = False  # ... and its patch convolution has no bias
+    c.model.image.activation = "quick_gelu"  # OpenAI CLIP's MLPs, both towers
+    c.model.image.pixel_stats = "clip"  # the pixel mean/std OpenAI CLIP was trained with
     c.model.text.activation = "quick_gelu"  # OpenAI CLIP's text MLP
+    c.model.text.pool = "argmax"      # the end-of-text position is the largest id (OpenAI CLIP's pooling)
     c.model.text.width = 512          # CLIP ViT-B/16's text tower: 12 blocks of width 512, 8 heads
     c.model.text.context_length = 77  # CLIP's context, start and end tokens included
     c.model.weight_bias = False       # the point-weight projections (new for ",wpce") have no bias, as the paper's
-    c.model.scan_blocks = True        # one compiled block per tower, whatever the depth
+    c.model.scan_blocks = False       # the importer writes one parameter set per block (a scanned run cannot start from it)
     c.optim.frozen = "image_.*" if mode == "lit" else None  # LiT: the image encoder and its head are locked
     c.optim.lr = 1e-4 if mode == "lit" else 1e-5  # peak: a locked image tower lets the text side move faster
     c.optim.end_lr = 0.0              # cosine to zero
@@ -58,4 +65,7 @@ def get_config(arg: str = "lit,wpce"):
     c.eval.zeroshot = "cifar10,cifar100,imagenet"  # needs --config.eval.tfds_data_dir; a missing set is skipped
     c.eval.linear_probe = ""          # a locked tower's probe does not change: use python -m wpce_jax.evaluate
     c.eval.retrieval = "coco"         # image-caption retrieval
-    return set_similarity(c, similarity or "wpce", "configs/finetune_clip.py")
+    c = set_similarity(c, similarity or "wpce", "configs/finetune_clip.py")
+    # CLIP embeds padding as its own token id; the WPCE import (--as_wpce) adds the padding tokens' rows.
+    c.model.text.null_rows = 0 if c.model.similarity == "clip" else None
+    return c

@@ -200,3 +200,34 @@ def test_cli_prints_one_line_errors(tmp_path):
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert lines[-1].startswith("error: --tokenizer is required") and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("similarity,as_wpce_import", [("clip", False), ("wpce", True)])
+def test_finetune_clip_config_takes_the_imported_parameters_whole(tmp_path, similarity, as_wpce_import):
+    """configs/finetune_clip.py sets the fields that make an OpenAI-style CLIP (ln_pre, no patch bias, argmax
+    pooling, padding rows) as the importer records them: with the tiny source's sizes put in, init_from finds every
+    parameter, nothing missing, nothing unused, no shape differing. (The tiny source is an open_clip GELU model
+    with its own pixel statistics; the config's QuickGELU and CLIP statistics are OpenAI's.)"""
+    from configs.finetune_clip import get_config
+    from wpce_jax.checkpoint import restore_params
+
+    workdir, loaded = imported(tmp_path, "open_clip", REF / "open_clip_cfg", as_wpce=as_wpce_import)
+    config = get_config(f"full,{similarity}")
+    source = loaded.config
+    with config.unlocked():
+        config.data.image_size = source.data.image_size
+        config.model.embed_dim = source.model.embed_dim
+        for tower in ("image", "text"):
+            for key, value in source.model[tower].items():
+                if key in ("variant", "width", "depth", "heads", "mlp_dim", "patch_size", "context_length",
+                           "vocab_size", "eot_id"):
+                    config.model[tower][key] = value
+    for field in ("image.ln_pre", "image.patch_bias", "text.pool", "text.null_rows", "similarity"):
+        tower, _, key = field.rpartition(".")
+        got = config.model[tower][key] if tower else config.model[key]
+        want = source.model[tower][key] if tower else source.model[key]
+        assert got == want, (field, got, want)
+    model = make_model(config)
+    abstract = jax.eval_shape(lambda: init_params(model, jax.random.key(0), config))
+    found = restore_params(workdir, None, abstract)
+    assert not found.missing and not found.unused

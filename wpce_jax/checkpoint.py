@@ -198,10 +198,10 @@ def restore_params(workdir, step: Optional[int], abstract_params) -> SourceParam
 
 
 def read_only_manager(directory) -> ocp.CheckpointManager:
-    """A CheckpointManager that only reads, with the options read_only implies already set (Orbax otherwise warns
-    once for each it overrides)."""
+    """A CheckpointManager for reading: it creates, cleans and deletes nothing (none of its options does, and it is
+    never asked to save). Not Orbax's read_only option, which logs a warning on every use."""
     return ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
-        read_only=True, save_interval_steps=0, create=False, cleanup_tmp_directories=False))
+        create=False, cleanup_tmp_directories=False, max_to_keep=None))
 
 
 # The notebook API lives in wpce_jax/inference.py; these names stay here for code written against them.
