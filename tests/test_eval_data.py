@@ -79,6 +79,10 @@ def test_folder_source_sorted_classes_and_a_corrupt_image(tmp_path):
     _write_folders(tmp_path, ["b_cls", "a_cls", "c_cls"], corrupt_in=1)
     data = eval_sources.folder_source(str(tmp_path))
     assert data.class_names == ["a cls", "b cls", "c cls"] and data.templates is None
+    # Zero-shot on the user's own folders needs prompts: CLIP's generic one when the folder gives none.
+    resolved, mean_per_class = registry.resolve_classification(registry.Spec("mine", "folder", str(tmp_path)), "test",
+                                                               _eval_config())
+    assert resolved.templates == ["a photo of a {}."] and not mean_per_class
     items = _all_items(data.source)
     assert len(data.source) == 10 and items["corrupt"].sum() == 1 and items["mask"].sum() == 9
     np.testing.assert_array_equal(items["label"][items["mask"]], [0, 0, 0, 1, 1, 1, 2, 2, 2])

@@ -26,6 +26,10 @@ def _table() -> dict:
     return json.loads(text)
 
 
+# The prompt of a dataset with no templates of its own (CLIP's generic one).
+DEFAULT_TEMPLATES = ("a photo of a {}.",)
+
+
 def _entry(dataset: str) -> dict:
     table = _table()
     if dataset not in table:

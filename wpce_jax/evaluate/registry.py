@@ -165,7 +165,9 @@ def resolve_classification(spec: Spec, split: str, eval_config, digits_data=None
         data = eval_sources.records_source(_split_dir(spec.location, split))
     else:
         raise ValueError(f"{spec.name}: a {spec.kind!r} dataset is not a classification set")
-    return data, False
+    # A set of the user's own without templates (class folders, a TFDS builder, classes.json without "templates"):
+    # CLIP's generic prompt.
+    return data._replace(templates=data.templates or list(prompts.DEFAULT_TEMPLATES)), False
 
 
 def resolve_captions(spec: Spec, eval_config, digits_data=None) -> CaptionSet:
