@@ -25,9 +25,10 @@ from ml_collections import ConfigDict
 from wpce_jax.config_validation import mode_settings
 from wpce_jax.errors import ConfigError
 from wpce_jax.losses import (infonce_and_accuracy, margin_contrastive_loss, nce_loss, nt_xent, pair_distances,
-                             sigmoid_loss, triplet_loss)
+                             ranking_loss, sigmoid_loss, triplet_loss)
 from wpce_jax.models.towers import logit_scale_value
 from wpce_jax.parallel import DATA_AXIS
+from wpce_jax.relevance import max_grade, relevance
 from wpce_jax.similarity import embed
 
 
@@ -151,12 +152,57 @@ def _labelled_objective(model, config: ConfigDict, mesh):
     return objective
 
 
+# --------------------------------------------------------------------------------------------- ranking
+
+def _ranking_loss(kind: str, direction: str, rule: str, x, y, labels, scale):
+    """The ranking loss of local shards x (images), y (captions) [b, F] with label tuples labels [b, K], inside
+    shard_map. Relevance [b, B] of this device's queries against every item of the global batch, from the
+    all-gathered labels (an image and its caption share a tuple, so it is the same matrix both ways); "infonce":
+    1 on the partner only, the listwise softmax of which is InfoNCE (both directions: the symmetric one)."""
+    local = x.shape[0]
+    if kind == "infonce":
+        offset = jax.lax.axis_index(DATA_AXIS) * local
+        total = local * jax.lax.axis_size(DATA_AXIS)
+        grades = (jnp.arange(total)[None, :] == offset + jnp.arange(local)[:, None]).astype(jnp.float32)
+        kind = "softmax"
+    else:
+        grades = relevance(labels, jax.lax.all_gather(labels, DATA_AXIS, tiled=True), rule)
+        if kind == "pointwise_sigmoid":  # a probability in [0, 1]
+            grades = grades / max_grade(rule, labels.shape[1])
+    one_way = lambda queries, items: ranking_loss(queries, items, grades, scale, kind, axis_name=DATA_AXIS)
+    if direction == "t2i":
+        return one_way(y, x)
+    if direction == "i2t":
+        return one_way(x, y)
+    return (one_way(x, y) + one_way(y, x)) / 2
+
+
+def _ranking_objective(model, config: ConfigDict, mesh):
+    """config.ranking.kind over (images x, captions y) with relevance by config.data.relevance from batch["labels"]
+    [B, K]; metrics: the logit scale and the partner top-1 both ways."""
+    settings, similarity = mode_settings(config), config.model.similarity
+    loss = partial(_ranking_loss, settings.ranking_kind, settings.direction, settings.relevance)
+    sharded = jax.shard_map(lambda x, y, labels, scale: (loss(x, y, labels, scale), _top1(x, y, scale)), mesh=mesh,
+                            in_specs=(P(DATA_AXIS), P(DATA_AXIS), P(DATA_AXIS), P()), out_specs=(P(), P()))
+
+    def objective(params, vectors, batch):
+        x, y = vectors
+        scale = logit_scale_value(params, similarity)
+        value, accuracy = sharded(x, y, batch["labels"], scale)
+        return value, {"train/logit_scale": scale, "train/i2t_top1": accuracy["i2t_top1"],
+                       "train/t2i_top1": accuracy["t2i_top1"]}
+
+    return objective
+
+
 MODES = {
     "image_text": Objective(("image", "tokens"), False, _encode_image_text, _image_text_objective,
                             ("train/logit_scale", "train/i2t_top1", "train/t2i_top1")),
     "two_view": Objective(("image", "image2"), True, _encode_two_views, _two_view_objective, ("train/view_top1",)),
     "labelled": Objective(("image",), True, _encode_image, _labelled_objective,
                           ("train/positive_sq_dist", "train/negative_sq_dist"), reads=("label",)),
+    "ranking": Objective(("image", "tokens"), False, _encode_image_text, _ranking_objective,
+                         ("train/logit_scale", "train/i2t_top1", "train/t2i_top1"), reads=("labels",)),
 }
 
 
@@ -167,7 +213,11 @@ def get(config: ConfigDict) -> Objective:
 
 def check_batch(mode: str, batch: dict) -> None:
     """ConfigError when a (host) batch lacks what `mode`'s objective reads: class labels for "labelled" (records
-    without one have label -1)."""
+    without one have label -1), label tuples [b, K] for "ranking"."""
     if mode == "labelled" and (batch["label"] < 0).any():
         raise ConfigError("config field mode='labelled' needs class labels, but the training records include "
                           "unlabelled ones (label -1); use mode 'image_text' or 'two_view' for this data")
+    if mode == "ranking" and ("labels" not in batch or batch["labels"].ndim != 2 or batch["labels"].shape[1] < 1):
+        raise ConfigError("config field mode='ranking' needs a label tuple in every training record (header field "
+                          "\"labels\": a list of ints, e.g. configs/digit_pairs.py's data, or a converted set with "
+                          "--labels_key); these records have none")

@@ -120,11 +120,14 @@ class _DecodeEval(grain.transforms.MapWithIndex):
 
 
 def _example(image: np.ndarray, header: dict[str, Any], tokenizer) -> dict[str, np.ndarray]:
-    return {
+    example = {
         "image": image,
         "tokens": tokenizer([header["caption"]])[0],
         "label": np.int32(header.get("label", -1)),
     }
+    if "labels" in header:  # a label tuple (the ranking mode's relevance); a set's records all have one or none
+        example["labels"] = np.asarray(header["labels"], np.int32)
+    return example
 
 
 @functools.lru_cache(maxsize=64)
@@ -268,7 +271,8 @@ def make_dataset(
     Returns:
       grain.IterDataset of dicts: "image" uint8 [b, S, S, 3] (pixels: the image tower normalises them on the
       device, a quarter of the bytes of float32), "tokens" int32 [b, L], "label" int32 [b] (-1 for unlabelled
-      records); with `views` also "image2" uint8 [b, S, S, 3];
+      records); "labels" int32 [b, K] when the records carry label tuples; with `views` also "image2" uint8
+      [b, S, S, 3];
       evaluation adds "mask" and "corrupt" bool [b] (make_eval_dataset).
     """
     if not 0 <= process_index < process_count:
