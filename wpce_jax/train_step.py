@@ -10,7 +10,8 @@ one until the host notices and stops the run.
 `config.mode` (config_validation.mode_settings) picks what is trained: "image_text" (the objective above), or the
 image tower alone: "two_view" (SimCLR's NT-Xent over the compared vectors of two augmented views of each image,
 batch["image"] and batch["image2"]) or "labelled" (triplet or margin contrastive loss over the compared vectors with
-batch["label"]). In the image-only modes the text tower is never run, so its parameters and the logit scale get a
+batch["label"]); or both towers again in "ranking" (a learning-to-rank loss with graded relevance from the label
+tuples batch["labels"]). Each mode is an entry of objectives.py's registry. In the image-only modes the text tower is never run, so its parameters and the logit scale get a
 zero gradient; the step also applies no update to them (AdamW's weight decay would otherwise shrink them), so they
 stay exactly at their initial values.
 
