@@ -25,9 +25,14 @@ def base() -> ml_collections.ConfigDict:
     c.logit_scale_max = 100.0
     c.objective = "infonce"           # image-text loss: "infonce" | "sigmoid" (SigLIP, learned bias) | "nce"
     c.mode = "image_text"             # "image_text" | "two_view" | "labelled" (image tower only; see configs/digits_two_view.py)
+                                      # | "ranking" (graded relevance from label tuples; see configs/digit_pairs.py)
+    c.ranking = ml_collections.ConfigDict()
+    c.ranking.kind = "softmax"        # ranking: "softmax" | "pairwise_logistic" | "approx_ndcg" | "pointwise_sigmoid" | "infonce"
+    c.ranking.direction = "t2i"       # ranking: "t2i" (captions query images) | "i2t" | "both" (the mean)
 
     c.data = ml_collections.ConfigDict()
-    c.data.kind = "arrayrecord"       # "digits" (built-in) or "arrayrecord" (a converted dataset, e.g. CC12M)
+    c.data.kind = "arrayrecord"       # "digits" or "digit_pairs" (built-in) or "arrayrecord" (a converted dataset, e.g. CC12M)
+    c.data.relevance = "exact"        # grade of two label tuples (relevance.py): "exact" | "positional" | "hierarchical"
     c.data.train_dir = placeholder(str)           # arrayrecord: converted training data (holds manifest.json)
     c.data.cache_dir = placeholder(str)           # digits: where the built-in dataset is written once (default ~/.cache/wpce_jax)
     c.data.tokenizer = "clip_bpe"     # "clip_bpe" or "sentencepiece" (digits always uses its own SentencePiece)

@@ -9,7 +9,8 @@ the left and twice on the right, and the reverse (b, a) of a held-out pair is al
 is on both sides in many training pairs. Training images use only the scans of the stratified 80% training split
 of the digits (the built-in dataset's split); test images use only the held-out 20% of the scans. The records are
 written with the project's writer (wpce_jax.data.records) and a SentencePiece model is trained on the training
-captions (wpce_jax.data.train_tokenizer).
+captions (wpce_jax.data.train_tokenizer). The building code is wpce_jax/data/digit_pairs.py, shared with the built-in
+graded set of configs/digit_pairs.py.
 
 Models. configs/compositional.py (the towers of configs/digits.py), trained by wpce_jax.train.train_and_evaluate
 with the same seed, steps, batch and data order:
@@ -42,29 +43,14 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import experiment_cli  # noqa: E402
-from wpce_jax.data import records  # noqa: E402
-from wpce_jax.data.digits import CLASS_NAMES  # noqa: E402
+from wpce_jax.data import digit_pairs, records  # noqa: E402
+# The data's names, re-exported for the tests and the evaluation below.
+from wpce_jax.data.digit_pairs import (IMAGE_SIDE, PAIR_INDEX, PAIRS, SP_VOCAB, TEMPLATES,  # noqa: E402,F401
+                                       caption, held_out_pairs, render_half, render_pair, sides, split_scans)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "compositional.py")
-# {a}: the left digit's name, {b}: the right digit's. Half the phrasings name the right digit first, so word order
-# alone does not give the sides.
-TEMPLATES = [
-    "a {a} left of a {b}",
-    "{a} then {b}",
-    "a {a} to the left of a {b}",
-    "a {b} right of a {a}",
-    "{a} on the left and {b} on the right",
-    "a {b} to the right of a {a}",
-]
-PAIRS = [(a, b) for a in range(10) for b in range(10) if a != b]  # the 90 ordered pairs; a record's label indexes it
-PAIR_INDEX = {p: i for i, p in enumerate(PAIRS)}
 MODELS = ("wpce", "clip", "clip_wide")
-IMAGE_SIDE = 32
-_TEST_FRACTION, _SPLIT_SEED = 0.2, 0  # the built-in digits' split of the scans (wpce_jax/data/digits.py)
-# A word-level SentencePiece model: every word (digit names included) is one token. The captions hold 19 distinct
-# words; the trainer shrinks the requested size to what the corpus supports (23 pieces with the 4 special ones).
-SP_VOCAB = 64
 
 SETTINGS = {
     # train_per_pair: training images per training pair; test_per_pair: test images per held-out pair;
@@ -78,103 +64,14 @@ SETTINGS = {
 
 # --------------------------------------------------------------------------------------------- data
 
-def held_out_pairs(seed: int, count: int = 20) -> list[tuple[int, int]]:
-    """count = 10 k held-out ordered pairs: k permutations without fixed points, pairwise different at every digit,
-    so every digit is held out k times on each side; no held-out pair's reverse is held out. Seeded, sorted."""
-    if count % 10 or not 0 < count <= 40:
-        raise ValueError(f"held_out must be a multiple of 10 in [10, 40], got {count}")
-    k = count // 10
-    rng = np.random.default_rng(seed)
-    for _ in range(100000):
-        perms = [rng.permutation(10) for _ in range(k)]
-        if any(np.any(p == np.arange(10)) for p in perms):
-            continue
-        if k > 1 and any(len({int(p[a]) for p in perms}) < k for a in range(10)):
-            continue
-        pairs = {(a, int(p[a])) for p in perms for a in range(10)}
-        if any((b, a) in pairs for a, b in pairs):
-            continue
-        return sorted(pairs)
-    raise RuntimeError("no held-out set found")
-
-
-def sides(pairs) -> tuple[set, set]:
-    """(digits seen on the left, digits seen on the right) in a set of pairs."""
-    return {a for a, _ in pairs}, {b for _, b in pairs}
-
-
-def caption(a: int, b: int, template: int) -> str:
-    return TEMPLATES[template].format(a=CLASS_NAMES[a], b=CLASS_NAMES[b])
-
-
-def render_half(scan: np.ndarray, side: int = IMAGE_SIDE) -> np.ndarray:
-    """One 8x8 scan (values 0..16, ink high) -> uint8 [side, side // 2]: dark ink on white, bicubic (as digits.py)."""
-    gray = (255.0 - scan.astype(np.float64) * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
-    return np.asarray(Image.fromarray(gray, "L").resize((side // 2, side), Image.Resampling.BICUBIC))
-
-
-def render_pair(left: np.ndarray, right: np.ndarray, side: int = IMAGE_SIDE) -> bytes:
-    """Two scans side by side -> RGB JPEG (q95) of side x side."""
-    pixels = np.concatenate([render_half(left, side), render_half(right, side)], axis=1)
-    buf = io.BytesIO()
-    Image.fromarray(pixels, "L").convert("RGB").save(buf, format="JPEG", quality=95)
-    return buf.getvalue()
+def build(out: str, setting: dict, seed: int) -> dict:
+    """Writes OUT/{train, test_heldout, test_seen} record sets, OUT/spm.model and OUT/pairs.json; returns the latter."""
+    return digit_pairs.build(out, setting, seed, builder="experiments/compositional.py",
+                             seen_per_pair=setting["seen_per_pair"])
 
 
 def decode(image_bytes: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(image_bytes)).convert("RGB"))
-
-
-def split_scans():
-    """(scans [1797, 8, 8], labels, train indices, test indices): the built-in digits' stratified 80/20 split."""
-    from sklearn.datasets import load_digits
-
-    from wpce_jax.data.digits import _stratified_split
-
-    d = load_digits()
-    labels = d.target.astype(np.int64)
-    train, test = _stratified_split(labels, _TEST_FRACTION, _SPLIT_SEED)
-    return d.images, labels, train, test
-
-
-def _records(pairs, per_pair: int, scans, labels, pool: np.ndarray, rng: np.random.Generator, split: str):
-    """per_pair records of every pair in `pairs`, scans drawn (with replacement) from `pool` by digit."""
-    by_digit = {c: pool[labels[pool] == c] for c in range(10)}
-    out = []
-    for a, b in pairs:
-        for _ in range(per_pair):
-            i, j = int(rng.choice(by_digit[a])), int(rng.choice(by_digit[b]))
-            t = int(rng.integers(len(TEMPLATES)))
-            out.append(records.encode_record(
-                render_pair(scans[i], scans[j]), caption(a, b, t), key=f"{split}/{a}{b}/{i}-{j}",
-                source="sklearn.datasets.load_digits", label=PAIR_INDEX[(a, b)], left=a, right=b, left_index=i,
-                right_index=j, template=t, width=IMAGE_SIDE, height=IMAGE_SIDE))
-    order = rng.permutation(len(out))
-    return [out[k] for k in order]
-
-
-def build(out: str, setting: dict, seed: int) -> dict:
-    """Writes OUT/{train, test_heldout, test_seen} record sets, OUT/spm.model and OUT/pairs.json; returns the latter."""
-    from wpce_jax.data.train_tokenizer import train_sentencepiece
-
-    scans, labels, train_idx, test_idx = split_scans()
-    held = held_out_pairs(seed, setting["held_out"])
-    seen = [p for p in PAIRS if p not in set(held)]
-    left, right = sides(seen)
-    assert left == right == set(range(10)), "every digit must be on both sides in training"
-    rng = np.random.default_rng(seed + 1)
-    sets = {"train": _records(seen, setting["train_per_pair"], scans, labels, train_idx, rng, "train"),
-            "test_heldout": _records(held, setting["test_per_pair"], scans, labels, test_idx, rng, "test"),
-            "test_seen": _records(seen, setting["seen_per_pair"], scans, labels, test_idx, rng, "test")}
-    for name, recs in sets.items():
-        records.write_dataset(recs, os.path.join(out, name), num_shards=1, inputs=["sklearn.datasets.load_digits"],
-                              dropped={}, builder="experiments/compositional.py")
-    train_captions = [records.decode_header(r)[0]["caption"] for r in sets["train"]]
-    train_sentencepiece(train_captions, os.path.join(out, "spm"), SP_VOCAB, model_type="word")
-    info = {"held_out": held, "seen": seen, "counts": {k: len(v) for k, v in sets.items()}}
-    with open(os.path.join(out, "pairs.json"), "w") as f:
-        json.dump(info, f)
-    return info
 
 
 def read_set(directory: str) -> tuple[list[dict], np.ndarray]:

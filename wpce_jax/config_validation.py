@@ -7,14 +7,17 @@ from ml_collections import ConfigDict
 from wpce_jax.config_fields import get as _get, number as _number, positive_int as _positive_int
 from wpce_jax.errors import ConfigError
 from wpce_jax.kernels import KINDS
-from wpce_jax.losses import MININGS
+from wpce_jax.losses import MININGS, RANKING_KINDS
 from wpce_jax.models.towers import validate_model_config
 from wpce_jax.optimizer import frozen_pattern
+from wpce_jax.relevance import RULES
 
-DATA_KINDS = ("digits", "arrayrecord")
+DATA_KINDS = ("digits", "digit_pairs", "arrayrecord")
 TOKENIZERS = ("clip_bpe", "sentencepiece")
-MODES = ("image_text", "two_view", "labelled")
+MODES = ("image_text", "two_view", "labelled", "ranking")
 METRIC_LOSSES = ("triplet", "margin_contrastive")
+RANKING_LOSSES = RANKING_KINDS + ("infonce",)  # infonce: the binary baseline, relevance 1 on the partner only
+DIRECTIONS = ("t2i", "i2t", "both")
 # Defaults of the mode fields, for configs that do not set them (only `mode` is in configs/common.py).
 MODE_TEMPERATURE = 0.1   # SimCLR's NT-Xent temperature (its ImageNet default; 0.5 is its CIFAR-10 choice)
 MARGINS = {"triplet": 0.2, "margin_contrastive": 1.0}  # FaceNet's 0.2 on squared distances; 1.0 on distances
@@ -22,12 +25,15 @@ MARGINS = {"triplet": 0.2, "margin_contrastive": 1.0}  # FaceNet's 0.2 on square
 
 class ModeSettings(NamedTuple):
     """The training mode and its resolved fields (`mode_settings`)."""
-    mode: str                      # "image_text" | "two_view" | "labelled"
+    mode: str                      # "image_text" | "two_view" | "labelled" | "ranking"
     temperature: float             # two_view: NT-Xent temperature (config.mode_temperature)
     metric_loss: str               # labelled: "triplet" | "margin_contrastive" (config.metric_loss)
     margin: float                  # labelled: config.margin
     mining: str                    # labelled, triplet: "semihard" | "hard" | "all" (config.mining)
     views: Optional[dict]          # two_view: image_ops.ViewAugment fields (config.views.*), else None
+    relevance: str                 # "exact" | "positional" | "hierarchical" (config.data.relevance; retrieval too)
+    ranking_kind: str              # ranking: losses.RANKING_KINDS or "infonce" (config.ranking.kind)
+    direction: str                 # ranking: "t2i" | "i2t" | "both" (config.ranking.direction)
 
 
 def mode_settings(config: ConfigDict) -> ModeSettings:
@@ -35,7 +41,8 @@ def mode_settings(config: ConfigDict) -> ModeSettings:
 
     Fields (top level; absent or None take the default):
       mode               "image_text" (default) | "two_view" (SimCLR: two augmented views, image tower only) |
-                         "labelled" (class labels of the records, image tower only)
+                         "labelled" (class labels of the records, image tower only) | "ranking" (images and
+                         captions with graded relevance from the records' label tuples, objectives.py)
       mode_temperature   two_view: NT-Xent temperature, > 0 (default 0.1)
       views.strength     two_view: colour-jitter strength s >= 0 (default 1.0; 0 turns jitter off)
       views.flip         two_view: random horizontal flips (default False)
@@ -44,6 +51,11 @@ def mode_settings(config: ConfigDict) -> ModeSettings:
       metric_loss        labelled: "triplet" (default) | "margin_contrastive"
       margin             labelled: > 0 (default 0.2 for triplet, 1.0 for margin_contrastive)
       mining             labelled, triplet: "semihard" (default) | "hard" | "all"
+      data.relevance     the grade of a pair of label tuples (relevance.py): "exact" (default) | "positional" |
+                         "hierarchical"; the ranking loss's and the graded retrieval NDCG's
+      ranking.kind       ranking: "softmax" (default) | "pairwise_logistic" | "approx_ndcg" | "pointwise_sigmoid" |
+                         "infonce" (the binary baseline: relevance 1 on the partner only)
+      ranking.direction  ranking: "t2i" (captions query images, default) | "i2t" | "both" (the mean of the two)
     """
     mode = _get(config, "mode", "image_text")
     if mode not in MODES:
@@ -76,8 +88,18 @@ def mode_settings(config: ConfigDict) -> ModeSettings:
         margin = MARGINS[metric_loss] if margin is None else margin
         if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not margin > 0:
             raise ConfigError(f"config field margin must be a number > 0, got {margin!r}")
+    relevance = _get(config, "data.relevance", "exact")
+    if relevance not in RULES:
+        raise ConfigError(f"config field data.relevance must be one of {RULES}, got {relevance!r}")
+    kind = _get(config, "ranking.kind", "softmax")
+    direction = _get(config, "ranking.direction", "t2i")
+    if mode == "ranking":
+        if kind not in RANKING_LOSSES:
+            raise ConfigError(f"config field ranking.kind must be one of {RANKING_LOSSES}, got {kind!r}")
+        if direction not in DIRECTIONS:
+            raise ConfigError(f"config field ranking.direction must be one of {DIRECTIONS}, got {direction!r}")
     return ModeSettings(mode, float(temperature) if mode == "two_view" else MODE_TEMPERATURE, metric_loss,
-                        float(margin) if margin is not None else 0.0, mining, views)
+                        float(margin) if margin is not None else 0.0, mining, views, relevance, kind, direction)
 
 
 def validate(config: ConfigDict) -> None:

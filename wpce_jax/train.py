@@ -26,13 +26,13 @@ from etils import epath
 from jax.experimental import multihost_utils
 from ml_collections import ConfigDict
 
-from wpce_jax import config_fields, finetune, mfu, platform, rng, run_record
+from wpce_jax import config_fields, finetune, mfu, objectives, platform, rng, run_record
 from wpce_jax.checkpoint import Checkpointer, abstract_like
 from wpce_jax.config_validation import mode_settings, validate
 from wpce_jax.data import run_data, unreadable
 from wpce_jax.data.image_ops import ViewAugment
 from wpce_jax.data.pipeline import make_dataset
-from wpce_jax.errors import ConfigError, UserError, WrongPathError
+from wpce_jax.errors import UserError, WrongPathError
 from wpce_jax.evaluate.evaluator import Evaluator
 from wpce_jax.metric_writer import MetricWriter, write_eval_json
 from wpce_jax.models.towers import make_model
@@ -243,11 +243,9 @@ def _global_batches(local_batches: Iterator[dict], mode: str, mesh, skipped: _Sk
     for local in local_batches:
         local = dict(local)
         skipped.local += int(np.count_nonzero(local.pop("skipped")))
-        if mode != "image_text":  # the image-only steps never read the captions: do not ship them
+        if objectives.MODES[mode].image_only:  # the image-only steps never read the captions: do not ship them
             local = {k: v for k, v in local.items() if k != "tokens"}
-        if mode == "labelled" and (local["label"] < 0).any():
-            raise ConfigError("config field mode='labelled' needs class labels, but the training records include "
-                              "unlabelled ones (label -1); use mode 'image_text' or 'two_view' for this data")
+        objectives.check_batch(mode, local)
         yield global_batch(local, mesh)
 
 

@@ -10,7 +10,8 @@ one until the host notices and stops the run.
 `config.mode` (config_validation.mode_settings) picks what is trained: "image_text" (the objective above), or the
 image tower alone: "two_view" (SimCLR's NT-Xent over the compared vectors of two augmented views of each image,
 batch["image"] and batch["image2"]) or "labelled" (triplet or margin contrastive loss over the compared vectors with
-batch["label"]). In the image-only modes the text tower is never run, so its parameters and the logit scale get a
+batch["label"]); or both towers again in "ranking" (a learning-to-rank loss with graded relevance from the label
+tuples batch["labels"]). Each mode is an entry of objectives.py's registry. In the image-only modes the text tower is never run, so its parameters and the logit scale get a
 zero gradient; the step also applies no update to them (AdamW's weight decay would otherwise shrink them), so they
 stay exactly at their initial values.
 
@@ -28,15 +29,13 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 from ml_collections import ConfigDict
 
-from wpce_jax.config_validation import mode_settings
+from wpce_jax import objectives
 from wpce_jax.kernels import RFF
-from wpce_jax.losses import (infonce_and_accuracy, margin_contrastive_loss, nce_loss, nt_xent, pair_distances,
-                             sigmoid_loss, triplet_loss)
-from wpce_jax.models.towers import init_params, logit_scale_value
+from wpce_jax.models.towers import init_params
 from wpce_jax.optimizer import clip_logit_scale, learning_rate_schedule, stop_frozen
 from wpce_jax.parallel import DATA_AXIS, gather_fsdp
 from wpce_jax.rng import init_key
-from wpce_jax.similarity import embed, eval_rff, train_rff
+from wpce_jax.similarity import eval_rff, train_rff
 
 
 class TrainState(NamedTuple):
@@ -56,112 +55,23 @@ def initial_state(model, tx: optax.GradientTransformation, config: ConfigDict, r
                       eval_rff=eval_rff(root_key, config))
 
 
-def _loss_and_accuracy(objective: str, x, y, scale, *bias):
-    """The objective and the top-1 accuracies of local shards x, y inside shard_map over the data axis.
-
-    The accuracies are those of `infonce_and_accuracy`: the argmax of scale * x @ y.T, which a bias or any
-    positive scale leaves where it is, so they are the top-1 of the sigmoid and NCE logits too (computed on
-    stopped gradients: a metric, not part of the loss)."""
-    if objective == "infonce":
-        return infonce_and_accuracy(x, y, scale, DATA_AXIS)
-    _, accuracy = infonce_and_accuracy(*map(jax.lax.stop_gradient, (x, y, scale)), axis_name=DATA_AXIS)
-    if objective == "sigmoid":
-        return sigmoid_loss(x, y, scale, *bias, axis_name=DATA_AXIS), accuracy
-    return nce_loss(x, y, scale, axis_name=DATA_AXIS), accuracy
-
-
 IMAGE_PARAMS = ("image_encoder", "image_head")  # what the image-only modes train
-
-
-def _two_view_loss(temperature, x, y):
-    """NT-Xent of local view shards x, y, and the top-1 of each view finding its partner among the other view's B
-    (on stopped gradients, a metric)."""
-    _, accuracy = infonce_and_accuracy(*map(jax.lax.stop_gradient, (x, y)), 1 / temperature, DATA_AXIS)
-    return nt_xent(x, y, temperature, DATA_AXIS), (accuracy["i2t_top1"] + accuracy["t2i_top1"]) / 2
-
-
-def _pair_distances(x, labels):
-    """Mean squared distance of same-label pairs (i != j) and of different-label pairs of the global batch x."""
-    d, similar, dissimilar = pair_distances(x, labels)
-    mean = lambda mask: jnp.sum(jnp.where(mask, d, 0)) / jnp.maximum(jnp.sum(mask), 1)
-    return mean(similar), mean(dissimilar)
-
-
-# The batch entries each mode's towers read (what accumulation splits into micro-batches).
-ENCODED_INPUTS = {"image_text": ("image", "tokens"), "two_view": ("image", "image2"), "labelled": ("image",)}
 
 
 def make_encode_fn(model, config: ConfigDict):
     """encode(params, batch, rff) -> the mode's compared vectors, a tuple of [B, F] arrays: the towers and
-    `similarity.embed`, row i from example i alone. "image_text": (x images, y captions); "two_view": (x, x2) of
-    batch["image"] and batch["image2"]; "labelled": (x,)."""
-    mode = mode_settings(config).mode
-
-    def image(params, images, rff):
-        return embed(model.apply({"params": params}, images, method="encode_image"), rff, config)
-
-    if mode == "image_text":
-        def encode(params, batch, rff):
-            image_cloud, text_cloud = model.apply({"params": params}, batch["image"], batch["tokens"])
-            return embed(image_cloud, rff, config), embed(text_cloud, rff, config)
-    elif mode == "two_view":
-        def encode(params, batch, rff):
-            return image(params, batch["image"], rff), image(params, batch["image2"], rff)
-    else:
-        def encode(params, batch, rff):
-            return (image(params, batch["image"], rff),)
+    `similarity.embed`, row i from example i alone (the registry entry's encoder, objectives.py). "image_text" and
+    "ranking": (x images, y captions); "two_view": (x, x2) of batch["image"] and batch["image2"]; "labelled": (x,)."""
+    encode = objectives.get(config).encode(model, config)
     # Under FSDP: the weights outside the transformer blocks are gathered here, the blocks' where they run.
     return lambda params, batch, rff: encode(gather_fsdp(params, skip_blocks=True), batch, rff)
 
 
 def make_objective_fn(model, config: ConfigDict, mesh):
     """objective(params, vectors, batch) -> (loss, metrics): the mode's objective over the global batch, in
-    shard_map, of `make_encode_fn`'s vectors (sharded over the data axis). params feed only the logit scale (and
-    SigLIP's bias); batch only the labels ("labelled")."""
-    settings = mode_settings(config)
-    if settings.mode == "two_view":
-        sharded = jax.shard_map(partial(_two_view_loss, settings.temperature), mesh=mesh,
-                                in_specs=(P(DATA_AXIS), P(DATA_AXIS)), out_specs=(P(), P()))
-
-        def objective(params, vectors, batch):
-            loss, top1 = sharded(*vectors)
-            return loss, {"train/view_top1": top1}
-
-        return objective
-
-    if settings.mode == "labelled":
-        if settings.metric_loss == "triplet":
-            loss = partial(triplet_loss, margin=settings.margin, mining=settings.mining, axis_name=DATA_AXIS)
-        else:
-            loss = partial(margin_contrastive_loss, margin=settings.margin, axis_name=DATA_AXIS)
-        sharded = jax.shard_map(loss, mesh=mesh, in_specs=(P(DATA_AXIS), P(DATA_AXIS)), out_specs=P())
-
-        def objective(params, vectors, batch):
-            (x,) = vectors
-            positive, negative = _pair_distances(jax.lax.stop_gradient(x).astype(jnp.float32), batch["label"])
-            return sharded(x, batch["label"]), {"train/positive_sq_dist": positive,
-                                                "train/negative_sq_dist": negative}
-
-        return objective
-
-    similarity = config.model.similarity
-    sigmoid = model.objective == "sigmoid"
-    sharded_loss = jax.shard_map(partial(_loss_and_accuracy, model.objective), mesh=mesh,
-                                 in_specs=(P(DATA_AXIS), P(DATA_AXIS), P()) + ((P(),) if sigmoid else ()),
-                                 out_specs=(P(), P()))
-
-    def objective(params, vectors, batch):
-        x, y = vectors
-        scale = logit_scale_value(params, similarity)
-        bias = (params["logit_bias"],) if sigmoid else ()
-        loss, accuracy = sharded_loss(x, y, scale, *bias)
-        metrics = {"train/logit_scale": scale, "train/i2t_top1": accuracy["i2t_top1"],
-                   "train/t2i_top1": accuracy["t2i_top1"]}
-        if sigmoid:
-            metrics["train/logit_bias"] = bias[0]
-        return loss, metrics
-
-    return objective
+    shard_map, of `make_encode_fn`'s vectors (sharded over the data axis), from the registry (objectives.py).
+    params feed only the logit scale (and SigLIP's bias); batch only the labels ("labelled", "ranking")."""
+    return objectives.get(config).objective(model, config, mesh)
 
 
 def make_loss_fn(model, config: ConfigDict, mesh):
@@ -219,7 +129,7 @@ def make_grad_fn(model, config: ConfigDict, mesh):
     k = config.optim.accum_steps
     if k == 1:
         return jax.value_and_grad(lambda p, b, r: objective(p, encode(p, b, r), b), has_aux=True)
-    inputs = ENCODED_INPUTS[mode_settings(config).mode]
+    inputs = objectives.get(config).inputs
     rows, micro_rows = NamedSharding(mesh, P(DATA_AXIS)), NamedSharding(mesh, P(None, DATA_AXIS))
 
     def grad_fn(params, batch, rff):
@@ -249,7 +159,7 @@ def make_train_step(model, config: ConfigDict, mesh, tx: optax.GradientTransform
     (two_view: "image" and "image2"; labelled: "image" and "label" [B] int32). One RFF draw and one optimiser update
     per step, whatever `optim.accum_steps` (which only splits the towers' work, `make_grad_fn`)."""
     similarity = config.model.similarity
-    image_only = mode_settings(config).mode != "image_text"
+    image_only = objectives.get(config).image_only
     schedule = learning_rate_schedule(config)
     grad_fn = make_grad_fn(model, config, mesh)
 

@@ -115,23 +115,20 @@ def _build(out: str, image_side: int, vocab_size: int) -> dict:
     return counts
 
 
-def prepare(cache_dir: str, *, image_side: int = 32, vocab_size: int = _SP_VOCAB_SIZE) -> DigitsData:
-    """Builds (once) and returns the digits dataset under cache_dir/digits-v{VERSION}-{side}px-sp{vocab}.
+def cached_build(cache_dir: str, name: str, build) -> tuple[str, dict]:
+    """(cache_dir/name, its DONE.json): build(tmp) -> a JSON-serialisable dict writes a dataset into tmp, once.
 
-    Safe to call from several processes at once: each builds into its own temporary directory and the
-    first to finish renames it into place; the others discard theirs and use the winner's.
-    """
-    name = f"digits-v{BUILDER_VERSION}-{image_side}px-sp{vocab_size}"
+    Safe to call from several processes at once: each builds into its own temporary directory and the first to
+    finish renames it into place; the others discard theirs and use the winner's."""
     final = os.path.join(cache_dir, name)
     stamp = os.path.join(final, "DONE.json")
     if not os.path.isfile(stamp):
         os.makedirs(cache_dir, exist_ok=True)
         tmp = tempfile.mkdtemp(prefix=f".{name}.", dir=cache_dir)
         try:
-            counts = _build(tmp, image_side, vocab_size)
+            done = build(tmp)
             with open(os.path.join(tmp, "DONE.json"), "w") as f:
-                json.dump({"builder_version": BUILDER_VERSION, "image_side": image_side,
-                           "vocab_size": vocab_size, "counts": counts, "built_at": time.time()}, f)
+                json.dump({**done, "built_at": time.time()}, f)
             try:
                 os.rename(tmp, final)  # atomic; fails if another process got there first
             except OSError:
@@ -142,7 +139,17 @@ def prepare(cache_dir: str, *, image_side: int = 32, vocab_size: int = _SP_VOCAB
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     with open(stamp) as f:
-        counts = json.load(f)["counts"]
+        return final, json.load(f)
+
+
+def prepare(cache_dir: str, *, image_side: int = 32, vocab_size: int = _SP_VOCAB_SIZE) -> DigitsData:
+    """Builds (once) and returns the digits dataset under cache_dir/digits-v{VERSION}-{side}px-sp{vocab}
+    (`cached_build`: safe to call from several processes at once)."""
+    name = f"digits-v{BUILDER_VERSION}-{image_side}px-sp{vocab_size}"
+    final, done = cached_build(cache_dir, name, lambda tmp: {
+        "builder_version": BUILDER_VERSION, "image_side": image_side, "vocab_size": vocab_size,
+        "counts": _build(tmp, image_side, vocab_size)})
+    counts = done["counts"]
     return DigitsData(
         train_dir=os.path.join(final, "train"),
         test_dir=os.path.join(final, "test"),

@@ -43,6 +43,7 @@ class CaptionSet(NamedTuple):
     images: Any                        # len() / [i] -> {"image", "label": its group (usually its own index)}
     captions: list[str]                # every caption of every image
     caption_groups: np.ndarray         # int64 [K]: a caption is relevant to the images whose label equals its group
+    group_labels: Any = None           # optional int [G, T]: the label tuple of each group (graded relevance)
 
 
 # ---------------------------------------------------------------------------------------------------- TFDS

@@ -51,8 +51,8 @@ def augment_rng(seed: int, position: int) -> np.random.Generator:
 @dataclasses.dataclass(frozen=True)
 class _TrainExample(grain.transforms.Map):
     """(g, record index) -> {"image": uint8 [S, S, 3], "tokens": int32 [L], "label": int32 [], "skipped": bool []
-    (True when the record did not read or decode and a stand-in took its place, unreadable.py)}; with `views`
-    also "image2": uint8 [S, S, 3]. One random crop, or two SimCLR views (image_ops.train_views), drawn from
+    (True when the record did not read or decode and a stand-in took its place, unreadable.py)}; "labels" int32
+    [K] when the record carries a label tuple; with `views` also "image2": uint8 [S, S, 3]. One random crop, or two SimCLR views (image_ops.train_views), drawn from
     augment_rng(seed, g)."""
 
     source: Any
@@ -77,8 +77,11 @@ class _TrainExample(grain.transforms.Map):
         (header, images), skipped = unreadable.read_or_stand_in(
             self.source.__getitem__, lambda data: self._images(g, data), index=index, position=g, seed=self.seed,
             shards=self.shards)
-        return dict(images, tokens=self.tokenizer([header["caption"]])[0], label=np.int32(header.get("label", -1)),
-                    skipped=np.bool_(skipped))
+        example = dict(images, tokens=self.tokenizer([header["caption"]])[0],
+                       label=np.int32(header.get("label", -1)), skipped=np.bool_(skipped))
+        if "labels" in header:  # a label tuple (the ranking mode's relevance); a set's records all have one or none
+            example["labels"] = np.asarray(header["labels"], np.int32)
+        return example
 
 
 @dataclasses.dataclass(frozen=True)
@@ -244,8 +247,9 @@ def make_dataset(
     Returns:
       grain.IterDataset of dicts: "image" uint8 [b, S, S, 3] (pixels: the image tower normalises them on the
       device, a quarter of the bytes of float32), "tokens" int32 [b, L], "label" int32 [b] (-1 for unlabelled
-      records); training adds "skipped" bool [b] (a stand-in replaced a record that did not read or decode,
-      unreadable.py) and with `views` "image2" uint8 [b, S, S, 3];
+      records); "labels" int32 [b, K] when the records carry label tuples; training adds "skipped" bool [b] (a
+      stand-in replaced a record that did not read or decode, unreadable.py) and with `views` "image2" uint8
+      [b, S, S, 3];
       evaluation adds "mask" and "corrupt" bool [b] (make_eval_dataset).
     """
     if not 0 <= process_index < process_count:

@@ -18,6 +18,7 @@ Header keys:
     "url"      str, the image's origin URL, when the source metadata had one               (optional)
     "sha256"   str, hex digest of the *original* downloaded image, when the source had one (optional)
     "label"    int, class index: labelled built-in datasets, or a webdataset ".cls" member    (optional)
+    "labels"   list of K ints, a label tuple (the ranking mode's graded relevance, relevance.py) (optional)
 Readers must ignore header keys they do not know, so adding an optional key does not change the version.
 
 A dataset directory holds ``N`` ArrayRecord files written with ``group_size:1`` (so every record is one

@@ -2,7 +2,8 @@
 
 "digits" builds the built-in dataset once (cached under data.cache_dir, default $XDG_CACHE_HOME/wpce_jax, i.e.
 ~/.cache/wpce_jax) and uses its SentencePiece model (its held-out split serves the evaluations that name "digits");
-"arrayrecord" reads a converted dataset and the configured tokenizer. The tokenizer file is copied into the workdir
+"digit_pairs" builds the built-in graded set of digit pairs the same way (data/digit_pairs.py; its held-out pairs
+serve the evaluations that name "digit_pairs"); "arrayrecord" reads a converted dataset and the configured tokenizer. The tokenizer file is copied into the workdir
 so that a checkpoint is self-contained. The resolved config (a copy; the input is not changed) names that copy and
 carries model.text.vocab_size and eot_id from the tokenizer, with `epochs` set total_steps and optim.warmup_steps
 counted from the manifest's num_examples, and optim.schedule_steps (the schedule's horizon: total_steps unless the
@@ -15,7 +16,7 @@ from etils import epath
 from ml_collections import ConfigDict
 
 from wpce_jax.config_fields import get as _get
-from wpce_jax.data import digits
+from wpce_jax.data import digit_pairs, digits
 from wpce_jax.data.records import read_manifest
 from wpce_jax.data.tokenizers import get_tokenizer
 from wpce_jax.errors import ConfigError, MissingInputError, WrongPathError
@@ -33,6 +34,11 @@ class RunData(NamedTuple):
 def prepare_digits(config: ConfigDict) -> digits.DigitsData:
     """The built-in digits at the config's image size (built once into data.cache_dir)."""
     return digits.prepare(config.data.cache_dir or default_cache_dir(), image_side=config.data.image_size)
+
+
+def prepare_digit_pairs(config: ConfigDict) -> digit_pairs.DigitPairsData:
+    """The built-in digit pairs (32 px; built once into data.cache_dir)."""
+    return digit_pairs.prepare(config.data.cache_dir or default_cache_dir())
 
 
 def default_cache_dir() -> str:
@@ -82,6 +88,9 @@ def resolve(config: ConfigDict, workdir, is_main: bool = True) -> RunData:
     if d.kind == "digits":
         built = prepare_digits(config)
         train_dir, kind, tok_path = built.train_dir, "sentencepiece", built.tokenizer_path
+    elif d.kind == "digit_pairs":
+        pairs, built = prepare_digit_pairs(config), None
+        train_dir, kind, tok_path = pairs.train_dir, "sentencepiece", pairs.tokenizer_path
     else:
         train_dir, kind, tok_path = d.train_dir, d.tokenizer, d.tokenizer_path
         if not epath.Path(tok_path).exists():

@@ -24,6 +24,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 from ml_collections import ConfigDict
 
+from wpce_jax.config_validation import mode_settings
 from wpce_jax.data.eval_sources import MissingDataError
 from wpce_jax.errors import ConfigError
 from wpce_jax.evaluate import image_retrieval, linear_probe, registry, retrieval, zeroshot
@@ -87,6 +88,7 @@ class Evaluator:
         self.is_main = jax.process_index() == 0
         self._log, self.verbose = log, verbose
         self._resolved: dict = {}  # (task, spec, split) -> resolved set, or None once skipped
+        self.pairs_data = None  # the built-in digit pairs, prepared when an evaluation names them
         self.tasks = {task: registry.parse_specs(config.eval.get(task) or "", task) for task in TASKS}
         if training and not config.eval.get("linear_probe_in_training", True):
             self.tasks["linear_probe"] = []
@@ -106,10 +108,14 @@ class Evaluator:
                 from wpce_jax.data.run_data import prepare_digits
 
                 self.digits_data = prepare_digits(self.config)
+            if spec.kind == "digit_pairs" and self.pairs_data is None:
+                from wpce_jax.data.run_data import prepare_digit_pairs
+
+                self.pairs_data = prepare_digit_pairs(self.config)
             data, problem = None, ""
             try:
                 if task == "retrieval":
-                    data = registry.resolve_captions(spec, self.config.eval, self.digits_data)
+                    data = registry.resolve_captions(spec, self.config.eval, self.digits_data, self.pairs_data)
                 else:
                     data = registry.resolve_classification(spec, split, self.config.eval, self.digits_data)
             except MissingDataError as e:
@@ -175,7 +181,8 @@ class Evaluator:
             data = self._resolve("retrieval", spec, "test")
             feats = data and images(spec, "captions", data.images)
             if feats:
-                run(lambda: retrieval.evaluate(spec.name, data, feats, **args))
+                run(lambda: retrieval.evaluate(spec.name, data, feats, rule=mode_settings(self.config).relevance,
+                                               **args))
         for spec in self.tasks["image_retrieval"]:
             resolved = self._resolve("image_retrieval", spec, "test")
             feats = resolved and images(spec, "test", resolved[0].source)

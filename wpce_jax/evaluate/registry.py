@@ -11,6 +11,8 @@
     NAME=karpathy:JSON    retrieval: Karpathy's split json; images beside it (JSON's folder, or its images/ or
                           flickr30k-images/ subfolder), under each entry's filepath
     digits                the built-in digits (zero-shot, linear probe, retrieval by digit)
+    digit_pairs           retrieval: the built-in digit pairs' held-out pairs (data/digit_pairs.py), binary
+                          relevance by pair, graded by the pairs' label tuples
 
 Registry (the reference release's 13 zero-shot / linear-probe sets, and retrieval):
     cifar10 cifar100 imagenet stl10 food101 cars eurosat caltech101 pets flowers dtd sun397  (TFDS)
@@ -30,7 +32,8 @@ from wpce_jax.data import eval_sources
 from wpce_jax.data.eval_sources import CaptionSet, ClassificationSet, MissingDataError
 from wpce_jax.errors import ConfigError, DataError
 
-KINDS = ("tfds", "folder", "arrayrecord", "karpathy", "digits")
+KINDS = ("tfds", "folder", "arrayrecord", "karpathy", "digits", "digit_pairs")
+BUILT_IN = ("digits", "digit_pairs")  # names that are their own kind
 
 
 class TFDSEntry(NamedTuple):
@@ -68,7 +71,7 @@ class Spec(NamedTuple):
 
 
 CLASSIFICATION_KINDS = ("registry", "digits", "tfds", "folder", "arrayrecord")
-RETRIEVAL_KINDS = ("registry", "digits", "tfds", "arrayrecord", "karpathy")
+RETRIEVAL_KINDS = ("registry", "digits", "digit_pairs", "tfds", "arrayrecord", "karpathy")
 
 
 def parse_specs(text: str, task: str = "zeroshot") -> list[Spec]:
@@ -80,12 +83,12 @@ def parse_specs(text: str, task: str = "zeroshot") -> list[Spec]:
         if not item:
             continue
         if "=" not in item:
-            kind = "digits" if item == "digits" else "registry"
+            kind = item if item in BUILT_IN else "registry"
             specs.append(Spec(item, kind, ""))
             continue
         name, _, rest = item.partition("=")
         kind, _, location = rest.partition(":")
-        if kind not in KINDS or not name or (kind != "digits" and not location):
+        if kind not in KINDS or not name or (kind not in BUILT_IN and not location):
             raise ConfigError(f"evaluation dataset spec {item!r}: expected NAME, or NAME=KIND:LOCATION with KIND "
                               f"in {KINDS}")
         specs.append(Spec(name.strip(), kind, location.strip()))
@@ -170,8 +173,18 @@ def resolve_classification(spec: Spec, split: str, eval_config, digits_data=None
     return data._replace(templates=data.templates or list(prompts.DEFAULT_TEMPLATES)), False
 
 
-def resolve_captions(spec: Spec, eval_config, digits_data=None) -> CaptionSet:
-    """The image-caption set of a retrieval spec (test split)."""
+def resolve_captions(spec: Spec, eval_config, digits_data=None, pairs_data=None) -> CaptionSet:
+    """The image-caption set of a retrieval spec (test split); pairs_data: data.digit_pairs.DigitPairsData."""
+    if spec.kind == "digit_pairs":
+        from wpce_jax.data.digit_pairs import PAIRS
+
+        if pairs_data is None:
+            raise MissingDataError("digit_pairs: the built-in digit pairs are not prepared")
+        # One caption per image; binary relevance by pair (the label), graded by the pairs' (left, right) tuples.
+        records = eval_sources.Records(pairs_data.test_dir)
+        headers = records.headers()
+        return CaptionSet(records, [h["caption"] for h in headers],
+                          np.asarray([h["label"] for h in headers], np.int64), np.asarray(PAIRS, np.int32))
     if spec.kind == "digits":
         if digits_data is None:
             raise MissingDataError("digits: the built-in digits are prepared by a digits run only")

@@ -6,11 +6,18 @@ image. A query is a hit at k when any relevant item is among its top k. The simi
 dot product; with R evaluation RFF draws it is their mean, i.e. the dot product of the draws' vectors concatenated
 and divided by sqrt(R). Scores never leave the device as a whole matrix (metrics.retrieval_metrics works in
 blocks of queries).
+
+Graded relevance: a set whose groups carry label tuples (CaptionSet.group_labels, e.g. the built-in digit pairs)
+reports its ndcg@10 with the grades of relevance.py (the run's config.data.relevance rule) between the query's and
+each candidate's tuple, gains 2^rel - 1 over the whole ranking of all candidates; recall@k and map stay binary (by
+group).
 """
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
 
+from wpce_jax import relevance
 from wpce_jax.data.eval_sources import CaptionSet
 from wpce_jax.evaluate import metrics
 
@@ -31,9 +38,26 @@ def direction_scores(queries, candidates, query_groups, candidate_groups) -> dic
     return {n: float(np.mean(per_query[n])) for n in names}
 
 
-def evaluate(name: str, data: CaptionSet, images, *, encoders, params, rffs, tokenizer) -> dict[str, float]:
+def graded_ndcg(queries, candidates, query_labels, candidate_labels, rule: str, k: int = NDCG_K,
+                block: int = 1024) -> float:
+    """Mean over queries of NDCG@k with graded relevance: queries [Q, F] against candidates [N, F] (dot products),
+    relevance.relevance(query_labels [Q, T], candidate_labels [N, T], rule) as the grades (gains 2^rel - 1, the
+    ideal DCG over all N candidates). A block of queries' [block, N] scores at a time."""
+    candidates, candidate_labels = jnp.asarray(candidates), jnp.asarray(candidate_labels, jnp.int32)
+    per_query = []
+    for start in range(0, len(queries), block):
+        scores = jnp.matmul(jnp.asarray(queries[start:start + block]), candidates.T, precision="highest")
+        grades = relevance.relevance(jnp.asarray(query_labels[start:start + block], jnp.int32), candidate_labels,
+                                     rule)
+        per_query.append(np.asarray(metrics.ndcg_at_k(scores, grades, k)))
+    return float(np.mean(np.concatenate(per_query)))
+
+
+def evaluate(name: str, data: CaptionSet, images, *, encoders, params, rffs, tokenizer,
+             rule: str = "exact") -> dict[str, float]:
     """retrieval/<name>/{i2t,t2i}_<metric> of one image-caption set whose images are encoded
-    (encode.ImageFeatures; images that did not decode are missing from it)."""
+    (encode.ImageFeatures; images that did not decode are missing from it). With data.group_labels the ndcg@10 is
+    graded by `rule` (module docstring)."""
     # Captions of an image that did not decode would be queries without an answer: leave them out too.
     kept = np.isin(data.caption_groups, images.labels)
     captions, caption_groups = [c for c, k in zip(data.captions, kept) if k], data.caption_groups[kept]
@@ -44,4 +68,10 @@ def evaluate(name: str, data: CaptionSet, images, *, encoders, params, rffs, tok
                             ("t2i", (text_vectors, image_vectors, caption_groups, images.labels))):
         for metric, value in direction_scores(*args).items():
             results[f"retrieval/{name}/{direction}_{metric}"] = value
+    if data.group_labels is not None:
+        tuples = np.asarray(data.group_labels)
+        image_labels, caption_labels = tuples[images.labels], tuples[caption_groups]
+        for direction, args in (("i2t", (image_vectors, text_vectors, image_labels, caption_labels)),
+                                ("t2i", (text_vectors, image_vectors, caption_labels, image_labels))):
+            results[f"retrieval/{name}/{direction}_ndcg@{NDCG_K}"] = graded_ndcg(*args, rule)
     return results
