@@ -1,16 +1,16 @@
 """Input pipeline throughput, measured side by side in one run.
 
-    python benchmarks/pipeline.py [--num_images 768] [--side 256] [--batch_size 64] [--compare] [--host_normalise]
-                                  [--grain_only] [--breakdown] [--resample_check]
+    python benchmarks/pipeline.py [--num_images 768] [--side 256] [--num_records 16384] [--batch_size 64] [--compare]
+                                  [--host_normalise] [--grain_only] [--breakdown] [--resample_check]
 
 Every figure is the best of --trials interleaved trials. Prints, for each JPEG decoder (PIL and simplejpeg):
-  * decode + RandomResizedCrop(224, scale (0.5, 1), bicubic) of 256-pixel JPEGs, images/s in 1 process and in
-    all processes (per core too), the ratio against PIL;
-  * the full grain pipeline (record read, decode, crop, tokenize, batch of uint8 pixels) with 0 and all workers;
+  * decode + RandomResizedCrop(224, scale (0.5, 1), bilinear as in training) of 256-pixel JPEGs, images/s in 1
+    process and in all processes (per core too), the ratio against PIL;
+  * the full grain pipeline (record read, decode, crop, tokenize, batch of uint8 pixels) with 0 and all workers,
+    and its CPU time per image over all its processes (workers included);
     with --compare also the training pipeline as it was before bilinear training crops (bicubic, the same
-    code otherwise), and with --host_normalise the pipeline
-    as it was before uint8 batches (ImageNet normalisation to float32 on the host, in the workers), in the same
-    interleaved trials; with --host_normalise also the bytes per batch and the host -> device copy time of
+    code otherwise), and with --host_normalise the pipeline as it was before uint8 batches (ImageNet
+    normalisation to float32 on the host, in the workers), in the same interleaved trials; with --host_normalise also the bytes per batch and the host -> device copy time of
     uint8 against float32 batches;
 then the converter's samples/s on tar shards of the same images with 1 and all workers (not with --grain_only,
 which also skips the decode-only columns).
@@ -311,7 +311,7 @@ def main():
         return resample_check()
     print(f"{cores} CPU cores; {args.num_records} records of {args.num_images} distinct JPEGs of "
           f"{args.side}x{args.side}, quality 95; "
-          f"RandomResizedCrop {CROP}, bicubic; load average now "
+          f"RandomResizedCrop {CROP}, bilinear; load average now "
           f"{os.getloadavg()[0]:.1f} (other work on the machine slows every column alike)", flush=True)
     jpegs = make_jpegs(args.num_images, args.side)
     print(f"mean JPEG size {np.mean([len(j) for j in jpegs]) / 1024:.1f} KiB", flush=True)
@@ -333,7 +333,8 @@ def main():
         variants = ["grain"] + ["bicubic"] * args.compare + ["host_normalise"] * args.host_normalise
         # Per decoder: 1 proc, all procs, then 0 / all workers of each variant; CPU ms per image at 0 workers.
         best = {d: [0.0] * (2 + 2 * len(variants)) for d in image_ops.DECODERS}
-        cpu = {d: [float("inf")] * len(variants) for d in image_ops.DECODERS}
+        # CPU ms per image of all the pipeline's processes, 0 workers then `cores` workers, per variant.
+        cpu = {d: [[float("inf")] * 2 for _ in variants] for d in image_ops.DECODERS}
         n_batches = max(2, len(jpegs) // args.batch_size - 2)  # per trial: the shuffled records are all distinct
         if not args.grain_only:
             ctx = mp.get_context("spawn")
@@ -346,10 +347,10 @@ def main():
             for d in image_ops.DECODERS:
                 for v, variant in enumerate(variants):
                     col = 2 + 2 * v
-                    (r0, c0), (rn, _) = (time_grain(data_dir, tok, d, 0, args.batch_size, n_batches, variant),
+                    (r0, c0), (rn, cn) = (time_grain(data_dir, tok, d, 0, args.batch_size, n_batches, variant),
                                          time_grain(data_dir, tok, d, cores, args.batch_size, n_batches, variant))
                     best[d][col:col + 2] = [max(best[d][col], r0), max(best[d][col + 1], rn)]
-                    cpu[d][v] = min(cpu[d][v], c0)
+                    cpu[d][v] = [min(cpu[d][v][0], c0), min(cpu[d][v][1], cn)]
         rows = [(d, best[d][0], best[d][1]) for d in image_ops.DECODERS]
 
         pil_one = rows[0][1] or 1.0
@@ -361,14 +362,16 @@ def main():
         for decoder, one, allp in rows:
             cols = "".join(f" {x:>16.0f}" for x in best[decoder][2:])
             print(f"{decoder:<12} {one:>13.0f} {allp:>16.0f} {allp / cores:>9.0f} {one / pil_one:>6.2f}x" + cols)
-        print("grain 0 workers, CPU time per image (least of the trials): "
-              + "; ".join(f"{d} " + ", ".join(f"{names[v]} {cpu[d][i]:.3f} ms" for i, v in enumerate(variants))
-                          for d in image_ops.DECODERS))
+        print(f"\nCPU time per image of all the pipeline's processes (least of the trials), with 0 and {cores} "
+              f"workers, and the images/s per core it makes (1000 / ms):")
+        for d in image_ops.DECODERS:
+            for v, variant in enumerate(variants):
+                (c0, cn) = cpu[d][v]
+                print(f"  {d:<11} {names[variant]:<11} 0 workers {c0:.3f} ms ({1000 / c0:>4.0f} img/s per core)   "
+                      f"{cores} workers {cn:.3f} ms ({1000 / cn:>4.0f} img/s per core)")
         if args.compare:
             print("(grain: the pipeline, bilinear training crops; bicubic: the same with bicubic training crops, as "
-                  "before) images/s per core from CPU time: "
-                  + "; ".join(f"{d} " + ", ".join(f"{names[v]} {1000 / cpu[d][i]:.0f}" for i, v in enumerate(variants))
-                              for d in image_ops.DECODERS))
+                  "before; interleaved in every trial)")
         if args.host_normalise:
             print("(host norm.: float32 batches normalised on the host, as before uint8 batches)")
             transfer(next(iter(pipeline.make_dataset(data_dir, tokenizer=tok, image_size=CROP,
