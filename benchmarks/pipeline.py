@@ -139,7 +139,8 @@ def time_grain(data_dir, tok, decoder, workers, batch_size, num_batches, variant
 
 
 def _children_cpu() -> float:
-    """CPU seconds (user + system) of this process's live child processes (grain's workers)."""
+    """CPU seconds (user + system) of this process's live child processes (grain's workers). psutil comes with
+    grain (through portpicker)."""
     import psutil
 
     total = 0.0
