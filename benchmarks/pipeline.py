@@ -1,19 +1,23 @@
 """Input pipeline throughput, measured side by side in one run.
 
-    python benchmarks/pipeline.py [--num_images 768] [--side 256] [--batch_size 64] [--legacy] [--host_normalise]
-                                  [--grain_only]
+    python benchmarks/pipeline.py [--num_images 768] [--side 256] [--num_records 16384] [--batch_size 64] [--compare]
+                                  [--host_normalise] [--grain_only] [--breakdown] [--resample_check]
 
 Every figure is the best of --trials interleaved trials. Prints, for each JPEG decoder (PIL and simplejpeg):
-  * decode + RandomResizedCrop(224, scale (0.5, 1), bicubic) of 256-pixel JPEGs, images/s in 1 process and in
-    all processes (per core too), the ratio against PIL;
-  * the full grain pipeline (record read, decode, crop, tokenize, batch of uint8 pixels) with 0 and all workers;
-    with --legacy also the training pipeline as it was before the global, index-addressed stream (grain's
-    per-process shuffle and RandomMap; kept here only as a reference), and with --host_normalise the pipeline
-    as it was before uint8 batches (ImageNet normalisation to float32 on the host, in the workers), in the same
-    interleaved trials; with --host_normalise also the bytes per batch and the host -> device copy time of
+  * decode + RandomResizedCrop(224, scale (0.5, 1), bilinear as in training) of 256-pixel JPEGs, images/s in 1
+    process and in all processes (per core too), the ratio against PIL;
+  * the full grain pipeline (record read, decode, crop, tokenize, batch of uint8 pixels) with 0 and all workers,
+    and its CPU time per image over all its processes (workers included);
+    with --compare also the training pipeline as it was before bilinear training crops (bicubic, the same
+    code otherwise), and with --host_normalise the pipeline as it was before uint8 batches (ImageNet
+    normalisation to float32 on the host, in the workers), in the same interleaved trials; with --host_normalise also the bytes per batch and the host -> device copy time of
     uint8 against float32 batches;
 then the converter's samples/s on tar shards of the same images with 1 and all workers (not with --grain_only,
 which also skips the decode-only columns).
+--breakdown prints only the CPU time per image of each stage of a training example (keying, record read, header,
+JPEG decode, crop + resize bilinear and bicubic, tokenize, batching, the worker -> main shared-memory transfer)
+beside the whole pipeline's, in one run. --resample_check prints only how far bilinear training crops are from
+bicubic ones (grey levels) on real photos (scikit-learn's sample images), the benchmark's images and the digits.
 The images are sklearn digit scans upscaled to 256 pixels with smooth colour texture and fine noise, so the
 JPEG entropy (and decode cost) is that of a photo rather than of a flat drawing. The default decoder
 (wpce_jax.data.image_ops.DEFAULT_DECODER) is the fastest of this measurement.
@@ -34,6 +38,7 @@ from typing import Any
 
 import grain
 import numpy as np
+from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -87,35 +92,15 @@ def time_parallel(pool, procs, jpegs, decoder):
     return n / (time.perf_counter() - t)
 
 
-@dataclasses.dataclass(frozen=True)
-class _LegacyDecodeTrain(grain.transforms.RandomMap):
-    """The pre-global-stream training decode: grain's RandomMap, RNG keyed by the position in this process's
-    stream."""
+class _BicubicTrainExample(pipeline._TrainExample):
+    """The training example as it was before bilinear training crops (image_ops.TRAIN_RESAMPLE): bicubic.
+    Defined in __main__, so grain's workers receive it by value (cloudpickle)."""
 
-    tokenizer: Any
-    image_size: int
-    crop_scale: tuple[float, float]
-    decoder: str
-
-    def random_map(self, element: bytes, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        header, offset = records.decode_header(element)
-        image = image_ops.train_crop(memoryview(element)[offset:].tobytes(), self.image_size, rng,
-                                     self.crop_scale, self.decoder)
-        return pipeline._example(image, header, self.tokenizer)
-
-
-def legacy_make_dataset(data_dir, *, tokenizer, image_size, batch_size, seed, worker_count, decoder,
-                        crop_scale=(0.5, 1.0), process_index=0, process_count=1):
-    """The training pipeline before the global stream (per-process grain shuffle, resumed from grain's
-    iterator state), for a side-by-side throughput comparison only."""
-    manifest = records.read_manifest(data_dir)
-    source = grain.sources.ArrayRecordDataSource(records.shard_paths(data_dir, manifest))
-    per_process = len(source) // process_count
-    ds = grain.MapDataset.source(source).shuffle(seed=seed % 2**32)
-    ds = ds[:per_process * process_count][process_index::process_count].repeat(None)
-    crop_seed = int(np.random.SeedSequence([seed % 2**32, process_index]).generate_state(1)[0])
-    ds = ds.random_map(_LegacyDecodeTrain(tokenizer, image_size, tuple(crop_scale), decoder), seed=crop_seed)
-    return pipeline._batched(ds, batch_size, True, worker_count, None)
+    def _images(self, g, data):
+        header, offset = records.decode_header(data)
+        jpeg, rng = memoryview(data)[offset:].tobytes(), pipeline.augment_rng(self.seed, g)
+        return header, {"image": image_ops.train_crop(jpeg, self.image_size, rng, self.crop_scale, self.decoder,
+                                                      Image.Resampling.BICUBIC)}
 
 
 class _HostNormalise(grain.transforms.Map):
@@ -126,30 +111,164 @@ class _HostNormalise(grain.transforms.Map):
 
 
 def time_grain(data_dir, tok, decoder, workers, batch_size, num_batches, variant="grain"):
-    """(images/s, CPU ms per image) of `variant`: "grain" (the pipeline), "legacy" (before the global stream) or
-    "host_normalise" (before uint8 batches)."""
-    make = legacy_make_dataset if variant == "legacy" else pipeline.make_dataset
-    kw = {} if variant == "legacy" else {"train": True}
-    batched = pipeline._batched
+    """(images/s, CPU ms per image) of `variant`: "grain" (the pipeline), "bicubic" (before bilinear training
+    crops) or "host_normalise" (before uint8 batches)."""
+    batched, example = pipeline._batched, pipeline._TrainExample
     if variant == "host_normalise":  # the normalisation ran in the workers, before batching
         pipeline._batched = lambda ds, *rest: batched(ds.map(_HostNormalise()), *rest)
+    if variant == "bicubic":
+        pipeline._TrainExample = _BicubicTrainExample
     try:
-        ds = make(data_dir, tokenizer=tok, image_size=CROP, batch_size=batch_size, seed=0, worker_count=workers,
-                  decoder=decoder, **kw)
+        ds = pipeline.make_dataset(data_dir, tokenizer=tok, image_size=CROP, batch_size=batch_size, seed=0,
+                                   worker_count=workers, decoder=decoder, train=True)
     finally:
-        pipeline._batched = batched
+        pipeline._batched, pipeline._TrainExample = batched, example
     it = iter(ds)
     next(it)  # start-up (worker spawn) is not throughput
+    workers_cpu = _children_cpu()
     t, cpu = time.perf_counter(), time.process_time()
     for _ in range(num_batches):
         next(it)
     rate = num_batches * batch_size / (time.perf_counter() - t)
-    # CPU time of this process's threads per image: what other work on a shared machine hardly moves (without
-    # worker processes only; the read-ahead of a batch or two is in both variants alike).
-    cpu_ms = (time.process_time() - cpu) * 1000 / (num_batches * batch_size)
+    # CPU time per image of this process and its worker processes (these include the shared-memory transfer):
+    # what other work on a shared machine hardly moves. The read-ahead of a few batches is in every variant alike.
+    cpu_ms = (time.process_time() - cpu + _children_cpu() - workers_cpu) * 1000 / (num_batches * batch_size)
     if workers:
         it.close()
     return rate, cpu_ms
+
+
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of this process's live child processes (grain's workers). psutil comes with
+    grain (through portpicker)."""
+    import psutil
+
+    total = 0.0
+    for child in psutil.Process().children(recursive=True):
+        try:
+            times = child.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def breakdown(data_dir, tok, captions, batch_size, trials, cores):
+    """CPU microseconds per image of each stage of a training example, timed one after the other per example as
+    _TrainExample runs them (so caches are as warm or cold as there; each stage alone over many images would
+    mislead), in this thread; the least of `trials` passes. Then the whole pipeline's CPU per image."""
+    import simplejpeg
+    from grain._src.python.ipc import shared_memory_array as shm  # what grain's workers do with each batch
+
+    manifest = records.read_manifest(data_dir)
+    source = grain.sources.ArrayRecordDataSource(records.shard_paths(data_dir, manifest))
+    n = len(source)
+    order = pipeline.ShuffledOrder(n, batch_size, seed=0)
+    count = len(captions) // batch_size * batch_size  # positions timed: as many as there are distinct JPEGs
+    stages = ["keying: order[g] + augment_rng", "record read (ArrayRecord)", "record header", "JPEG decode",
+              "crop + resize, bilinear (now)", "crop + resize, bicubic (before)", "tokenize",
+              "batch (stack)", "worker -> main (shm copy)"]
+    best = dict.fromkeys(stages, float("inf"))
+    clock = time.thread_time_ns
+    for _ in range(trials):
+        total = dict.fromkeys(stages, 0)
+        examples = []
+        for g in range(count):
+            t0 = clock()
+            index, rng = order[g], pipeline.augment_rng(0, g)
+            t1 = clock()
+            data = source[index]
+            t2 = clock()
+            header, offset = records.decode_header(data)
+            jpeg = memoryview(data)[offset:].tobytes()
+            t3 = clock()
+            # image_ops._simplejpeg_crop_resize, split at the decode.
+            height, width, _, _ = simplejpeg.decode_jpeg_header(jpeg)
+            box = image_ops.random_resized_crop_box(width, height, rng, (0.5, 1.0))
+            f = image_ops._dct_scale(box, CROP)
+            arr = simplejpeg.decode_jpeg(jpeg, colorspace="RGB", min_factor=f, min_height=-(-height // f),
+                                         min_width=-(-width // f))
+            img = image_ops.Image.fromarray(arr)
+            t4 = clock()
+            sx, sy = width / arr.shape[1], height / arr.shape[0]
+            pixels = image_ops._resize_box(img, box, sx, sy, CROP, image_ops.TRAIN_RESAMPLE)
+            t5 = clock()
+            image_ops._resize_box(img, box, sx, sy, CROP, image_ops.EVAL_RESAMPLE)
+            t6 = clock()
+            tokens = tok([header["caption"]])[0]
+            t7 = clock()
+            examples.append({"image": pixels, "tokens": tokens, "label": np.int32(-1), "skipped": np.bool_(False)})
+            for k, dt in zip(stages, np.diff([t0, t1, t2, t3, t4, t5, t6, t7])):
+                total[k] += dt
+        for i in range(0, len(examples), batch_size):
+            t0 = time.process_time_ns()
+            batch = {k: np.stack([e[k] for e in examples[i:i + batch_size]]) for k in examples[0]}
+            t1 = time.process_time_ns()
+            received = shm.open_from_shm(shm.copy_to_shm(batch))  # the worker's copy, the main process's mapping
+            received["image"].sum(dtype=np.uint64)  # touch the pages, as the device copy does
+            del received
+            t2 = time.process_time_ns()
+            total["batch (stack)"] += t1 - t0
+            total["worker -> main (shm copy)"] += t2 - t1
+        for k in stages:
+            best[k] = min(best[k], total[k] / count / 1000)
+    nb = max(2, count // batch_size - 2)
+    # Whole pipeline, CPU per image of all its processes: 0 workers, then `cores` workers (these add the
+    # shared-memory transfer); the two variants interleaved, the least of the trials.
+    whole = {(v, w): float("inf") for v in ("grain", "bicubic") for w in (0, cores)}
+    for _ in range(trials):
+        for v, w in whole:
+            whole[v, w] = min(whole[v, w], 1000 * time_grain(data_dir, tok, image_ops.DEFAULT_DECODER, w, batch_size,
+                                                             nb, v)[1])
+    now = [k for k in stages if "before" not in k]
+    before = [k for k in stages if "now" not in k]
+    print(f"\nCPU time per image by stage (us, least of {trials} passes over {count} images of {n} records; "
+          f"{image_ops.DEFAULT_DECODER}; RandomResizedCrop {CROP})")
+    for k in stages:
+        print(f"  {k:<36} {best[k]:>6.0f}")
+    print("whole pipeline, CPU of all its processes per image (least of the trials; img/s per core = 1e6 / us):")
+    for name, keys, v in (("now (bilinear)", now, "grain"), ("before (bicubic)", before, "bicubic")):
+        print(f"  {name:<17} stages sum {sum(best[k] for k in keys):>5.0f} us; 0 workers {whole[v, 0]:>5.0f} us "
+              f"({1e6 / whole[v, 0]:>4.0f} img/s per core); {cores} workers {whole[v, cores]:>5.0f} us "
+              f"({1e6 / whole[v, cores]:>4.0f} img/s per core)")
+    print(f"load average at the end: {os.getloadavg()[0]:.1f} on {cores} cores")
+
+
+def resample_check(n: int = 200) -> None:
+    """Bilinear (image_ops.TRAIN_RESAMPLE) against bicubic (the training crops before) on the same random crop
+    boxes: absolute difference in grey levels (0-255) on real photos (scikit-learn's sample images, short side
+    resized to 256, JPEG q95, as the converter stores them), this benchmark's images and the digits. For scale:
+    bicubic against Lanczos, and JPEG q95 re-encoding of the photos."""
+    import io
+
+    from sklearn.datasets import load_sample_image
+
+    r = Image.Resampling
+    photos = []
+    for name in ("china.jpg", "flower.jpg"):
+        im = Image.fromarray(load_sample_image(name))
+        s = 256 / min(im.size)
+        im = im.resize((round(im.size[0] * s), round(im.size[1] * s)), r.LANCZOS)
+        photos.append(Image.open(io.BytesIO(testing.encode(im, quality=95))).convert("RGB"))
+    q95 = np.mean([np.abs(np.asarray(im, np.float64) - np.asarray(Image.open(io.BytesIO(testing.encode(
+        im, quality=95))).convert("RGB"))).mean() for im in photos])
+    sets = {"photos (sklearn)": photos,
+            "benchmark JPEGs": [Image.open(io.BytesIO(j)).convert("RGB") for j in make_jpegs(32, 256)],
+            "digits": [Image.fromarray(testing.digit_image(i, 256)) for i in range(32)]}
+    print(f"{'images':<18} {'filter vs bicubic':<18} {'mean':>6} {'p99':>5} {'max':>5}   (grey levels, {n} crops "
+          f"of scale (0.5, 1) to {CROP})")
+    for label, images in sets.items():
+        rng = np.random.default_rng(0)
+        crops = {k: [] for k in ("BICUBIC", "BILINEAR", "LANCZOS")}
+        for i in range(n):
+            im = images[i % len(images)]
+            box = image_ops.random_resized_crop_box(*im.size, rng, (0.5, 1.0))
+            for k in crops:
+                crops[k].append(np.asarray(im.resize((CROP, CROP), getattr(r, k), box=box), np.float64))
+        for k in ("BILINEAR", "LANCZOS"):
+            d = np.abs(np.stack(crops[k]) - np.stack(crops["BICUBIC"]))
+            print(f"{label:<18} {k.lower():<18} {d.mean():>6.2f} {np.percentile(d, 99):>5.0f} {d.max():>5.0f}")
+    print(f"JPEG q95 re-encoding of the photos: mean {q95:.2f} grey levels")
 
 
 def transfer(batch: dict, trials: int) -> None:
@@ -170,21 +289,30 @@ def transfer(batch: dict, trials: int) -> None:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--num_images", type=int, default=768)
+    p.add_argument("--num_images", type=int, default=768, help="distinct JPEGs")
+    p.add_argument("--num_records", type=int, default=16384,
+                   help="records of the dataset, cycling over the JPEGs: grain's index_shuffle costs ~40 us per "
+                        "index at 768 records against ~5 at 100k, so a small dataset would overstate the keying")
     p.add_argument("--side", type=int, default=256)
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--trials", type=int, default=3, help="best of this many interleaved trials")
     p.add_argument("--convert_repeat", type=int, default=4, help="converter input = the images this many times")
-    p.add_argument("--legacy", action="store_true",
-                   help="also time the training pipeline as it was before the global stream, side by side")
+    p.add_argument("--compare", action="store_true",
+                   help="also time the training pipeline as it was before bilinear training crops, side by side")
+    p.add_argument("--breakdown", action="store_true", help="only the CPU time per image of each stage")
+    p.add_argument("--resample_check", action="store_true",
+                   help="only the pixel difference of bilinear against bicubic training crops")
     p.add_argument("--host_normalise", action="store_true",
                    help="also time the pipeline as it was before uint8 batches (float32 normalised on the host)")
     p.add_argument("--grain_only", action="store_true",
                    help="only the grain pipeline columns: no decode-only timing, no converter")
     args = p.parse_args()
     cores = os.cpu_count() or 1
-    print(f"{cores} CPU cores; {args.num_images} JPEGs of {args.side}x{args.side}, quality 95; "
-          f"RandomResizedCrop {CROP}, bicubic; load average now "
+    if args.resample_check:
+        return resample_check()
+    print(f"{cores} CPU cores; {args.num_records} records of {args.num_images} distinct JPEGs of "
+          f"{args.side}x{args.side}, quality 95; "
+          f"RandomResizedCrop {CROP}, bilinear; load average now "
           f"{os.getloadavg()[0]:.1f} (other work on the machine slows every column alike)", flush=True)
     jpegs = make_jpegs(args.num_images, args.side)
     print(f"mean JPEG size {np.mean([len(j) for j in jpegs]) / 1024:.1f} KiB", flush=True)
@@ -192,19 +320,23 @@ def main():
     work = tempfile.mkdtemp(prefix="wpce_bench_")
     try:
         captions = [f"a photo of a textured handwritten digit number {i % 10}" for i in range(len(jpegs))]
-        recs = [records.encode_record(j, c, key=str(i), source="bench") for i, (j, c) in enumerate(zip(jpegs, captions))]
+        recs = [records.encode_record(jpegs[i % len(jpegs)], captions[i % len(jpegs)], key=str(i), source="bench")
+                for i in range(max(args.num_records, len(jpegs)))]
         data_dir = os.path.join(work, "records")
         records.write_dataset(recs, data_dir, 4, inputs=["benchmark"])
         tok = tokenizers.get_tokenizer(
             "sentencepiece", train_sentencepiece(captions, os.path.join(work, "spm"), 40), 77)
 
+        if args.breakdown:
+            return breakdown(data_dir, tok, captions, args.batch_size, args.trials, cores)
         # Best of several trials, decoders interleaved inside each trial: on a shared machine a slow moment
         # then hits both decoders alike instead of deciding the comparison.
-        variants = ["grain"] + ["legacy"] * args.legacy + ["host_normalise"] * args.host_normalise
+        variants = ["grain"] + ["bicubic"] * args.compare + ["host_normalise"] * args.host_normalise
         # Per decoder: 1 proc, all procs, then 0 / all workers of each variant; CPU ms per image at 0 workers.
         best = {d: [0.0] * (2 + 2 * len(variants)) for d in image_ops.DECODERS}
-        cpu = {d: [float("inf")] * len(variants) for d in image_ops.DECODERS}
-        n_batches = max(2, len(jpegs) // args.batch_size - 2)
+        # CPU ms per image of all the pipeline's processes, 0 workers then `cores` workers, per variant.
+        cpu = {d: [[float("inf")] * 2 for _ in variants] for d in image_ops.DECODERS}
+        n_batches = max(2, len(jpegs) // args.batch_size - 2)  # per trial: the shuffled records are all distinct
         if not args.grain_only:
             ctx = mp.get_context("spawn")
             with ctx.Pool(cores) as pool:
@@ -216,26 +348,31 @@ def main():
             for d in image_ops.DECODERS:
                 for v, variant in enumerate(variants):
                     col = 2 + 2 * v
-                    (r0, c0), (rn, _) = (time_grain(data_dir, tok, d, 0, args.batch_size, n_batches, variant),
+                    (r0, c0), (rn, cn) = (time_grain(data_dir, tok, d, 0, args.batch_size, n_batches, variant),
                                          time_grain(data_dir, tok, d, cores, args.batch_size, n_batches, variant))
                     best[d][col:col + 2] = [max(best[d][col], r0), max(best[d][col + 1], rn)]
-                    cpu[d][v] = min(cpu[d][v], c0)
+                    cpu[d][v] = [min(cpu[d][v][0], c0), min(cpu[d][v][1], cn)]
         rows = [(d, best[d][0], best[d][1]) for d in image_ops.DECODERS]
 
         pil_one = rows[0][1] or 1.0
         print()
-        names = {"grain": "grain", "legacy": "legacy", "host_normalise": "host norm."}
+        names = {"grain": "grain", "bicubic": "bicubic", "host_normalise": "host norm."}
         heads = "".join(f" {names[v] + ' 0 wkr':>16} {f'{names[v]} {cores} wkr':>16}" for v in variants)
         print(f"{'decoder':<12} {'1 proc img/s':>13} {f'{cores} procs img/s':>16} {'per core':>9} "
               f"{'vs PIL':>7}" + heads)
         for decoder, one, allp in rows:
             cols = "".join(f" {x:>16.0f}" for x in best[decoder][2:])
             print(f"{decoder:<12} {one:>13.0f} {allp:>16.0f} {allp / cores:>9.0f} {one / pil_one:>6.2f}x" + cols)
-        print("grain 0 workers, CPU time per image (least of the trials): "
-              + "; ".join(f"{d} " + ", ".join(f"{names[v]} {cpu[d][i]:.3f} ms" for i, v in enumerate(variants))
-                          for d in image_ops.DECODERS))
-        if args.legacy:
-            print("(grain: the global, index-addressed stream; legacy: the per-process grain shuffle before it)")
+        print(f"\nCPU time per image of all the pipeline's processes (least of the trials), with 0 and {cores} "
+              f"workers, and the images/s per core it makes (1000 / ms):")
+        for d in image_ops.DECODERS:
+            for v, variant in enumerate(variants):
+                (c0, cn) = cpu[d][v]
+                print(f"  {d:<11} {names[variant]:<11} 0 workers {c0:.3f} ms ({1000 / c0:>4.0f} img/s per core)   "
+                      f"{cores} workers {cn:.3f} ms ({1000 / cn:>4.0f} img/s per core)")
+        if args.compare:
+            print("(grain: the pipeline, bilinear training crops; bicubic: the same with bicubic training crops, as "
+                  "before; interleaved in every trial)")
         if args.host_normalise:
             print("(host norm.: float32 batches normalised on the host, as before uint8 batches)")
             transfer(next(iter(pipeline.make_dataset(data_dir, tokenizer=tok, image_size=CROP,

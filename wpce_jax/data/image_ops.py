@@ -2,7 +2,8 @@
 
 Both decoders use the JPEG DCT-domain downscaling (1/2, 1/4, 1/8) whenever the crop still has at least the
 output resolution afterwards: a large source image is never fully decoded just to be shrunk. Crop and resize
-are one PIL bicubic resample over the crop box (sub-pixel exact, no intermediate image).
+are one PIL resample over the crop box (sub-pixel exact, no intermediate image): bicubic for evaluation, bilinear
+(TRAIN_RESAMPLE) for training crops.
 
 Decoders (chosen by ``benchmarks/pipeline.py``; see DEFAULT_DECODER):
     "pil"         Pillow's libjpeg(-turbo) via Image.draft.
@@ -36,6 +37,14 @@ DECODERS = ("pil", "simplejpeg")
 DEFAULT_DECODER = "simplejpeg"
 
 Box = tuple[float, float, float, float]  # (left, top, right, bottom) in source pixels
+
+# Training crops resample bilinearly (antialiased when shrinking), as torchvision's RandomResizedCrop does by
+# default: the resize is most of a training example's CPU time, and bilinear's two taps per axis cost two thirds of
+# bicubic's four (benchmarks/pipeline.py --breakdown). Against bicubic on the same crop box it moves a pixel by
+# 1.2 grey levels on average on 256-pixel photos (p99 10, at edges), 0.3 on the benchmark's images, 0.05 on the
+# digits (benchmarks/pipeline.py --resample_check). Evaluation crops stay bicubic (eval_crop).
+TRAIN_RESAMPLE = Image.Resampling.BILINEAR
+EVAL_RESAMPLE = Image.Resampling.BICUBIC
 
 
 def random_resized_crop_box(width: int, height: int, rng: np.random.Generator,
@@ -81,12 +90,13 @@ def _dct_scale(box: Box, size: int) -> int:
     return factor
 
 
-def _resize_box(img: Image.Image, box: Box, scale_x: float, scale_y: float, size: int) -> np.ndarray:
+def _resize_box(img: Image.Image, box: Box, scale_x: float, scale_y: float, size: int,
+                resample: Image.Resampling) -> np.ndarray:
     if img.mode != "RGB":
         img = img.convert("RGB")
     b = (box[0] / scale_x, box[1] / scale_y, box[2] / scale_x, box[3] / scale_y)
-    # resize(box=...) resamples only the crop with a bicubic filter sized to the true scale (antialiased).
-    return np.asarray(img.resize((size, size), Image.Resampling.BICUBIC, box=b))
+    # resize(box=...) resamples only the crop with a filter sized to the true scale (antialiased).
+    return np.asarray(img.resize((size, size), resample, box=b))
 
 
 def _pil_size(data: bytes) -> tuple[int, int]:
@@ -94,7 +104,8 @@ def _pil_size(data: bytes) -> tuple[int, int]:
         return img.size
 
 
-def _pil_crop_resize(data: bytes, box_fn: Callable[[int, int], Box], size: int) -> np.ndarray:
+def _pil_crop_resize(data: bytes, box_fn: Callable[[int, int], Box], size: int,
+                     resample: Image.Resampling) -> np.ndarray:
     img = Image.open(io.BytesIO(data))
     width, height = img.size
     box = box_fn(width, height)
@@ -102,14 +113,15 @@ def _pil_crop_resize(data: bytes, box_fn: Callable[[int, int], Box], size: int) 
     if factor > 1 and img.format == "JPEG":
         img.draft("RGB", (math.ceil(width / factor), math.ceil(height / factor)))
     img.load()
-    return _resize_box(img, box, width / img.size[0], height / img.size[1], size)
+    return _resize_box(img, box, width / img.size[0], height / img.size[1], size, resample)
 
 
-def _simplejpeg_crop_resize(data: bytes, box_fn: Callable[[int, int], Box], size: int) -> np.ndarray:
+def _simplejpeg_crop_resize(data: bytes, box_fn: Callable[[int, int], Box], size: int,
+                            resample: Image.Resampling) -> np.ndarray:
     import simplejpeg
 
     if not simplejpeg.is_jpeg(data):  # records hold JPEGs; anything else takes the general path
-        return _pil_crop_resize(data, box_fn, size)
+        return _pil_crop_resize(data, box_fn, size, resample)
     height, width, _, _ = simplejpeg.decode_jpeg_header(data)
     box = box_fn(width, height)
     factor = _dct_scale(box, size)
@@ -117,7 +129,7 @@ def _simplejpeg_crop_resize(data: bytes, box_fn: Callable[[int, int], Box], size
     arr = simplejpeg.decode_jpeg(data, colorspace="RGB", min_factor=factor,
                                  min_height=math.ceil(height / factor), min_width=math.ceil(width / factor))
     img = Image.fromarray(arr)
-    return _resize_box(img, box, width / arr.shape[1], height / arr.shape[0], size)
+    return _resize_box(img, box, width / arr.shape[1], height / arr.shape[0], size, resample)
 
 
 _IMPLS = {"pil": _pil_crop_resize, "simplejpeg": _simplejpeg_crop_resize}
@@ -131,9 +143,9 @@ def _impl(decoder: str):
 
 
 def train_crop(data: bytes, size: int, rng: np.random.Generator, scale: tuple[float, float] = (0.5, 1.0),
-               decoder: str = DEFAULT_DECODER) -> np.ndarray:
-    """RandomResizedCrop(size, scale, bicubic) of an encoded image. Returns uint8 [size, size, 3]."""
-    return _impl(decoder)(data, lambda w, h: random_resized_crop_box(w, h, rng, scale), size)
+               decoder: str = DEFAULT_DECODER, resample: Image.Resampling = TRAIN_RESAMPLE) -> np.ndarray:
+    """RandomResizedCrop(size, scale, resample) of an encoded image. Returns uint8 [size, size, 3]."""
+    return _impl(decoder)(data, lambda w, h: random_resized_crop_box(w, h, rng, scale), size, resample)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,10 +196,10 @@ def _shift_hue(img: Image.Image, hue: float) -> Image.Image:
 
 def train_views(data: bytes, size: int, rng: np.random.Generator, augment: ViewAugment,
                 scale: tuple[float, float] = (0.08, 1.0), decoder: str = DEFAULT_DECODER,
-                count: int = 2) -> list[np.ndarray]:
+                count: int = 2, resample: Image.Resampling = TRAIN_RESAMPLE) -> list[np.ndarray]:
     """`count` independent SimCLR views of an encoded image: each a RandomResizedCrop(size, scale) followed by
     `augment`, drawn one after the other from `rng`. Returns uint8 [size, size, 3] arrays."""
-    return [augment(train_crop(data, size, rng, scale, decoder), rng) for _ in range(count)]
+    return [augment(train_crop(data, size, rng, scale, decoder, resample), rng) for _ in range(count)]
 
 
 def eval_crop(data, size: int, decoder: str = DEFAULT_DECODER) -> np.ndarray:
@@ -198,8 +210,8 @@ def eval_crop(data, size: int, decoder: str = DEFAULT_DECODER) -> np.ndarray:
             raise ValueError(f"pixels must be uint8 [H, W], [H, W, 1] or [H, W, 3], got {data.dtype} "
                              f"{data.shape}")
         img = Image.fromarray(data[..., 0] if data.ndim == 3 and data.shape[-1] == 1 else data)
-        return _resize_box(img, center_crop_box(*img.size), 1.0, 1.0, size)
-    return _impl(decoder)(data, center_crop_box, size)
+        return _resize_box(img, center_crop_box(*img.size), 1.0, 1.0, size, EVAL_RESAMPLE)
+    return _impl(decoder)(data, center_crop_box, size, EVAL_RESAMPLE)
 
 
 def normalize(images, stats: str = "imagenet"):
