@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from wpce_jax.data import convert, records, testing
+from wpce_jax.errors import ConfigError
 
 MAX_PIXELS = 300 * 300  # small cap so the "decompression bomb" test image stays small
 MAX_SIDE = 96
@@ -400,3 +401,50 @@ def test_empty_input_message_and_no_stale_empty_manifest(tmp_path, capsys):
     records.write_manifest(str(out), dict(m, num_examples=0, shards=[]))  # same run, claims an empty dataset
     os.remove(out / records.shard_name(0, 1))
     assert convert.convert([str(tmp_path / "ok.tar")], str(out), 1, show_progress=False)["num_examples"] == 2
+
+
+def test_labels_key_keeps_label_tuples_and_counts_bad_ones(tmp_path):
+    # --labels_key: the json's KEY (an int or a list of ints) becomes the record's "labels"; K is the length of the
+    # first valid tuple (here a0's, after a bad one); every other case is dropped with its reason.
+    def sample(key, meta, raw_json=None):
+        members = testing.sample_members(key, testing.encode(testing.digit_image(len(key), 32), quality=90),
+                                         f"caption {key}", meta)
+        return members + ([(f"{key}.json", raw_json)] if raw_json is not None else [])
+
+    (tmp_path / "in").mkdir()
+    testing.write_tar(str(tmp_path / "in" / "a.tar"), [
+        *sample("a00", {"labels": [1, "x"]}),            # bad_labels (and not the one that fixes K)
+        *sample("a01", {"labels": [3, 1], "url": "u/a01"}),  # kept: K = 2
+        *sample("a02", {"labels": 5}),                    # an int is a tuple of one: labels_length
+        *sample("a03", None),                             # no json: missing_labels
+        *sample("a04", {"other": [1, 2]}),                # no key: missing_labels
+        *sample("a05", None, raw_json=b"{not json"),      # a json that does not parse: missing_labels
+        *sample("a06", {"labels": [True, 2]}),            # bools are no labels: bad_labels
+        *sample("a07", {"labels": [1.0, 2]}),             # bad_labels
+        *sample("a08", {"labels": [2 ** 31, 0]}),         # outside int32: bad_labels
+        *sample("a09", {"labels": []}),                   # bad_labels
+    ])
+    testing.write_tar(str(tmp_path / "in" / "b.tar"), [
+        *sample("b00", {"labels": [0, -9]}),              # kept
+        *sample("b01", {"labels": [2, 3, 4]}),            # labels_length
+    ])
+    inputs = [str(tmp_path / "in" / "b.tar"), str(tmp_path / "in" / "a.tar")]  # sorted by the converter
+    m = convert.convert(inputs, str(tmp_path / "out"), 1, show_progress=False, labels_key="labels")
+    assert m["num_examples"] == 2
+    assert m["dropped"] == {"bad_labels": 5, "labels_length": 2, "missing_labels": 3}
+    assert m["options"]["labels_key"] == "labels" and m["options"]["num_labels"] == 2
+    _, recs = _read_all(tmp_path / "out")
+    assert {r["key"]: r["labels"] for r in recs} == {"a01": [3, 1], "b00": [0, -9]}
+    assert {r["key"]: r.get("url") for r in recs} == {"a01": "u/a01", "b00": None}
+
+    # --num_labels fixes K instead: the int becomes a tuple of one, the pairs are now the wrong length.
+    m = convert.convert(inputs, str(tmp_path / "out1"), 1, show_progress=False, labels_key="labels", num_labels=1)
+    assert m["num_examples"] == 1 and m["dropped"]["labels_length"] == 3
+    assert [r["labels"] for r in _read_all(tmp_path / "out1")[1]] == [[5]]
+
+    # Without --labels_key the json's tuples are ignored and no sample is dropped for them.
+    m = convert.convert(inputs, str(tmp_path / "out2"), 1, show_progress=False)
+    assert m["num_examples"] == 12 and m["dropped"] == {}
+    assert not any("labels" in r for r in _read_all(tmp_path / "out2")[1])
+    with pytest.raises(ConfigError, match="--labels_key"):
+        convert.convert(inputs, str(tmp_path / "out3"), 1, show_progress=False, num_labels=2)

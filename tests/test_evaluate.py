@@ -346,3 +346,62 @@ def test_image_retrieval_leaves_out_queries_without_match_as_pytorch_metric_lear
     # Every image alone in its class: no query is defined.
     alone = image_retrieval.scores(vectors[:5, None], np.arange(5))
     assert alone["queries_without_match"] == 5 and all(np.isnan(alone[m]) for m in image_retrieval.METRICS)
+
+
+def _numpy_graded_ndcg(compared: np.ndarray, tuples: np.ndarray, rule: str, by: str, k: int = 10) -> float:
+    """Brute force in float64: each image ranks the others (its own column deleted) by draw-averaged similarity or
+    negative squared distance; grades from the tuples (exact: all equal, positional: equal positions,
+    hierarchical: common prefix), DCG@k = sum (2^g - 1) / log2(1 + rank), over the ideal DCG@k of the others'
+    grades; the mean over queries with some other image of grade > 0."""
+    n, draws = compared.shape[:2]
+    v = compared.astype(np.float64)
+    scores = np.einsum("nrf,mrf->nm", v, v) / draws
+    if by == "distance":
+        scores = -np.sum((v[:, None] - v[None, :]) ** 2, axis=(2, 3)) / draws
+    out = []
+    for i in range(n):
+        others = [j for j in range(n) if j != i]
+        equal = tuples[others] == tuples[i]
+        grades = {"exact": equal.all(1), "positional": equal.sum(1),
+                  "hierarchical": np.cumprod(equal, axis=1).sum(1)}[rule].astype(np.float64)
+        if not (grades > 0).any():
+            continue
+        ranked = grades[np.argsort(-scores[i, others], kind="stable")]
+        discount = 1 / np.log2(np.arange(2, k + 2))
+        dcg = np.sum((2 ** ranked[:k] - 1) * discount[:len(ranked[:k])])
+        ideal = np.sort(grades)[::-1][:k]
+        out.append(dcg / np.sum((2 ** ideal - 1) * discount[:len(ideal)]))
+    return float(np.mean(out))
+
+
+def test_image_retrieval_graded_ndcg_matches_numpy():
+    from wpce_jax.data.eval_sources import ClassificationSet
+    from wpce_jax.evaluate import image_retrieval
+    from wpce_jax.evaluate.encode import ImageFeatures
+
+    rng = np.random.default_rng(5)
+    # (coarse, fine) of 12 fine classes in 4 coarse ones (coarse = fine // 3); one fine class has a single image.
+    labels = rng.permutation(np.concatenate([rng.integers(0, 11, 69), [11]]))
+    class_tuples = np.stack([np.arange(12) // 3, np.arange(12)], axis=1)
+    compared = (np.eye(8)[labels % 8][:, None, :] + np.eye(8)[labels // 3][:, None, :]
+                + 0.9 * rng.normal(size=(70, 2, 8))) * rng.uniform(0.3, 3, (70, 1, 1))
+    compared = compared.astype(np.float32)
+    values = {}
+    for rule in ("exact", "positional", "hierarchical"):
+        for by in ("similarity", "distance"):
+            got = image_retrieval.scores(compared, labels, by=by, label_tuples=class_tuples[labels], rule=rule)
+            # Continuous random scores: no ties, so float32 and float64 rank alike; 1e-5 covers float32 sums.
+            assert got["ndcg@10"] == pytest.approx(_numpy_graded_ndcg(compared, class_tuples[labels], rule, by),
+                                                   abs=1e-5), (rule, by)
+            values[rule, by] = got["ndcg@10"]
+            # The binary metrics beside it are unchanged by the tuples.
+            plain = image_retrieval.scores(compared, labels, by=by)
+            assert {m: got[m] for m in plain} == plain
+    assert values["exact", "similarity"] != values["hierarchical", "similarity"]
+    # evaluate() takes each class's tuple from the set, and names the metric.
+    data = ClassificationSet(None, [str(c) for c in range(12)], None, class_tuples)
+    features = ImageFeatures(compared, compared[:, 0], labels, 0)
+    named = image_retrieval.evaluate("h", data, images=features, rule="hierarchical")
+    assert named["image_retrieval/h/ndcg@10"] == pytest.approx(values["hierarchical", "similarity"], abs=1e-7)
+    assert "image_retrieval/h/ndcg@10" not in image_retrieval.evaluate("h", data._replace(label_tuples=None),
+                                                                       images=features)

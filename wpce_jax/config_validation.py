@@ -14,7 +14,7 @@ from wpce_jax.relevance import RULES
 
 DATA_KINDS = ("digits", "digit_pairs", "arrayrecord")
 TOKENIZERS = ("clip_bpe", "sentencepiece")
-MODES = ("image_text", "two_view", "labelled", "ranking")
+MODES = ("image_text", "two_view", "labelled", "ranking", "image_ranking")
 METRIC_LOSSES = ("triplet", "margin_contrastive")
 RANKING_LOSSES = RANKING_KINDS + ("infonce",)  # infonce: the binary baseline, relevance 1 on the partner only
 DIRECTIONS = ("t2i", "i2t", "both")
@@ -25,12 +25,12 @@ MARGINS = {"triplet": 0.2, "margin_contrastive": 1.0}  # FaceNet's 0.2 on square
 
 class ModeSettings(NamedTuple):
     """The training mode and its resolved fields (`mode_settings`)."""
-    mode: str                      # "image_text" | "two_view" | "labelled" | "ranking"
+    mode: str                      # "image_text" | "two_view" | "labelled" | "ranking" | "image_ranking"
     temperature: float             # two_view: NT-Xent temperature (config.mode_temperature)
     metric_loss: str               # labelled: "triplet" | "margin_contrastive" (config.metric_loss)
     margin: float                  # labelled: config.margin
     mining: str                    # labelled, triplet: "semihard" | "hard" | "all" (config.mining)
-    views: Optional[dict]          # two_view: image_ops.ViewAugment fields (config.views.*), else None
+    views: Optional[dict]          # two_view, image_ranking: image_ops.ViewAugment fields (config.views.*), else None
     relevance: str                 # "exact" | "positional" | "hierarchical" (config.data.relevance; retrieval too)
     ranking_kind: str              # ranking: losses.RANKING_KINDS or "infonce" (config.ranking.kind)
     direction: str                 # ranking: "t2i" | "i2t" | "both" (config.ranking.direction)
@@ -42,9 +42,11 @@ def mode_settings(config: ConfigDict) -> ModeSettings:
     Fields (top level; absent or None take the default):
       mode               "image_text" (default) | "two_view" (SimCLR: two augmented views, image tower only) |
                          "labelled" (class labels of the records, image tower only) | "ranking" (images and
-                         captions with graded relevance from the records' label tuples, objectives.py)
+                         captions with graded relevance from the records' label tuples, objectives.py) |
+                         "image_ranking" (the image tower alone: two augmented views of each image, the first
+                         view's vectors ranking the second's with graded relevance from the label tuples)
       mode_temperature   two_view: NT-Xent temperature, > 0 (default 0.1)
-      views.strength     two_view: colour-jitter strength s >= 0 (default 1.0; 0 turns jitter off)
+      views.strength     two_view, image_ranking: colour-jitter strength s >= 0 (default 1.0; 0 turns jitter off)
       views.flip         two_view: random horizontal flips (default False)
       views.jitter_prob  two_view: probability of colour jitter, in [0, 1] (default 0.8)
       views.grayscale_prob  two_view: probability of grayscale, in [0, 1] (default 0.2)
@@ -53,9 +55,10 @@ def mode_settings(config: ConfigDict) -> ModeSettings:
       mining             labelled, triplet: "semihard" (default) | "hard" | "all"
       data.relevance     the grade of a pair of label tuples (relevance.py): "exact" (default) | "positional" |
                          "hierarchical"; the ranking loss's and the graded retrieval NDCG's
-      ranking.kind       ranking: "softmax" (default) | "pairwise_logistic" | "approx_ndcg" | "pointwise_sigmoid" |
+      ranking.kind       ranking, image_ranking: "softmax" (default) | "pairwise_logistic" | "approx_ndcg" | "pointwise_sigmoid" |
                          "infonce" (the binary baseline: relevance 1 on the partner only)
-      ranking.direction  ranking: "t2i" (captions query images, default) | "i2t" | "both" (the mean of the two)
+      ranking.direction  ranking: "t2i" (captions query images, default) | "i2t" | "both" (the mean of the two);
+                         image_ranking: "i2t" (the first view queries the second) | "t2i" | "both"
     """
     mode = _get(config, "mode", "image_text")
     if mode not in MODES:
@@ -65,7 +68,7 @@ def mode_settings(config: ConfigDict) -> ModeSettings:
     margin = _get(config, "margin", None)
     mining = _get(config, "mining", "semihard")
     views = None
-    if mode == "two_view":
+    if mode in ("two_view", "image_ranking"):
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
             raise ConfigError(f"config field mode_temperature must be a number > 0, got {temperature!r}")
         views = {"strength": _get(config, "views.strength", 1.0), "flip": _get(config, "views.flip", False),
@@ -93,7 +96,7 @@ def mode_settings(config: ConfigDict) -> ModeSettings:
         raise ConfigError(f"config field data.relevance must be one of {RULES}, got {relevance!r}")
     kind = _get(config, "ranking.kind", "softmax")
     direction = _get(config, "ranking.direction", "t2i")
-    if mode == "ranking":
+    if mode in ("ranking", "image_ranking"):
         if kind not in RANKING_LOSSES:
             raise ConfigError(f"config field ranking.kind must be one of {RANKING_LOSSES}, got {kind!r}")
         if direction not in DIRECTIONS:

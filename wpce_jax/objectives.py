@@ -155,8 +155,8 @@ def _labelled_objective(model, config: ConfigDict, mesh):
 # --------------------------------------------------------------------------------------------- ranking
 
 def _ranking_loss(kind: str, direction: str, rule: str, x, y, labels, scale):
-    """The ranking loss of local shards x (images), y (captions) [b, F] with label tuples labels [b, K], inside
-    shard_map. Relevance [b, B] of this device's queries against every item of the global batch, from the
+    """The ranking loss of local shards x (images), y (captions, or the images' second views) [b, F] with label
+    tuples labels [b, K], inside shard_map. Relevance [b, B] of this device's queries against every item of the global batch, from the
     all-gathered labels (an image and its caption share a tuple, so it is the same matrix both ways); "infonce":
     1 on the partner only, the listwise softmax of which is InfoNCE (both directions: the symmetric one)."""
     local = x.shape[0]
@@ -195,6 +195,25 @@ def _ranking_objective(model, config: ConfigDict, mesh):
     return objective
 
 
+def _image_ranking_objective(model, config: ConfigDict, mesh):
+    """config.ranking.kind over two views (x, y) of each image, relevance by config.data.relevance from the label
+    tuples batch["labels"] [B, K] (an image's two views share its tuple; its other view is one of the most relevant
+    items, so no query is ranked against itself). The logit scale stays at its initial value (the image-only steps
+    do not train it, train_step.py), like NT-Xent's fixed temperature. Metrics: the mean top-1 of each view finding
+    its partner among the other view's B."""
+    settings = mode_settings(config)
+    similarity = config.model.similarity
+    loss = partial(_ranking_loss, settings.ranking_kind, settings.direction, settings.relevance)
+    sharded = jax.shard_map(lambda x, y, labels, scale: (loss(x, y, labels, scale), _top1(x, y, scale)), mesh=mesh,
+                            in_specs=(P(DATA_AXIS), P(DATA_AXIS), P(DATA_AXIS), P()), out_specs=(P(), P()))
+
+    def objective(params, vectors, batch):
+        value, accuracy = sharded(*vectors, batch["labels"], logit_scale_value(params, similarity))
+        return value, {"train/view_top1": (accuracy["i2t_top1"] + accuracy["t2i_top1"]) / 2}
+
+    return objective
+
+
 MODES = {
     "image_text": Objective(("image", "tokens"), False, _encode_image_text, _image_text_objective,
                             ("train/logit_scale", "train/i2t_top1", "train/t2i_top1")),
@@ -203,6 +222,8 @@ MODES = {
                           ("train/positive_sq_dist", "train/negative_sq_dist"), reads=("label",)),
     "ranking": Objective(("image", "tokens"), False, _encode_image_text, _ranking_objective,
                          ("train/logit_scale", "train/i2t_top1", "train/t2i_top1"), reads=("labels",)),
+    "image_ranking": Objective(("image", "image2"), True, _encode_two_views, _image_ranking_objective,
+                               ("train/view_top1",), reads=("labels",)),
 }
 
 
@@ -217,7 +238,8 @@ def check_batch(mode: str, batch: dict) -> None:
     if mode == "labelled" and (batch["label"] < 0).any():
         raise ConfigError("config field mode='labelled' needs class labels, but the training records include "
                           "unlabelled ones (label -1); use mode 'image_text' or 'two_view' for this data")
-    if mode == "ranking" and ("labels" not in batch or batch["labels"].ndim != 2 or batch["labels"].shape[1] < 1):
-        raise ConfigError("config field mode='ranking' needs a label tuple in every training record (header field "
-                          "\"labels\": a list of ints, e.g. configs/digit_pairs.py's data, or a converted set with "
-                          "--labels_key); these records have none")
+    if mode in ("ranking", "image_ranking") and ("labels" not in batch or batch["labels"].ndim != 2
+                                                 or batch["labels"].shape[1] < 1):
+        raise ConfigError(f"config field mode={mode!r} needs a label tuple in every training record (header field "
+                          "\"labels\": a list of ints, e.g. configs/digit_pairs.py's data, a converted set with "
+                          "--labels_key, or tfds_to_records --labels_features); these records have none")

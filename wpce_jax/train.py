@@ -234,7 +234,7 @@ def _dataset(config: ConfigDict, data: run_data.RunData, start_example: int):
                         batch_size=per_process_batch(config.batch_size), seed=config.seed,
                         process_index=jax.process_index(), process_count=jax.process_count(),
                         crop_scale=tuple(config.data.crop_scale), worker_count=config.data.worker_count,
-                        views=ViewAugment(**settings.views) if settings.mode == "two_view" else None,
+                        views=ViewAugment(**settings.views) if settings.views is not None else None,
                         samples_per_class=config.data.get("samples_per_class", 0), start_example=start_example)
 
 

@@ -1,14 +1,17 @@
 """Converts webdataset tar shards (img2dataset / pixparse cc12m-wds) into a record dataset (records.py).
 
     python -m wpce_jax.data.convert --input 'DIR/*.tar' --output OUT --num_shards N [--workers K]
-        [--max_pixels P] [--max_image_side S] [--jpeg_quality Q]
+        [--max_pixels P] [--max_image_side S] [--jpeg_quality Q] [--labels_key KEY [--num_labels K]]
 
 Two phases, both parallel over worker processes and both resumable:
  1. Per input tar (sorted by path): stream its members from memory (nothing is extracted; member names never
     reach the file system), group them by webdataset key (name up to the first dot of the file name), keep a
     sample only when it has an image that decodes and a caption that is non-empty after whitespace
     normalisation (a ".cls" member, when present, becomes the record's integer "label"; one that is not a
-    non-negative integer drops the sample as "bad_label"); write the kept records, in tar order, to OUT/_staging/input-IIIII.array_record with a JSON
+    non-negative integer drops the sample as "bad_label"; with --labels_key KEY the sample's ".json" member's KEY,
+    an int or a list of ints, becomes the record's label tuple "labels" (the ranking mode's relevance), and a
+    sample without it is dropped as "missing_labels", one whose value is not ints as "bad_labels", one whose tuple
+    has another length than K as "labels_length"); write the kept records, in tar order, to OUT/_staging/input-IIIII.array_record with a JSON
     sidecar (counts, drop reasons, record sizes, damage). A truncated or unreadable tar keeps every sample
     read before the damage and reports it.
  2. Split the concatenation of all staged records (input order, then tar order: deterministic) into N
@@ -17,6 +20,9 @@ Two phases, both parallel over worker processes and both resumable:
 Re-running with the same arguments resumes: staged inputs and output shards whose final files exist with the
 expected record count are kept, everything else is redone. Different inputs or options on an existing output
 directory are refused rather than mixed.
+K, the length every label tuple must have, is --num_labels, or else the length of the first valid tuple in the
+first input (sorted by path) that has one, found by reading that input up to it before phase 1 (so that every
+worker applies the same K and the output does not depend on which tar is read first).
 When no sample at all survives (every one dropped, or the tars hold none), nothing is written: the staging
 directory is removed (and OUT too when that leaves it empty), convert() raises EmptyOutputError, and the command
 prints one line naming the inputs and the drop counts on stderr and exits with status 1.
@@ -57,6 +63,7 @@ CAPTION_EXT = "txt"
 META_EXT = "json"
 LABEL_EXT = "cls"  # webdataset's class label: a decimal integer (labelled sets such as ImageNet shards)
 STAGING = "_staging"
+_INT32 = (-2 ** 31, 2 ** 31 - 1)  # label tuples are int32 in the batches (pipeline.py)
 _PROGRESS_EVERY = 64  # samples between progress messages from a worker
 _TAIL = 1 << 16  # bytes of the tar stream kept to check the end-of-archive block
 
@@ -157,6 +164,40 @@ def normalize_caption(raw: bytes) -> str:
     return " ".join(raw.decode("utf-8", errors="replace").replace("\ufeff", "").split())
 
 
+def _read_json(data: bytes | None) -> Any:
+    """The parsed ".json" member, or None when there is none or it does not parse."""
+    if data is None:
+        return None
+    try:
+        return json.loads(data.decode("utf-8", errors="replace"))
+    except json.JSONDecodeError:
+        return None
+
+
+def label_tuple(value: Any) -> list[int] | None:
+    """A webdataset json value as a label tuple: an int -> [int], a non-empty list of ints -> itself; None for
+    anything else (bools, floats, strings, nested lists, ints outside int32)."""
+    items = [value] if not isinstance(value, list) else value
+    ok = items and all(isinstance(v, int) and not isinstance(v, bool) and _INT32[0] <= v <= _INT32[1]
+                       for v in items)
+    return list(items) if ok else None
+
+
+def first_label_length(inputs: list[str], labels_key: str) -> int | None:
+    """The length of the first valid label tuple under labels_key in the inputs' json members, in input order and
+    member order (the K of --labels_key when --num_labels is not given); None when no sample has one."""
+    for path in inputs:
+        for kind, value in iter_tar_members(path):
+            if kind != "file" or _split_key(value[0])[1] != META_EXT:
+                continue
+            info = _read_json(value[1])
+            if isinstance(info, dict) and labels_key in info:
+                labels = label_tuple(info[labels_key])
+                if labels is not None:
+                    return len(labels)
+    return None
+
+
 def _sample_record(key: str, files: dict[str, bytes], source: str, opts: dict[str, Any]
                    ) -> tuple[bytes, str | None]:
     """One grouped sample -> (record bytes, re-encode reason or None); raises Drop."""
@@ -172,20 +213,25 @@ def _sample_record(key: str, files: dict[str, bytes], source: str, opts: dict[st
                                            max_image_side=opts["max_image_side"],
                                            jpeg_quality=opts["jpeg_quality"])
     meta: dict[str, Any] = {"key": key, "source": source, "width": width, "height": height}
+    info = _read_json(files.get(META_EXT))  # provenance is optional; a broken json does not make the sample bad
+    if opts.get("labels_key") is not None:  # ... unless it should hold the label tuple
+        if not isinstance(info, dict) or opts["labels_key"] not in info:
+            raise Drop("missing_labels")
+        labels = label_tuple(info[opts["labels_key"]])
+        if labels is None:
+            raise Drop("bad_labels")
+        if len(labels) != opts["num_labels"]:  # relevance compares tuples position by position
+            raise Drop("labels_length")
+        meta["labels"] = labels
     if LABEL_EXT in files:
         text = files[LABEL_EXT].decode("utf-8", errors="replace").strip()
         if not text.isdigit():  # a broken label would silently join the wrong class: drop the sample
             raise Drop("bad_label")
         meta["label"] = int(text)
-    if META_EXT in files:
-        try:
-            info = json.loads(files[META_EXT].decode("utf-8", errors="replace"))
-        except json.JSONDecodeError:
-            info = None  # provenance is optional; a broken json does not make the sample bad
-        if isinstance(info, dict):
-            for k in ("url", "sha256"):
-                if isinstance(info.get(k), str) and info[k]:
-                    meta[k] = info[k]
+    if isinstance(info, dict):
+        for k in ("url", "sha256"):
+            if isinstance(info.get(k), str) and info[k]:
+                meta[k] = info[k]
     return records.encode_record(jpeg, caption, **meta), why
 
 
@@ -389,13 +435,16 @@ def convert(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_image_side: int | None = DEFAULT_MAX_IMAGE_SIDE,
     jpeg_quality: int = DEFAULT_JPEG_QUALITY,
+    labels_key: str | None = None,
+    num_labels: int | None = None,
     show_progress: bool = True,
     on_input_done: Callable[[int], None] | None = None,
     on_shard_done: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Converts tar shards to OUT (records.py format). Returns the manifest written to OUT/manifest.json.
 
-    on_input_done(i) / on_shard_done(j) are called in the main process after input i is staged / output
+    labels_key / num_labels: keep the label tuple of each sample's json (module docstring; num_labels None: the
+    length of the first valid tuple). on_input_done(i) / on_shard_done(j) are called in the main process after input i is staged / output
     shard j is written (progress hooks; an exception there interrupts the conversion, which a re-run resumes).
     """
     if num_shards < 1:
@@ -407,6 +456,17 @@ def convert(
             raise MissingInputError(f"{p}: input tar not found")
     inputs = sorted(os.path.abspath(p) for p in inputs)
     opts = {"max_pixels": int(max_pixels), "max_image_side": max_image_side, "jpeg_quality": int(jpeg_quality)}
+    if labels_key is not None:
+        if not labels_key:
+            raise ConfigError("--labels_key must name a key of the samples' json")
+        if num_labels is None:
+            num_labels = first_label_length(inputs, labels_key)
+        elif isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 1:
+            raise ConfigError(f"--num_labels must be an int >= 1, got {num_labels!r}")
+        # None (no sample has a valid tuple): every sample is dropped, and the run ends in EmptyOutputError.
+        opts.update(labels_key=labels_key, num_labels=num_labels)
+    elif num_labels is not None:
+        raise ConfigError("--num_labels is the length of --labels_key's tuples; give --labels_key too")
     fingerprints = [_input_fingerprint(p) for p in inputs]
     run = {"inputs": fingerprints, "options": opts, "num_shards": num_shards,
            "schema_version": records.SCHEMA_VERSION}
@@ -618,13 +678,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max_image_side", type=int, default=DEFAULT_MAX_IMAGE_SIDE,
                    help="re-encode images with a longer side than this down to it; 0 keeps every size")
     p.add_argument("--jpeg_quality", type=int, default=DEFAULT_JPEG_QUALITY, help="quality of re-encoded JPEGs")
+    p.add_argument("--labels_key", default=None,
+                   help="keep the label tuple in each sample's .json under this key (an int or a list of ints) as "
+                        "the record's 'labels'; samples without one are dropped")
+    p.add_argument("--num_labels", type=int, default=None,
+                   help="with --labels_key: the tuples' length (default: that of the first sample's tuple)")
     args = p.parse_args(argv)
     inputs = sorted({f for pattern in args.input for f in glob.glob(pattern)})
     if not inputs:
         p.error(f"--input {args.input}: no files match")
     try:
         convert(inputs, args.output, args.num_shards, workers=args.workers, max_pixels=args.max_pixels,
-                max_image_side=args.max_image_side or None, jpeg_quality=args.jpeg_quality)
+                max_image_side=args.max_image_side or None, jpeg_quality=args.jpeg_quality,
+                labels_key=args.labels_key, num_labels=args.num_labels)
     except UserError as e:  # e.g. EmptyOutputError, a missing input, an --output of another conversion
         print(f"error: {e}", file=sys.stderr)  # the progress display has ended its line
         return 1

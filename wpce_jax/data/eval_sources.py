@@ -37,6 +37,7 @@ class ClassificationSet(NamedTuple):
     source: Any                        # len() / [i] -> {"image", "label"} or record bytes
     class_names: list[str]             # indexed by label
     templates: Optional[list[str]]     # None: the caller's default for this dataset
+    label_tuples: Any = None           # optional int [C, T]: the label tuple of each class (graded image retrieval)
 
 
 class CaptionSet(NamedTuple):
@@ -201,9 +202,31 @@ class Records:
         return [records.decode_header(self.source[i])[0] for i in range(len(self))]
 
 
+def class_label_tuples(headers: Sequence[dict], num_classes: int, where: str) -> Optional[np.ndarray]:
+    """The label tuple of each class [C, T] from records' headers that carry "labels" (and "label"), or None when
+    none does. Every record of a class must carry the same tuple (CIFAR-100's (coarse, fine): a fine class has one
+    coarse class), else the images of one class would have different relevances: DataError naming the class."""
+    if not any("labels" in h for h in headers):
+        return None
+    table: dict[int, list] = {}
+    for h in headers:
+        if "labels" not in h or not 0 <= h.get("label", -1) < num_classes:
+            raise DataError(f"{where}: some records carry a label tuple and a class label, this one does not: {h}")
+        previous = table.setdefault(h["label"], list(h["labels"]))
+        if previous != list(h["labels"]):
+            raise DataError(f"{where}: class {h['label']} has records with label tuples {previous} and "
+                            f"{list(h['labels'])}; a class needs one tuple")
+    if len({len(t) for t in table.values()}) != 1:
+        raise DataError(f"{where}: the label tuples have different lengths")
+    k = len(next(iter(table.values())))
+    # Classes without a record never index the table; -1 marks them.
+    return np.asarray([table.get(c, [-1] * k) for c in range(num_classes)], np.int64)
+
+
 def records_source(data_dir: str) -> ClassificationSet:
     """A converted labelled set (every record has "label"); class names and templates from DIR/classes.json
-    ({"class_names": [...], "templates": [...]})."""
+    ({"class_names": [...], "templates": [...]}); with label tuples in the records ("labels"), each class's tuple
+    (class_label_tuples)."""
     path = epath.Path(data_dir) / CLASSES_FILE
     if not (epath.Path(data_dir) / records.MANIFEST_NAME).exists():
         raise MissingDataError(f"converted dataset {data_dir}: no {records.MANIFEST_NAME} (convert it with "
@@ -212,7 +235,11 @@ def records_source(data_dir: str) -> ClassificationSet:
         raise MissingDataError(f"converted dataset {data_dir}: {path} is missing; it must hold "
                                f'{{"class_names": [...], "templates": ["a photo of a {{}}.", ...]}}')
     spec = json.loads(path.read_text())
-    return ClassificationSet(Records(data_dir), list(spec["class_names"]), spec.get("templates"))
+    source = Records(data_dir)
+    # Reading every header is a pass over the whole set: only when the first record says there are tuples.
+    has_tuples = len(source) > 0 and "labels" in records.decode_header(source[0])[0]
+    tuples = class_label_tuples(source.headers(), len(spec["class_names"]), data_dir) if has_tuples else None
+    return ClassificationSet(source, list(spec["class_names"]), spec.get("templates"), tuples)
 
 
 def records_captions(data_dir: str) -> CaptionSet:

@@ -18,6 +18,10 @@ label_name text, as CUB's label feature names are just "0".."199"), else "an ima
 label). OUT/{train,test}/classes.json hold {"class_names": [...], "templates": ["a photo of a {}."]} in the
 re-indexed order, for `--config.eval.image_retrieval=NAME=arrayrecord:OUT/test` (or zeroshot/linear probe).
 
+With --labels_features F1,F2,... each record also carries the label tuple "labels" [ex[F1], ex[F2], ...] (the
+original integers, not re-indexed), for the ranking modes' graded relevance and graded image retrieval, e.g. CIFAR-100's
+(coarse, fine) classes: `--name cifar100 --labels_features coarse_label,label` (configs/cifar100_hierarchy.py).
+
 Output is deterministic: records are in (split name, index) order. Memory: the encoded JPEGs of the whole dataset
 are held until written (a few GB for Stanford Online Products).
 """
@@ -91,14 +95,20 @@ def to_jpeg(pixels: np.ndarray) -> bytes:
 
 def convert(name: str, data_dir: str | None, output: str, *, label_feature: str | None = None,
             cut: int | None = None, num_shards: int = 1, splits: Sequence[str] | None = None,
-            progress: bool = True) -> dict[str, dict[str, Any]]:
-    """Writes OUT/train and OUT/test (records + manifest.json + classes.json); returns their manifests."""
+            labels_features: Sequence[str] | None = None, progress: bool = True) -> dict[str, dict[str, Any]]:
+    """Writes OUT/train and OUT/test (records + manifest.json + classes.json); returns their manifests.
+    labels_features: integer features whose values, in order, make each record's label tuple "labels"."""
     known_label, known_cut, name_feature = KNOWN.get(name, ("label", None, None))
     label_feature = label_feature or known_label
     builder, sources = open_sources(name, data_dir, splits)
     features = builder.info.features
     if label_feature not in features:
         raise ConfigError(f"{name}: no label feature {label_feature!r}; features: {sorted(features.keys())}")
+    labels_features = list(labels_features or [])
+    for feature in labels_features:
+        if feature not in features or not getattr(features[feature], "num_classes", None):
+            raise ConfigError(f"{name}: --labels_features names {feature!r}, which is no ClassLabel feature; "
+                              f"features: {sorted(features.keys())}")
     num_classes = getattr(features[label_feature], "num_classes", None)
     if not num_classes:
         raise ConfigError(f"{name}: feature {label_feature!r} is not a ClassLabel")
@@ -127,7 +137,8 @@ def convert(name: str, data_dir: str | None, output: str, *, label_feature: str 
             pixels = np.asarray(ex["image"])
             jpeg = to_jpeg(pixels)
             half, new = ("train", k) if k < cut else ("test", k - cut)
-            halves[half].append((k, split, i, jpeg, pixels.shape[1], pixels.shape[0], new))
+            tuple_ = [int(ex[f]) for f in labels_features]
+            halves[half].append((k, split, i, jpeg, pixels.shape[1], pixels.shape[0], new, tuple_))
             done += 1
             prog.update(1, fraction=done / max(total, 1))
     prog.close()
@@ -136,16 +147,18 @@ def convert(name: str, data_dir: str | None, output: str, *, label_feature: str 
     for half, ranges in (("train", range(cut)), ("test", range(cut, num_classes))):
         out_dir = os.path.join(output, half)
         recs = []
-        for k, split, i, jpeg, width, height, new in halves[half]:
+        for k, split, i, jpeg, width, height, new, tuple_ in halves[half]:
             n = names[k]
             caption = f"a photo of a {n}" if n else f"an image of class {k}"
+            extra = {"labels": tuple_} if labels_features else {}
             recs.append(records.encode_record(jpeg, caption, key=f"{split}/{i}", source=name, label=new,
-                                              width=int(width), height=int(height)))
+                                              width=int(width), height=int(height), **extra))
         halves[half] = []  # free the JPEGs as each half is packed
         manifests[half] = records.write_dataset(
             recs, out_dir, num_shards, inputs=[f"tfds:{name}/{s}" for s in sorted(sources)],
             tfds_name=name, label_feature=label_feature, num_classes=len(ranges),
-            label_offset=ranges.start, source_num_classes=num_classes)
+            label_offset=ranges.start, source_num_classes=num_classes,
+            **({"labels_features": labels_features} if labels_features else {}))
         class_names = [names[k] or f"class {k}" for k in ranges]
         tmp = os.path.join(out_dir, CLASSES_FILE + ".tmp")
         with open(tmp, "w", encoding="utf-8") as f:
@@ -167,10 +180,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="first test class (default: the standard DML cut, else num_classes // 2)")
     p.add_argument("--num_shards", type=int, default=1, help="ArrayRecord files per half")
     p.add_argument("--splits", default=None, help="comma-separated splits to pool (default: all)")
+    p.add_argument("--labels_features", default=None,
+                   help="comma-separated ClassLabel features whose values make each record's label tuple, e.g. "
+                        "coarse_label,label for cifar100")
     args = p.parse_args(argv)
     try:
         manifests = convert(args.name, args.data_dir, args.output, label_feature=args.label_feature, cut=args.cut,
-                            num_shards=args.num_shards, splits=args.splits.split(",") if args.splits else None)
+                            num_shards=args.num_shards, splits=args.splits.split(",") if args.splits else None,
+                            labels_features=args.labels_features.split(",") if args.labels_features else None)
     except UserError as e:  # a dataset not prepared, a --label_feature or --cut that cannot work
         print(f"error: {e}", file=sys.stderr)
         return 1

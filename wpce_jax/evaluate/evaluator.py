@@ -188,7 +188,8 @@ class Evaluator:
             feats = resolved and images(spec, "test", resolved[0].source)
             if feats:
                 run(lambda: image_retrieval.evaluate(spec.name, resolved[0], images=feats, mesh=self.encoders.mesh,
-                                                     by=self.config.eval.get("image_retrieval_by", "similarity")))
+                                                     by=self.config.eval.get("image_retrieval_by", "similarity"),
+                                                     rule=mode_settings(self.config).relevance))
         return results
 
     def _probe(self, name: str, params, train: ImageFeatures, test: ImageFeatures, num_classes: int,

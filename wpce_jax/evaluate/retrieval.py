@@ -38,19 +38,36 @@ def direction_scores(queries, candidates, query_groups, candidate_groups) -> dic
     return {n: float(np.mean(per_query[n])) for n in names}
 
 
-def graded_ndcg(queries, candidates, query_labels, candidate_labels, rule: str, k: int = NDCG_K,
-                block: int = 1024) -> float:
-    """Mean over queries of NDCG@k with graded relevance: queries [Q, F] against candidates [N, F] (dot products),
-    relevance.relevance(query_labels [Q, T], candidate_labels [N, T], rule) as the grades (gains 2^rel - 1, the
-    ideal DCG over all N candidates). A block of queries' [block, N] scores at a time."""
+def graded_ndcg_per_query(queries, candidates, query_labels, candidate_labels, rule: str, k: int = NDCG_K,
+                           block: int = 1024, exclude_self: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(NDCG@k [Q], has_relevant [Q] bool) with graded relevance: queries [Q, F] against candidates [N, F] (dot
+    products), relevance.relevance(query_labels [Q, T], candidate_labels [N, T], rule) as the grades (gains
+    2^rel - 1, the ideal DCG over all N candidates); has_relevant: some candidate has a grade > 0 (else NDCG is 0).
+    exclude_self (queries and candidates one set, Q == N): candidate i scores -inf with grade 0 in query i's
+    ranking, which is the ranking with that column deleted (metrics.retrieval_metrics does the same). A block of
+    queries' [block, N] scores at a time."""
+    if exclude_self and len(queries) != len(candidates):
+        raise ValueError(f"exclude_self needs queries and candidates of one set, got {len(queries)} and "
+                         f"{len(candidates)}")
     candidates, candidate_labels = jnp.asarray(candidates), jnp.asarray(candidate_labels, jnp.int32)
-    per_query = []
+    ndcg, has_relevant = [], []
     for start in range(0, len(queries), block):
         scores = jnp.matmul(jnp.asarray(queries[start:start + block]), candidates.T, precision="highest")
         grades = relevance.relevance(jnp.asarray(query_labels[start:start + block], jnp.int32), candidate_labels,
                                      rule)
-        per_query.append(np.asarray(metrics.ndcg_at_k(scores, grades, k)))
-    return float(np.mean(np.concatenate(per_query)))
+        if exclude_self:
+            is_self = jnp.arange(scores.shape[1])[None, :] == start + jnp.arange(scores.shape[0])[:, None]
+            scores, grades = jnp.where(is_self, -jnp.inf, scores), jnp.where(is_self, 0.0, grades)
+        ndcg.append(np.asarray(metrics.ndcg_at_k(scores, grades, k)))
+        has_relevant.append(np.asarray(jnp.any(grades > 0, axis=1)))
+    return np.concatenate(ndcg), np.concatenate(has_relevant)
+
+
+def graded_ndcg(queries, candidates, query_labels, candidate_labels, rule: str, k: int = NDCG_K,
+                block: int = 1024) -> float:
+    """Mean over all queries of NDCG@k with graded relevance (graded_ndcg_per_query)."""
+    return float(np.mean(graded_ndcg_per_query(queries, candidates, query_labels, candidate_labels, rule, k,
+                                               block)[0]))
 
 
 def evaluate(name: str, data: CaptionSet, images, *, encoders, params, rffs, tokenizer,
