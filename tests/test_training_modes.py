@@ -3,7 +3,6 @@ by hand, the SimCLR views (different, deterministic, repeated by a resumed itera
 configs with an exact resume, and config validation."""
 import json
 import os
-import runpy
 import shutil
 
 import jax
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 
 from wpce_jax import losses as losses_lib, train
+from wpce_jax.cli import load_config_file
 from wpce_jax.data import run_data
 from wpce_jax.data import digits, image_ops
 from wpce_jax.data.pipeline import make_dataset
@@ -185,11 +185,11 @@ def test_bad_mode_fields_fail_validation(cache_dir, tmp_path, path, arg, overrid
 
 
 def test_digits_config_arguments():
-    assert runpy.run_path(LABELLED)["get_config"]("clip,margin_contrastive").margin == 1.0
-    c = runpy.run_path(LABELLED)["get_config"]("wpce")
+    assert load_config_file(LABELLED, "clip,margin_contrastive").margin == 1.0
+    c = load_config_file(LABELLED, "wpce")
     assert (c.model.similarity, c.metric_loss, c.mining, c.eval.zeroshot, c.eval.retrieval, c.eval.linear_probe) == \
         ("wpce", "triplet", "semihard", "", "", "digits")
     with pytest.raises(ValueError, match="margin_contrastive"):
-        runpy.run_path(LABELLED)["get_config"]("wpce,hinge")
-    c = runpy.run_path(TWO_VIEW)["get_config"]("clip")
+        load_config_file(LABELLED, "wpce,hinge")
+    c = load_config_file(TWO_VIEW, "clip")
     assert (c.mode, c.model.similarity, c.views.flip) == ("two_view", "clip", False)
