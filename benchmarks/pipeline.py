@@ -128,14 +128,14 @@ class _HostNormalise(grain.transforms.Map):
 def time_grain(data_dir, tok, decoder, workers, batch_size, num_batches, variant="grain"):
     """(images/s, CPU ms per image) of `variant`: "grain" (the pipeline), "legacy" (before the global stream) or
     "host_normalise" (before uint8 batches)."""
-    make = legacy_make_dataset if variant == "legacy" else pipeline.make_dataset
-    kw = {} if variant == "legacy" else {"train": True}
+    make = legacy_make_dataset if variant == "legacy" else (
+        lambda data_dir, **kw: pipeline.make_train_dataset(data_dir, pipeline.TrainDataOptions(**kw)))
     batched = pipeline._batched
     if variant == "host_normalise":  # the normalisation ran in the workers, before batching
         pipeline._batched = lambda ds, *rest: batched(ds.map(_HostNormalise()), *rest)
     try:
         ds = make(data_dir, tokenizer=tok, image_size=CROP, batch_size=batch_size, seed=0, worker_count=workers,
-                  decoder=decoder, **kw)
+                  decoder=decoder)
     finally:
         pipeline._batched = batched
     it = iter(ds)
@@ -238,8 +238,8 @@ def main():
             print("(grain: the global, index-addressed stream; legacy: the per-process grain shuffle before it)")
         if args.host_normalise:
             print("(host norm.: float32 batches normalised on the host, as before uint8 batches)")
-            transfer(next(iter(pipeline.make_dataset(data_dir, tokenizer=tok, image_size=CROP,
-                                                     batch_size=args.batch_size, seed=0, train=True))), args.trials)
+            transfer(next(iter(pipeline.make_train_dataset(data_dir, pipeline.TrainDataOptions(
+                tokenizer=tok, image_size=CROP, batch_size=args.batch_size, seed=0)))), args.trials)
         if args.grain_only:
             return
         # Chosen on the 1-process column: it is the per-core figure, and the all-process column is at the mercy

@@ -14,7 +14,7 @@ from wpce_jax import losses as losses_lib, train
 from wpce_jax.cli import load_config_file
 from wpce_jax.data import run_data
 from wpce_jax.data import digits, image_ops
-from wpce_jax.data.pipeline import make_dataset
+from wpce_jax.data.pipeline import TrainDataOptions, make_train_dataset
 from wpce_jax.data.records import decode_header, read_manifest, read_records, shard_paths
 from wpce_jax.models.towers import make_model
 from wpce_jax.optimizer import make_optimizer
@@ -127,9 +127,9 @@ def test_flip_is_configurable():
 def test_view_pipeline_resumes_exactly(cache_dir, tmp_path):
     built, _ = _first_jpeg(cache_dir)
     data = run_data.resolve(tiny_config(cache_dir, TWO_VIEW, "wpce"), str(tmp_path))
-    make = lambda start=0: make_dataset(built.train_dir, tokenizer=data.tokenizer, image_size=32, train=True,
-                                        batch_size=16, seed=5, crop_scale=(0.4, 1.0), read_threads=1,
-                                        views=image_ops.ViewAugment(strength=0.5), start_example=start)
+    make = lambda start=0: make_train_dataset(built.train_dir, TrainDataOptions(
+        tokenizer=data.tokenizer, image_size=32, batch_size=16, seed=5, crop_scale=(0.4, 1.0), read_threads=1,
+        views=image_ops.ViewAugment(strength=0.5), start_example=start))
     it = iter(make())
     first = next(it)
     assert first["image"].shape == first["image2"].shape == (16, 32, 32, 3)
