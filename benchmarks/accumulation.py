@@ -11,10 +11,11 @@ XLA_FLAGS=--xla_force_host_platform_device_count=N to split a CPU into N devices
 """
 import argparse
 import os
-import runpy
 import sys
 
 import jax
+
+from wpce_jax.cli import load_config_file
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from train_step import measure  # noqa: E402  (benchmarks/train_step.py)
@@ -31,7 +32,7 @@ def main():
     args = parser.parse_args()
     rows = []
     for k in (int(a) for a in args.accum.split(",")):
-        config = runpy.run_path(args.config)["get_config"](args.arg)
+        config = load_config_file(args.config, args.arg)
         config.batch_size = args.batch_size
         config.optim.accum_steps = k
         config.model.text.vocab_size, config.model.text.eot_id = args.vocab_size, args.vocab_size - 1

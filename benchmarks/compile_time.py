@@ -7,11 +7,11 @@ depends on the program, not on the batch. Prints seconds to lower and compile, a
 """
 import argparse
 import os
-import runpy
 import time
 
 import jax
 
+from wpce_jax.cli import load_config_file
 from wpce_jax.models.towers import make_model
 from wpce_jax.optimizer import make_optimizer
 from wpce_jax.parallel import make_mesh, replicated
@@ -40,7 +40,7 @@ def main():
     parser.add_argument("--text_depth", type=int, default=12)
     parser.add_argument("--batch", type=int, default=8)
     args = parser.parse_args()
-    config = runpy.run_path(os.path.join(ROOT, "configs", "vitb16_cc12m.py"))["get_config"]()
+    config = load_config_file(os.path.join(ROOT, "configs", "vitb16_cc12m.py"))
     config.model.image.variant, config.model.text.depth = args.variant, args.text_depth
     config.batch_size, config.total_steps = args.batch * jax.device_count(), 1000
     config.model.text.vocab_size, config.model.text.eot_id = 49408, 49407

@@ -133,7 +133,7 @@ def bench_retrieval(args) -> None:
 def bench_zeroshot(args) -> None:
     """Zero-shot images/s of the built-in digits model (fresh weights) on synthetic JPEGs: the input pipeline
     alone, encoding (pipeline + towers + feature maps), and scoring against 1000 classes, side by side."""
-    import runpy
+    from wpce_jax.cli import load_config_file
 
     from wpce_jax.data import testing
     from wpce_jax.data.pipeline import make_eval_dataset
@@ -143,7 +143,7 @@ def bench_zeroshot(args) -> None:
     from wpce_jax.parallel import make_mesh
     from wpce_jax.similarity import eval_rff, eval_rff_draws
 
-    config = runpy.run_path(os.path.join(ROOT, "configs", "digits.py"))["get_config"]()
+    config = load_config_file(os.path.join(ROOT, "configs", "digits.py"))
     with config.unlocked():
         config.model.text.vocab_size, config.model.text.eot_id = 128, 2
         config.eval.batch_size = 32 * jax.device_count()

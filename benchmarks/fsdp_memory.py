@@ -11,13 +11,13 @@ ViT-L/14 image tower and CLIP L/14's width-768 text tower.
 """
 import argparse
 import os
-import runpy
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")  # only affects the CPU platform
 
 import jax  # noqa: E402
 
 from wpce_jax.checkpoint import abstract_like  # noqa: E402
+from wpce_jax.cli import load_config_file  # noqa: E402
 from wpce_jax.models.towers import make_model  # noqa: E402
 from wpce_jax.optimizer import make_optimizer  # noqa: E402
 from wpce_jax.parallel import batch_sharding, make_mesh, replicated, state_shardings  # noqa: E402
@@ -28,7 +28,7 @@ MIB = 2 ** 20
 
 
 def config_for(name: str, per_device_batch: int, fsdp: int):
-    c = runpy.run_path(os.path.join(ROOT, "configs", "vitb16_cc12m.py"))["get_config"]("wpce")
+    c = load_config_file(os.path.join(ROOT, "configs", "vitb16_cc12m.py"), "wpce")
     c.model.text.vocab_size, c.model.text.eot_id = 49408, 49407
     c.total_steps, c.batch_size, c.mesh.fsdp = 1000, per_device_batch * jax.device_count(), fsdp
     if name == "L/14":

@@ -119,8 +119,8 @@ def time_grain(data_dir, tok, decoder, workers, batch_size, num_batches, variant
     if variant == "bicubic":
         pipeline._TrainExample = _BicubicTrainExample
     try:
-        ds = pipeline.make_dataset(data_dir, tokenizer=tok, image_size=CROP, batch_size=batch_size, seed=0,
-                                   worker_count=workers, decoder=decoder, train=True)
+        ds = pipeline.make_train_dataset(data_dir, pipeline.TrainDataOptions(
+            tokenizer=tok, image_size=CROP, batch_size=batch_size, seed=0, worker_count=workers, decoder=decoder))
     finally:
         pipeline._batched, pipeline._TrainExample = batched, example
     it = iter(ds)
@@ -375,8 +375,8 @@ def main():
                   "before; interleaved in every trial)")
         if args.host_normalise:
             print("(host norm.: float32 batches normalised on the host, as before uint8 batches)")
-            transfer(next(iter(pipeline.make_dataset(data_dir, tokenizer=tok, image_size=CROP,
-                                                     batch_size=args.batch_size, seed=0, train=True))), args.trials)
+            transfer(next(iter(pipeline.make_train_dataset(data_dir, pipeline.TrainDataOptions(
+                tokenizer=tok, image_size=CROP, batch_size=args.batch_size, seed=0)))), args.trials)
         if args.grain_only:
             return
         # Chosen on the 1-process column: it is the per-core figure, and the all-process column is at the mercy

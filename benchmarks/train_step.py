@@ -19,13 +19,13 @@ if __name__ == "__main__":  # as the training command does (wpce_jax/huge_pages.
 
 import argparse
 import os
-import runpy
 import time
 
 import jax
 import numpy as np
 
 from wpce_jax import mfu
+from wpce_jax.cli import load_config_file
 from wpce_jax.models.towers import make_model
 from wpce_jax.optimizer import make_optimizer
 from wpce_jax.parallel import global_batch, make_mesh, replicated, state_shardings
@@ -37,7 +37,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def preset_config(name: str, similarity: str):
     """The preset's config for "wpce" or "clip"."""
     path = "vitb16_cc12m.py" if name == "b16" else "digits.py"
-    c = runpy.run_path(os.path.join(ROOT, "configs", path))["get_config"](similarity)
+    c = load_config_file(os.path.join(ROOT, "configs", path), similarity)
     vocab = 128 if name == "digits" else 49408
     c.model.text.vocab_size, c.model.text.eot_id = vocab, vocab - 1
     c.total_steps = 1000
@@ -109,7 +109,7 @@ def main():
 
     def config_for(similarity, accum=1):
         if args.config:
-            c = runpy.run_path(args.config)["get_config"](similarity)
+            c = load_config_file(args.config, similarity)
             c.model.text.vocab_size, c.model.text.eot_id = 128, 127
         else:
             c = preset_config(args.preset, similarity)

@@ -28,29 +28,24 @@ Evaluation: image_retrieval/NAME/{precision@1, map@r, ...} by fine class and the
 by the (coarse, fine) tuples of the test records.
 Model: the towers of configs/digits.py at CIFAR's 32 px (patch 8: 16 patches + the class token).
 """
-import os
-import runpy
-import sys
+import ml_collections
+from ml_collections.config_dict import placeholder
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import ml_collections  # noqa: E402
-from ml_collections.config_dict import placeholder  # noqa: E402
+from configs import common, digits
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 KINDS = ("softmax", "pairwise_logistic", "approx_ndcg", "pointwise_sigmoid", "infonce")
 TRAIN_IMAGES = 30000  # fine classes 0-49 of train and test pooled: 50 x 600
 
 
 def get_config(arg: str = "ranking"):
-    parts = [p.strip() for p in arg.split(",") if p.strip()]
-    mode = parts[0] if parts else "ranking"
-    similarity = next((p for p in parts[1:] if p in ("wpce", "clip")), "wpce")
-    kind = next((p for p in parts[1:] if p in KINDS), "softmax")
-    unknown = [p for p in parts[1:] if p not in ("wpce", "clip") + KINDS]
-    if mode not in ("ranking", "labelled") or unknown or (mode == "labelled" and any(p in KINDS for p in parts)):
-        raise ValueError(f"configs/cifar100_hierarchy.py takes 'ranking' (optionally with ',wpce' or ',clip' and "
-                         f"',' one of {KINDS}) or 'labelled' (optionally with ',wpce' or ',clip'), got {arg!r}")
-    c = runpy.run_path(os.path.join(HERE, "digits.py"))["get_config"](similarity)
+    """arg: "ranking" (then optionally ",wpce" or ",clip", then a kind) or "labelled" (then ",wpce" or ",clip")."""
+    if arg.split(",")[0].strip() == "labelled":
+        mode, similarity = common.parse_arg(__file__, arg, mode=("labelled",), similarity=common.SIMILARITIES)
+        kind = None
+    else:
+        mode, similarity, kind = common.parse_arg(__file__, arg, mode=("ranking",),
+                                                  similarity=common.SIMILARITIES, kind=KINDS)
+    c = digits.get_config(similarity)
     c.data.kind = "arrayrecord"
     c.data.train_dir = placeholder(str)        # required: OUT/train of tfds_to_records --labels_features
     c.data.tokenizer = "sentencepiece"

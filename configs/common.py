@@ -1,4 +1,6 @@
 """Fields shared by every experiment; an experiment file starts from `base()` and sets what differs."""
+import os
+
 import ml_collections
 from ml_collections.config_dict import placeholder
 
@@ -127,9 +129,40 @@ def base() -> ml_collections.ConfigDict:
     return c
 
 
-def set_similarity(c: ml_collections.ConfigDict, arg: str, config_name: str) -> ml_collections.ConfigDict:
-    """The config argument picks the method: "wpce" (default) or "clip" (the baseline on the same towers)."""
-    if arg not in ("wpce", "clip"):
-        raise ValueError(f"{config_name} takes ':wpce' or ':clip', got {arg!r}")
-    c.model.similarity = arg
-    return c
+SIMILARITIES = ("wpce", "clip")  # "wpce" (the method) or "clip" (the baseline on the same towers)
+
+
+def parse_arg(config_file: str, arg: str, **choices) -> tuple:
+    """The values a config's ":ARG" picks, in the order of `choices`.
+
+    ARG is comma-separated parts (big_vision's `bvcc.parse_arg` idea, with fixed choices): each part is one of the
+    allowed values of one choice, the choices in their declared order, each optional one free to be left out
+    ("cub,margin_contrastive" skips the similarity). choices: name -> allowed values, the first being the default;
+    a first value of None makes the choice required. Anything else is a ValueError of one line that names the config
+    file and every allowed value."""
+    names = list(choices)
+    parts = [p.strip() for p in arg.split(",") if p.strip()]
+    picked, next_choice = {}, 0
+    for part in parts:
+        # The next declared choice that allows this part; an optional one before it keeps its default.
+        match = next((i for i in range(next_choice, len(names)) if part in choices[names[i]]), None)
+        if match is None:
+            break
+        picked[names[match]], next_choice = part, match + 1
+    else:
+        if all(name in picked or choices[name][0] is not None for name in names):
+            return tuple(picked.get(name, choices[name][0]) for name in names)
+    raise ValueError(f"configs/{os.path.basename(config_file)} takes {_describe(choices)}; got {arg!r}")
+
+
+def _describe(choices: dict) -> str:
+    """e.g. "':lit' or ':full' (default ':lit'), then optionally ',wpce' or ',clip' (default ',wpce')"."""
+    phrases = []
+    for i, allowed in enumerate(choices.values()):
+        sep = ":" if i == 0 else ","
+        values = [f"'{sep}{v}'" for v in allowed if v is not None]
+        listed = ", ".join(values[:-1]) + " or " + values[-1] if len(values) > 1 else values[0]
+        if allowed[0] is not None:
+            listed += f" (default '{sep}{allowed[0]}')"
+        phrases.append(listed if i == 0 else f"then {'' if allowed[0] is None else 'optionally '}{listed}")
+    return ", ".join(phrases)

@@ -13,19 +13,12 @@ data.train_dir and data.tokenizer_path must name the records and the SentencePie
     python -m wpce_jax.main --config=configs/compositional.py:wpce --workdir=/tmp/comp_wpce \
         --config.data.train_dir=DATA/train --config.data.tokenizer_path=DATA/spm.model
 """
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from digits import get_config as digits_config  # noqa: E402
-
-ARGS = ("wpce", "clip", "clip_wide")
+from configs import common, digits
 
 
 def get_config(arg: str = "wpce"):
-    if arg not in ARGS:
-        raise ValueError(f"configs/compositional.py takes one of {[':' + a for a in ARGS]}, got {arg!r}")
-    c = digits_config("wpce" if arg == "wpce" else "clip")  # the digits towers, batch and optimiser
+    [similarity] = common.parse_arg(__file__, arg, similarity=("wpce", "clip", "clip_wide"))
+    c = digits.get_config("wpce" if similarity == "wpce" else "clip")  # the digits towers, batch and optimiser
     c.total_steps = 1000
     c.log_every_steps = 50
     c.eval_every_steps = 100000       # evaluated by the experiment from the final checkpoint
@@ -36,6 +29,6 @@ def get_config(arg: str = "wpce"):
     c.data.tokenizer = "sentencepiece"
     c.data.crop_scale = (0.85, 1.0)   # milder than digits: a strong crop would cut off part of a side digit
     c.model.text.context_length = 16  # the longest caption: 9 words, 11 tokens with start and end
-    if arg == "clip_wide":
+    if similarity == "clip_wide":
         c.model.embed_dim += c.wpce.num_features  # equal similarity width: compared vectors as wide as WPCE's
     return c

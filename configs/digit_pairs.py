@@ -14,20 +14,14 @@ The argument is "wpce" | "clip" (the similarity; the towers of configs/digits.py
 baseline: symmetric InfoNCE, the softmax with relevance 1 on the partner only). The loss is taken both ways (the mean
 of text->image and image->text) over the compared vectors with the model's logit scale.
 """
-import os
-import runpy
+from configs import common, digits
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 KINDS = ("softmax", "pairwise_logistic", "approx_ndcg", "pointwise_sigmoid", "infonce")
 
 
 def get_config(arg: str = "wpce"):
-    similarity, _, kind = arg.partition(",")
-    kind = kind or "softmax"
-    if similarity not in ("wpce", "clip") or kind not in KINDS:
-        raise ValueError(f"configs/digit_pairs.py takes 'wpce' or 'clip', optionally with ',' and one of {KINDS}, "
-                         f"got {arg!r}")
-    c = runpy.run_path(os.path.join(HERE, "digits.py"))["get_config"](similarity)
+    similarity, kind = common.parse_arg(__file__, arg, similarity=common.SIMILARITIES, kind=KINDS)
+    c = digits.get_config(similarity)
     c.mode = "ranking"
     c.ranking.kind = kind
     c.ranking.direction = "both"

@@ -7,15 +7,13 @@ Evaluated on the held-out 20% of the digits: zero-shot ("zeroshot/digits/top1"),
 ("retrieval/digits/i2t_recall@1", ...), a linear probe ("linear_probe/digits/top1") and image->image retrieval by
 digit ("image_retrieval/digits/map@r").
 """
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import base, set_similarity  # noqa: E402
+from configs import common
 
 
 def get_config(arg: str = "wpce"):
-    c = base()
+    [similarity] = common.parse_arg(__file__, arg, similarity=common.SIMILARITIES)
+    c = common.base()
+    c.model.similarity = similarity
     c.total_steps = 600
     c.batch_size = 128
     c.log_every_steps = 25
@@ -45,4 +43,4 @@ def get_config(arg: str = "wpce"):
     c.eval.linear_probe = "digits"
     c.eval.retrieval = "digits"
     c.eval.image_retrieval = "digits"
-    return set_similarity(c, arg, "configs/digits.py")
+    return c

@@ -7,20 +7,15 @@ The argument is "wpce" | "clip" (the similarity), optionally followed by ",tripl
 ",margin_contrastive". The loss runs over the compared vectors (WPCE feature maps with the step's RFF draw, or unit
 vectors for "clip"). The text tower is never run, so the evaluation is the linear probe alone.
 """
-import os
-import runpy
+from configs import common, digits
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 MARGINS = {"triplet": 0.2, "margin_contrastive": 1.0}
 
 
 def get_config(arg: str = "wpce"):
-    similarity, _, metric_loss = arg.partition(",")
-    metric_loss = metric_loss or "triplet"
-    if metric_loss not in MARGINS:
-        raise ValueError(f"configs/digits_labelled.py takes 'wpce' or 'clip', optionally with ',triplet' or "
-                         f"',margin_contrastive', got {arg!r}")
-    c = runpy.run_path(os.path.join(HERE, "digits.py"))["get_config"](similarity or "wpce")
+    similarity, metric_loss = common.parse_arg(__file__, arg, similarity=common.SIMILARITIES,
+                                               metric_loss=tuple(MARGINS))
+    c = digits.get_config(similarity)
     c.mode = "labelled"
     c.metric_loss = metric_loss
     c.margin = MARGINS[metric_loss]   # FaceNet's 0.2 on squared distances; 1.0 on distances (unit vectors: <= 2)

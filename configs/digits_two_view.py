@@ -8,16 +8,14 @@ views.jitter_prob) and grayscale (views.grayscale_prob); no horizontal flip (vie
 is not the same digit. The text tower is never run, so the evaluation is the linear probe alone
 ("linear_probe/digits/top1"); zero-shot and image-text retrieval would measure an untrained text tower.
 """
-import os
-import runpy
-
 import ml_collections
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+from configs import common, digits
 
 
 def get_config(arg: str = "wpce"):
-    c = runpy.run_path(os.path.join(HERE, "digits.py"))["get_config"](arg)
+    [similarity] = common.parse_arg(__file__, arg, similarity=common.SIMILARITIES)
+    c = digits.get_config(similarity)
     c.mode = "two_view"
     c.mode_temperature = 0.1          # SimCLR's ImageNet temperature (0.5 is its CIFAR-10 choice)
     c.data.crop_scale = (0.4, 1.0)    # stronger than image_text's (0.7, 1.0): the views must differ, strokes stay

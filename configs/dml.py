@@ -25,12 +25,9 @@ fine-tune an ImageNet-pretrained backbone with Adam at lr ~1e-5 and sample sever
 too: data.samples_per_class = 4); this trainer starts from scratch, so the optimiser below follows DeiT's
 from-scratch ViT recipe instead and the absolute numbers are not comparable to the published ones.
 """
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import base, set_similarity
 from ml_collections.config_dict import placeholder
+
+from configs import common
 
 # Training images in the train half (classes of the first half): CUB 5,864, Cars196 8,054, SOP 59,551.
 TRAIN_IMAGES = {"cub": 5864, "cars": 8054, "sop": 59551}
@@ -41,15 +38,10 @@ BATCH = 128
 
 
 def get_config(arg: str = "cub"):
-    parts = [p.strip() for p in arg.split(",") if p.strip()]
-    dataset = parts[0] if parts else ""
-    similarity = next((p for p in parts[1:] if p in ("wpce", "clip")), "wpce")
-    metric_loss = next((p for p in parts[1:] if p in MARGINS), "triplet")
-    unknown = [p for p in parts[1:] if p not in ("wpce", "clip") and p not in MARGINS]
-    if dataset not in TRAIN_IMAGES or unknown or len(parts) > 3:
-        raise ValueError(f"configs/dml.py takes 'cub', 'cars' or 'sop', optionally with ',wpce' or ',clip' and "
-                         f"',triplet' or ',margin_contrastive', got {arg!r}")
-    c = base()
+    dataset, similarity, metric_loss = common.parse_arg(__file__, arg, dataset=(None, *TRAIN_IMAGES),
+                                                       similarity=common.SIMILARITIES, metric_loss=tuple(MARGINS))
+    c = common.base()
+    c.model.similarity = similarity
     c.mode = "labelled"
     c.metric_loss = metric_loss
     c.margin = MARGINS[metric_loss]
@@ -86,4 +78,4 @@ def get_config(arg: str = "cub"):
     c.eval.linear_probe = ""
     c.eval.image_retrieval = placeholder(str)      # required: "NAME=arrayrecord:OUT/test"
     c.eval.image_retrieval_by = "distance"         # the metric losses shape Euclidean distances
-    return set_similarity(c, similarity, "configs/dml.py")
+    return c

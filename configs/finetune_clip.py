@@ -13,21 +13,14 @@ embedding rows and starts the point-weight projections as the paper's release do
 OpenAI CLIP ViT-B/16's, as the importer records them; for another source, set --config.model.* to the imported
 workdir's config.json.
 """
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import base, set_similarity  # noqa: E402
-
-MODES = ("lit", "full")
+from configs import common
 
 
 def get_config(arg: str = "lit,wpce"):
     """arg: "lit" or "full", then optionally ",wpce" or ",clip"."""
-    mode, _, similarity = arg.partition(",")
-    if mode not in MODES:
-        raise ValueError(f"configs/finetune_clip.py takes ':lit' or ':full' (then ',wpce' or ',clip'), got {arg!r}")
-    c = base()
+    mode, similarity = common.parse_arg(__file__, arg, mode=("lit", "full"), similarity=common.SIMILARITIES)
+    c = common.base()
+    c.model.similarity = similarity
     c.require_init_from = True        # a fine-tuning config: init_from must name the source workdir
     c.require_accelerator = True      # a CPU-only JAX install is an error here, not a silently slow run
     c.data.kind = "arrayrecord"       # a set converted by `python -m wpce_jax.data.convert` (data.train_dir)
@@ -65,7 +58,6 @@ def get_config(arg: str = "lit,wpce"):
     c.eval.zeroshot = "cifar10,cifar100,imagenet"  # needs --config.eval.tfds_data_dir; a missing set is skipped
     c.eval.linear_probe = ""          # a locked tower's probe does not change: use python -m wpce_jax.evaluate
     c.eval.retrieval = "coco"         # image-caption retrieval
-    c = set_similarity(c, similarity or "wpce", "configs/finetune_clip.py")
     # CLIP embeds padding as its own token id; the WPCE import (--as_wpce) adds the padding tokens' rows.
     c.model.text.null_rows = 0 if c.model.similarity == "clip" else None
     return c

@@ -10,16 +10,14 @@ Convert CC12M first with `python -m wpce_jax.data.convert`. 35 epochs of the con
 with one warm-up epoch: the steps are counted from the converted manifest's "num_examples" at start-up. The workdir
 and the data may be local paths or gs:// URIs (every host must see the same workdir).
 """
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import base, set_similarity  # noqa: E402
+from configs import common
 
 
 def get_config(arg: str = "wpce"):
     """arg: "wpce" or "clip"."""
-    c = base()
+    [similarity] = common.parse_arg(__file__, arg, similarity=common.SIMILARITIES)
+    c = common.base()
+    c.model.similarity = similarity
     c.require_accelerator = True      # a CPU-only JAX install is an error here, not a silently slow run
     c.data.kind = "arrayrecord"
     c.data.tokenizer = "clip_bpe"
@@ -48,4 +46,4 @@ def get_config(arg: str = "wpce"):
     c.eval.linear_probe = paper_sets
     c.eval.retrieval = "coco,flickr30k"
     c.eval.linear_probe_in_training = False  # 13 probes (ImageNet: 1.28M images) are for python -m wpce_jax.evaluate
-    return set_similarity(c, arg, "configs/vitb16_cc12m.py")
+    return c

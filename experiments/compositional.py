@@ -89,9 +89,9 @@ def read_set(directory: str) -> tuple[list[dict], np.ndarray]:
 # --------------------------------------------------------------------------------------------- training
 
 def make_config(name: str, setting: dict, data_dir: str, seed: int):
-    import runpy
+    from wpce_jax.cli import load_config_file
 
-    config = runpy.run_path(CONFIG)["get_config"](name)
+    config = load_config_file(CONFIG, name)
     config.seed = seed
     config.total_steps = setting["steps"]
     config.batch_size = setting["batch"]
@@ -105,7 +105,7 @@ def make_config(name: str, setting: dict, data_dir: str, seed: int):
             node = node[p]
         node[leaf] = value
     if name == "clip_wide":  # equal similarity width: d + D of the WPCE model with the same overrides
-        wpce = runpy.run_path(CONFIG)["get_config"]("wpce")
+        wpce = load_config_file(CONFIG, "wpce")
         for key, value in setting.get("overrides", {}).items():
             node = wpce
             *parents, leaf = key.split(".")

@@ -36,9 +36,9 @@ METRICS = {"i2t_ndcg@10": "retrieval/digit_pairs/i2t_ndcg@10", "t2i_ndcg@10": "r
 
 
 def make_config(model: str, kind: str, seed: int, steps: int, batch: int):
-    import runpy
+    from wpce_jax.cli import load_config_file
 
-    config = runpy.run_path(CONFIG)["get_config"](f"{model},{kind}")
+    config = load_config_file(CONFIG, f"{model},{kind}")
     config.seed = seed
     config.total_steps = steps
     config.batch_size = batch

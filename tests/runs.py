@@ -1,7 +1,6 @@
 """Tiny digits runs for tests: a model small enough that a subprocess run of 30 steps takes seconds."""
 import json
 import os
-import runpy
 import subprocess
 import sys
 
@@ -9,6 +8,7 @@ import jax
 import numpy as np
 
 from wpce_jax import checkpoint
+from wpce_jax.cli import load_config_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIGITS = os.path.join(ROOT, "configs", "digits.py")
@@ -23,8 +23,7 @@ TINY = {"total_steps": 30, "batch_size": 32, "log_every_steps": 1, "eval_every_s
 
 def tiny_config(cache_dir, path=DIGITS, arg=None, **overrides):
     """The config file at `path` (its get_config(arg)) with the tiny model and `overrides` (dotted keys)."""
-    get_config = runpy.run_path(path)["get_config"]
-    config = get_config() if arg is None else get_config(arg)
+    config = load_config_file(path, arg)
     for key, value in {**TINY, "data.cache_dir": cache_dir, **overrides}.items():
         node = config
         *parents, leaf = key.split(".")

@@ -17,7 +17,7 @@ from wpce_jax.config_validation import validate_config
 from wpce_jax.data import run_data
 from wpce_jax.models.towers import make_model
 from wpce_jax.optimizer import learning_rate_schedule, make_optimizer, num_updates
-from wpce_jax.parallel import DATA_AXIS, global_batch, make_mesh, replicated
+from wpce_jax.parallel import BATCH_AXES, global_batch, make_mesh, replicated
 from wpce_jax.similarity import train_rff
 from wpce_jax.train_step import (initial_state, join_micro_batches, make_grad_fn, make_train_step,
                                  split_micro_batches)
@@ -97,12 +97,12 @@ def test_accumulated_gradient_equals_the_unsplit_one(path, arg, objective):
 
 def test_micro_batches_are_each_devices_own_rows():
     mesh = make_mesh()
-    rows = jax.device_put(np.arange(64, dtype=np.int32), NamedSharding(mesh, P(DATA_AXIS)))
+    rows = jax.device_put(np.arange(64, dtype=np.int32), NamedSharding(mesh, P(BATCH_AXES)))
     micro = jax.jit(lambda r: split_micro_batches(r, 4, mesh))(rows)
     # Device d holds rows [8 d, 8 d + 8); micro-batch j takes its local rows [2 j, 2 j + 2).
     want = np.arange(64).reshape(8, 4, 2).transpose(1, 0, 2).reshape(4, 16)
     np.testing.assert_array_equal(np.asarray(micro), want)
-    assert micro.sharding.is_equivalent_to(NamedSharding(mesh, P(None, DATA_AXIS)), 2)
+    assert micro.sharding.is_equivalent_to(NamedSharding(mesh, P(None, BATCH_AXES)), 2)
     for shard in micro.addressable_shards:  # no row left its device
         d = shard.device.id
         assert set(np.asarray(shard.data).ravel()) <= set(range(8 * d, 8 * d + 8))

@@ -127,13 +127,13 @@ def test_cudnn_conditions_and_auto(device, dtype, image_width, want):
 def test_checkpoint_of_a_cudnn_run_loads_without_cudnn(tmp_path):
     """checkpoint.restore of a run saved with model.attention="cudnn", on this CPU: the config falls back to "auto"
     (the implementation has no parameters) and the parameters come back as saved."""
-    import runpy
+    from wpce_jax.cli import load_config_file
 
     from wpce_jax import checkpoint
     from wpce_jax.optimizer import make_optimizer
     from wpce_jax.train_step import initial_state
 
-    config = runpy.run_path("configs/digits.py")["get_config"]()
+    config = load_config_file("configs/digits.py")
     config.model.text.vocab_size, config.model.text.eot_id = 64, 63
     config.model.image.update(dict(width=16, depth=1, heads=2, mlp_dim=32))
     config.model.text.update(dict(width=16, depth=1, heads=2, mlp_dim=32))

@@ -16,7 +16,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from runs import ROOT, tiny_config
 from wpce_jax import losses, train
 from wpce_jax.config_validation import RANKING_LOSSES, validate_config
-from wpce_jax.parallel import DATA_AXIS, make_mesh
+from wpce_jax.parallel import BATCH_AXES, make_mesh
 from wpce_jax.train_step import make_objective_fn
 
 tfds = pytest.importorskip("tensorflow_datasets")
@@ -44,7 +44,7 @@ def test_image_ranking_objective_equals_the_global_loss(direction):
     x, y = rng.normal(size=(2, b, f)).astype(np.float32)
     fine = rng.integers(0, 6, b)
     labels = np.stack([fine // 3, fine], axis=1).astype(np.int32)  # every grade 0, 1, 2 occurs
-    rows = NamedSharding(mesh, P(DATA_AXIS))
+    rows = NamedSharding(mesh, P(BATCH_AXES))
     vectors = tuple(jax.device_put(v, rows) for v in (x, y))
     batch = {"labels": jax.device_put(labels, rows)}
     params = {"logit_scale": jnp.float32(5.0)}  # "wpce": the scale as is

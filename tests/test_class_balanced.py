@@ -65,10 +65,10 @@ def _take(ds, n):
 def _global(labelled, processes, n, *, global_batch, per_class, start_example=0, worker_count=0, **kw):
     """The first n global batches with `processes` processes: their k-th batches concatenated in process order."""
     data_dir, tok = labelled
-    per = [_take(pipeline.make_dataset(data_dir, tokenizer=tok, image_size=16, train=True,
-                                       batch_size=global_batch // processes, seed=2, samples_per_class=per_class,
-                                       process_index=p, process_count=processes, start_example=start_example,
-                                       worker_count=worker_count, **kw), n)
+    per = [_take(pipeline.make_train_dataset(data_dir, pipeline.TrainDataOptions(
+                     tokenizer=tok, image_size=16, batch_size=global_batch // processes, seed=2,
+                     samples_per_class=per_class, process_index=p, process_count=processes,
+                     start_example=start_example, worker_count=worker_count, **kw)), n)
            for p in range(processes)]
     return [{key: np.concatenate([per[p][k][key] for p in range(processes)]) for key in per[0][k]} for k in range(n)]
 

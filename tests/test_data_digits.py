@@ -68,8 +68,8 @@ def test_tokenizer_and_pipeline(data):
             ids = tok.encode(prompt)
             assert 1 not in ids, prompt  # 1 is <unk> in models from train_sentencepiece
             assert tok.decode(ids) == prompt
-    batch = next(iter(pipeline.make_dataset(data.train_dir, tokenizer=tok, image_size=32, train=True,
-                                            batch_size=16, seed=0)))
+    batch = next(iter(pipeline.make_train_dataset(data.train_dir, pipeline.TrainDataOptions(
+        tokenizer=tok, image_size=32, batch_size=16, seed=0))))
     assert batch["image"].shape == (16, 32, 32, 3) and set(batch["label"].tolist()) <= set(range(10))
 
 

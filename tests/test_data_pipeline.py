@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from wpce_jax.data import image_ops, pipeline, records, testing, tokenizers
+from wpce_jax.data.eval_sources import Records
 from wpce_jax.data.train_tokenizer import train_sentencepiece
 
 N = 53  # prime: no batch size or process count divides it, so remainders are exercised
@@ -38,9 +39,15 @@ def dataset(tmp_path_factory):
 
 def _make(dataset, **kw):
     data_dir, tok, _ = dataset
-    args = dict(tokenizer=tok, image_size=SIZE, train=True, batch_size=4, seed=3)
+    args = dict(tokenizer=tok, image_size=SIZE, batch_size=4, seed=3)
     args.update(kw)
-    return pipeline.make_dataset(data_dir, **args)
+    return pipeline.make_train_dataset(data_dir, pipeline.TrainDataOptions(**args))
+
+
+def _make_eval(dataset, **kw):
+    """The evaluation pipeline over the same records (unpadded unless asked)."""
+    data_dir, tok, _ = dataset
+    return pipeline.make_eval_dataset(Records(data_dir), **{"tokenizer": tok, "image_size": SIZE, "pad": False, **kw})
 
 
 def _labels(ds, n_batches=None):
@@ -70,7 +77,7 @@ def test_processes_disjoint_and_complete(dataset):
     union = np.concatenate(shares)
     assert len(set(union.tolist())) == 3 * per and set(union.tolist()) <= set(range(N))
     # Evaluation: disjoint and exactly complete, in record order.
-    ev = [_labels(_make(dataset, train=False, batch_size=5, process_index=p, process_count=3)) for p in range(3)]
+    ev = [_labels(_make_eval(dataset, batch_size=5, process_index=p, process_count=3)) for p in range(3)]
     np.testing.assert_array_equal(np.concatenate(ev), np.arange(N))
     # Over epochs the < B left-over examples change, so no record is starved.
     two = [_labels(_make(dataset, batch_size=1, num_epochs=6, process_index=p, process_count=3))
@@ -91,7 +98,7 @@ def test_pad_eval_equal_batches_with_mask(dataset):
     # 53 over 3 processes: 17, 18, 18 examples -> every process yields ceil(18 / 4) = 5 batches of 4.
     per = []
     for p in range(3):
-        bs = list(_make(dataset, train=False, batch_size=4, process_index=p, process_count=3, pad_eval=True))
+        bs = list(_make_eval(dataset, batch_size=4, process_index=p, process_count=3, pad=True))
         assert [len(b["label"]) for b in bs] == [4] * 5
         mask = np.concatenate([b["mask"] for b in bs])
         labels = np.concatenate([b["label"] for b in bs])
@@ -102,7 +109,7 @@ def test_pad_eval_equal_batches_with_mask(dataset):
 
 def test_drop_remainder_and_partial_eval_batch(dataset):
     assert [len(b["label"]) for b in _make(dataset, batch_size=10, num_epochs=1)] == [10] * 5
-    assert [len(b["label"]) for b in _make(dataset, train=False, batch_size=10)] == [10] * 5 + [3]
+    assert [len(b["label"]) for b in _make_eval(dataset, batch_size=10)] == [10] * 5 + [3]
 
 
 def _assert_same_batches(xs, ys):
@@ -233,8 +240,8 @@ def test_fewer_examples_than_a_global_batch(dataset):
 
 
 def test_workers_match_in_process(dataset):
-    ref = [b for b in _make(dataset, train=False, batch_size=8)]
-    ds = _make(dataset, train=False, batch_size=8, worker_count=2)
+    ref = [b for b in _make_eval(dataset, batch_size=8)]
+    ds = _make_eval(dataset, batch_size=8, worker_count=2)
     _assert_same_batches(list(ds), ref)
 
 
@@ -254,7 +261,7 @@ def _reference_eval(jpeg: bytes) -> np.ndarray:
 def test_eval_pixels_against_reference(dataset):
     _, _, jpegs = dataset
     for decoder in image_ops.DECODERS:
-        batch = next(iter(_make(dataset, train=False, batch_size=6, decoder=decoder)))
+        batch = next(iter(_make_eval(dataset, batch_size=6, decoder=decoder)))
         for i in range(6):
             ref = _reference_eval(jpegs[i])
             # One-pass box resize vs two-step resize+crop differ by sub-pixel resampling, and the decoders by
@@ -266,7 +273,7 @@ def test_eval_pixels_against_reference(dataset):
 
 def test_tokens_match_tokenizer(dataset):
     _, tok, _ = dataset
-    batch = next(iter(_make(dataset, train=False, batch_size=6)))
+    batch = next(iter(_make_eval(dataset, batch_size=6)))
     captions = [f"a photo of a {['red', 'blue', 'green'][i % 3]} digit {i}" for i in range(6)]
     np.testing.assert_array_equal(batch["tokens"], tok(captions))
     np.testing.assert_array_equal(batch["label"], np.arange(6))
@@ -338,17 +345,17 @@ def test_dct_downscale_matches_full_decode():
 
 def test_bad_inputs_name_the_path(dataset, tmp_path):
     _, tok, _ = dataset
-    kw = dict(tokenizer=tok, image_size=SIZE, train=True, batch_size=2, seed=0)
+    options = pipeline.TrainDataOptions(tokenizer=tok, image_size=SIZE, batch_size=2, seed=0)
     with pytest.raises(records.ManifestError, match=str(tmp_path / "nope" / "manifest.json")):
-        pipeline.make_dataset(str(tmp_path / "nope"), **kw)
+        pipeline.make_train_dataset(str(tmp_path / "nope"), options)
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "manifest.json").write_text(json.dumps({"format": "wpce_jax.records", "schema_version": 999,
                                                    "shards": []}))
     with pytest.raises(records.ManifestError, match="schema_version 999.*expected"):
-        pipeline.make_dataset(str(bad), **kw)
+        pipeline.make_train_dataset(str(bad), options)
     gone = tmp_path / "gone"
     records.write_dataset([records.encode_record(b"\xff\xd8x", "c", key="0", source="t")] * 3, str(gone), 2)
     os.remove(gone / records.shard_name(1, 2))
     with pytest.raises(records.ManifestError, match=records.shard_name(1, 2) + ".*missing"):
-        pipeline.make_dataset(str(gone), **kw)
+        pipeline.make_train_dataset(str(gone), options)

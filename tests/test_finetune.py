@@ -2,7 +2,6 @@
 parameters, no optimiser state). The source is the shared 30-step tiny digits run (WPCE, InfoNCE)."""
 import math
 import os
-import runpy
 
 import jax
 import numpy as np
@@ -12,6 +11,7 @@ import pytest
 from runs import ROOT, tiny_config
 from wpce_jax import checkpoint, run_record, train
 from wpce_jax.checkpoint import ParamsMismatchError
+from wpce_jax.cli import load_config_file
 from wpce_jax.config_validation import validate
 from wpce_jax.errors import ConfigError
 from wpce_jax.models.towers import SIGMOID_INIT_BIAS
@@ -113,7 +113,7 @@ FINETUNE_CLIP = os.path.join(ROOT, "configs", "finetune_clip.py")
 def test_finetune_clip_config_validates(arg, tmp_path):
     """Each documented argument builds a config that validates (no data is read); without init_from it stops
     with an error naming the field."""
-    config = runpy.run_path(FINETUNE_CLIP)["get_config"](arg)
+    config = load_config_file(FINETUNE_CLIP, arg)
     assert config.model.similarity == (arg.partition(",")[2] or "wpce")
     assert config.optim.frozen == ("image_.*" if arg.startswith("lit") else None)
     config.data.train_dir, config.data.tokenizer_path = str(tmp_path / "train"), str(tmp_path / "bpe.txt.gz")
@@ -123,7 +123,7 @@ def test_finetune_clip_config_validates(arg, tmp_path):
     config.init_from = str(tmp_path / "imported")
     validate(config)
     with pytest.raises(ValueError, match=":lit' or ':full'"):
-        runpy.run_path(FINETUNE_CLIP)["get_config"]("partial")
+        load_config_file(FINETUNE_CLIP, "partial")
 
 
 def test_block_layout_must_match_the_source(digits_run, cache_dir, tmp_path):

@@ -14,7 +14,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from wpce_jax.models import (DualEncoder, PointCloudHead, VisionTransformer, check_token_ids, end_positions,
+from wpce_jax.models import (DualEncoder, PointCloudHead, VisionTransformer, end_positions,
                              init_params, logit_scale_value, make_model, parse_variant, sequel_token_ids,
                              soft_clip, validate_model_config)
 from wpce_jax.models.transformer import EncoderBlock, MlpBlock, TransformerStack, quick_gelu
@@ -402,20 +402,6 @@ def test_text_rejects_tokens_longer_than_context(built):
     with pytest.raises(ValueError, match="context_length"):
         jax.eval_shape(lambda t: model.apply({"params": params}, t, method=DualEncoder.encode_text),
                        jnp.ones((1, CONTEXT + 1), jnp.int32))
-
-
-def test_check_token_ids():
-    tokens = random_tokens(np.random.default_rng(13), 3)
-    check_token_ids(tokens, VOCAB, CONTEXT)
-    for bad_value, where in ((VOCAB, "outside"), (-1, "outside")):
-        bad = tokens.copy()
-        bad[1, 2] = bad_value
-        with pytest.raises(ValueError, match=rf"{bad_value} at \[1, 2\] is {where}"):
-            check_token_ids(bad, VOCAB, CONTEXT)
-    with pytest.raises(ValueError, match="integers"):
-        check_token_ids(tokens.astype(np.float32), VOCAB)
-    with pytest.raises(ValueError, match="context_length"):
-        check_token_ids(np.zeros((1, CONTEXT + 1), np.int32) + 1, VOCAB, CONTEXT)
 
 
 # ----------------------------------------------------------------------------------------------- B/16 size

@@ -13,7 +13,7 @@ import pytest
 from runs import tiny_config
 from wpce_jax.data import run_data
 from wpce_jax.config_validation import validate, validate_config
-from wpce_jax.data.pipeline import make_dataset
+from wpce_jax.data.pipeline import TrainDataOptions, make_train_dataset
 from wpce_jax.models.towers import OBJECTIVES, init_params, logit_scale_value, make_model
 from wpce_jax.optimizer import decay_mask, make_optimizer
 from wpce_jax.parallel import global_batch, make_mesh, replicated
@@ -44,9 +44,9 @@ def test_objective_matches_numpy_and_lowers_the_loss(cache_dir, tmp_path, object
     model, tx = make_model(config), make_optimizer(config)
     key = jax.random.key(0)
     state = initial_state(model, tx, config, key)
-    stream = iter(make_dataset(data.train_dir, tokenizer=data.tokenizer, image_size=config.data.image_size,
-                               train=True, batch_size=config.batch_size, seed=0,
-                               crop_scale=tuple(config.data.crop_scale)))
+    stream = iter(make_train_dataset(data.train_dir, TrainDataOptions(
+        tokenizer=data.tokenizer, image_size=config.data.image_size, batch_size=config.batch_size, seed=0,
+        crop_scale=tuple(config.data.crop_scale))))
     held = next(stream)
 
     # Float64 reference from the same towers on the held batch, with step 0's RFF draw (what step 1 uses).

@@ -1,6 +1,5 @@
 """AdamW decay mask, the warm-up + cosine schedule, clipping, one update per step, and the logit-scale bound."""
 import math
-import runpy
 
 import jax
 import jax.numpy as jnp
@@ -9,11 +8,12 @@ import optax
 import pytest
 
 from runs import DIGITS
+from wpce_jax.cli import load_config_file
 from wpce_jax.optimizer import clip_logit_scale, decay_mask, learning_rate_schedule, make_optimizer, num_updates
 
 
 def config(**optim):
-    c = runpy.run_path(DIGITS)["get_config"]()
+    c = load_config_file(DIGITS)
     c.total_steps = 100
     c.optim.update(dict(lr=1e-3, init_lr=1e-6, end_lr=1e-5, warmup_steps=10, **optim))
     return c

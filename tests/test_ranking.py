@@ -10,7 +10,7 @@ import rax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from wpce_jax.losses import RANKING_KINDS, ranking_loss
-from wpce_jax.parallel import DATA_AXIS, make_mesh
+from wpce_jax.parallel import BATCH_AXES, make_mesh
 
 SCALE = 2.0
 
@@ -119,12 +119,12 @@ def test_sharded_value_and_gradients_equal_unsharded(kind):
     x, y, rel = inputs(2)
     rel = relevance_for(kind, rel)
     mesh = make_mesh(fsdp=2)  # the training mesh: ("data", "fsdp") = (4, 2), the batch over both
-    rows = NamedSharding(mesh, P(DATA_AXIS))
+    rows = NamedSharding(mesh, P(BATCH_AXES))
     placed = [jax.device_put(a, rows) for a in (x, y, rel)]
 
     def sharded(x, y, rel, scale):
-        return jax.shard_map(functools.partial(ranking_loss, kind=kind, axis_name=DATA_AXIS), mesh=mesh,
-                             in_specs=(P(DATA_AXIS),) * 3 + (P(),), out_specs=P())(x, y, rel, scale)
+        return jax.shard_map(functools.partial(ranking_loss, kind=kind, axis_name=BATCH_AXES), mesh=mesh,
+                             in_specs=(P(BATCH_AXES),) * 3 + (P(),), out_specs=P())(x, y, rel, scale)
 
     loss, grads = jax.jit(jax.value_and_grad(sharded, argnums=(0, 1, 3)))(*placed, SCALE)
     loss1, grads1 = jax.value_and_grad(ranking_loss, argnums=(0, 1, 3))(x, y, rel, SCALE, kind)

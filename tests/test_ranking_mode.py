@@ -22,7 +22,7 @@ from wpce_jax.errors import ConfigError
 from wpce_jax.evaluate.retrieval import graded_ndcg
 from wpce_jax.models.towers import make_model
 from wpce_jax.optimizer import make_optimizer
-from wpce_jax.parallel import DATA_AXIS, global_batch, make_mesh, replicated
+from wpce_jax.parallel import BATCH_AXES, global_batch, make_mesh, replicated
 from wpce_jax.similarity import train_rff
 from wpce_jax.train_step import initial_state, make_grad_fn, make_objective_fn
 
@@ -42,7 +42,7 @@ def test_sharded_objective_equals_the_global_loss(direction):
     b, f = 32, 12
     x, y = rng.normal(size=(2, b, f)).astype(np.float32)
     labels = rng.integers(0, 3, size=(b, 2)).astype(np.int32)  # few values: every grade 0, 1, 2 occurs
-    rows = NamedSharding(mesh, P(DATA_AXIS))
+    rows = NamedSharding(mesh, P(BATCH_AXES))
     vectors = tuple(jax.device_put(v, rows) for v in (x, y))
     batch = {"labels": jax.device_put(labels, rows)}
     params = {"logit_scale": jnp.float32(7.0)}  # "wpce": the scale as is

@@ -4,7 +4,6 @@ the same curve, and the rate never jumps at a resume."""
 import json
 import math
 import os
-import runpy
 import shutil
 
 import numpy as np
@@ -12,6 +11,7 @@ import pytest
 
 from wpce_jax import run_record, train
 from wpce_jax.checkpoint import config_to_json
+from wpce_jax.cli import load_config_file
 from wpce_jax.data import run_data
 from wpce_jax.optimizer import learning_rate_schedule
 from runs import ROOT, tiny_config
@@ -27,7 +27,7 @@ def reference_lr(count, init, peak, end, warmup, horizon):
 
 def b16(epochs, warmup_epochs=1, num_examples=10_000_000):
     """The B/16 config resolved for a CC12M-sized set (2,441 steps per epoch at batch 4096)."""
-    config = runpy.run_path(os.path.join(ROOT, "configs", "vitb16_cc12m.py"))["get_config"]()
+    config = load_config_file(os.path.join(ROOT, "configs", "vitb16_cc12m.py"))
     config.epochs, config.warmup_epochs = epochs, warmup_epochs
     return run_data.with_schedule(config, num_examples)
 

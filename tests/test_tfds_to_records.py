@@ -4,7 +4,6 @@ import copy
 import io
 import json
 import os
-import runpy
 
 import numpy as np
 import pytest
@@ -13,6 +12,7 @@ from PIL import Image
 tfds = pytest.importorskip("tensorflow_datasets")
 
 from wpce_jax import config_validation
+from wpce_jax.cli import load_config_file
 from wpce_jax.data import records, tfds_to_records
 from wpce_jax.data.eval_sources import records_source
 from wpce_jax.models.towers import validate_model_config
@@ -122,8 +122,7 @@ def test_missing_dataset_names_build_command(tmp_path):
 @pytest.mark.parametrize("arg", ["cub", "cars", "sop", "cub,clip", "cars,wpce,margin_contrastive",
                                  "sop,clip,triplet", "cub,margin_contrastive"])
 def test_dml_configs_valid(arg):
-    get_config = runpy.run_path(os.path.join(ROOT, "configs", "dml.py"))["get_config"]
-    c = get_config(arg)
+    c = load_config_file(os.path.join(ROOT, "configs", "dml.py"), arg)
     assert c.mode == "labelled" and c.model.image.variant == "S/16" and c.batch_size == 128
     assert c.data.kind == "arrayrecord" and c.eval.image_retrieval_by == "distance"
     assert c.data.train_dir is None and c.eval.image_retrieval is None  # required placeholders
@@ -139,7 +138,6 @@ def test_dml_configs_valid(arg):
 
 
 def test_dml_config_rejects_bad_arg():
-    get_config = runpy.run_path(os.path.join(ROOT, "configs", "dml.py"))["get_config"]
     for bad in ("", "mnist", "cub,cosine", "cub,wpce,triplet,extra"):
         with pytest.raises(ValueError, match="configs/dml.py"):
-            get_config(bad)
+            load_config_file(os.path.join(ROOT, "configs", "dml.py"), bad)

@@ -3,7 +3,6 @@ by hand, the SimCLR views (different, deterministic, repeated by a resumed itera
 configs with an exact resume, and config validation."""
 import json
 import os
-import runpy
 import shutil
 
 import jax
@@ -12,9 +11,10 @@ import numpy as np
 import pytest
 
 from wpce_jax import losses as losses_lib, train
+from wpce_jax.cli import load_config_file
 from wpce_jax.data import run_data
 from wpce_jax.data import digits, image_ops
-from wpce_jax.data.pipeline import make_dataset
+from wpce_jax.data.pipeline import TrainDataOptions, make_train_dataset
 from wpce_jax.data.records import decode_header, read_manifest, read_records, shard_paths
 from wpce_jax.models.towers import make_model
 from wpce_jax.optimizer import make_optimizer
@@ -127,9 +127,9 @@ def test_flip_is_configurable():
 def test_view_pipeline_resumes_exactly(cache_dir, tmp_path):
     built, _ = _first_jpeg(cache_dir)
     data = run_data.resolve(tiny_config(cache_dir, TWO_VIEW, "wpce"), str(tmp_path))
-    make = lambda start=0: make_dataset(built.train_dir, tokenizer=data.tokenizer, image_size=32, train=True,
-                                        batch_size=16, seed=5, crop_scale=(0.4, 1.0), read_threads=1,
-                                        views=image_ops.ViewAugment(strength=0.5), start_example=start)
+    make = lambda start=0: make_train_dataset(built.train_dir, TrainDataOptions(
+        tokenizer=data.tokenizer, image_size=32, batch_size=16, seed=5, crop_scale=(0.4, 1.0), read_threads=1,
+        views=image_ops.ViewAugment(strength=0.5), start_example=start))
     it = iter(make())
     first = next(it)
     assert first["image"].shape == first["image2"].shape == (16, 32, 32, 3)
@@ -185,11 +185,11 @@ def test_bad_mode_fields_fail_validation(cache_dir, tmp_path, path, arg, overrid
 
 
 def test_digits_config_arguments():
-    assert runpy.run_path(LABELLED)["get_config"]("clip,margin_contrastive").margin == 1.0
-    c = runpy.run_path(LABELLED)["get_config"]("wpce")
+    assert load_config_file(LABELLED, "clip,margin_contrastive").margin == 1.0
+    c = load_config_file(LABELLED, "wpce")
     assert (c.model.similarity, c.metric_loss, c.mining, c.eval.zeroshot, c.eval.retrieval, c.eval.linear_probe) == \
         ("wpce", "triplet", "semihard", "", "", "digits")
     with pytest.raises(ValueError, match="margin_contrastive"):
-        runpy.run_path(LABELLED)["get_config"]("wpce,hinge")
-    c = runpy.run_path(TWO_VIEW)["get_config"]("clip")
+        load_config_file(LABELLED, "wpce,hinge")
+    c = load_config_file(TWO_VIEW, "clip")
     assert (c.mode, c.model.similarity, c.views.flip) == ("two_view", "clip", False)

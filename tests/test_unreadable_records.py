@@ -57,8 +57,8 @@ def data(tmp_path_factory):
 
 
 def _batches(data_dir, tok, n, **kw):
-    args = dict(tokenizer=tok, image_size=SIZE, train=True, batch_size=B, seed=SEED, read_threads=2)
-    it = iter(pipeline.make_dataset(data_dir, **{**args, **kw}))
+    args = dict(tokenizer=tok, image_size=SIZE, batch_size=B, seed=SEED, read_threads=2)
+    it = iter(pipeline.make_train_dataset(data_dir, pipeline.TrainDataOptions(**{**args, **kw})))
     out = [next(it) for _ in range(n)]
     if hasattr(it, "close"):
         it.close()
@@ -163,7 +163,8 @@ def test_a_shard_that_does_not_open_stops_at_start_up_naming_it(data, tmp_path, 
     with open(shard, "wb") as f:
         f.write(content)
     with pytest.raises(records.UnreadableShardError, match=f"{shard}: not a readable ArrayRecord file") as e:
-        pipeline.make_dataset(bad_dir, tokenizer=tok, image_size=SIZE, train=True, batch_size=B, seed=SEED)
+        pipeline.make_train_dataset(bad_dir, pipeline.TrainDataOptions(tokenizer=tok, image_size=SIZE, batch_size=B,
+                                                                       seed=SEED))
     assert isinstance(e.value, UserError) and isinstance(e.value, OSError)
 
 

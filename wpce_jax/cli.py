@@ -7,10 +7,13 @@ code or a library: its traceback stays, followed by one summary line, and the ex
 the libraries' INFO logs.
 """
 import functools
+import os
 import sys
 import traceback
 
 from absl import app, flags, logging
+# The parser behind config_flags.DEFINE_config_file (not re-exported by config_flags; ml_collections is pinned).
+from ml_collections.config_flags.config_flags import ConfigFileFlagParser
 
 from wpce_jax.errors import UserError
 
@@ -35,6 +38,32 @@ def one_line(error: BaseException) -> str:
     while isinstance(error, (KeyError, AttributeError)) and error.args:  # their str() is a repr: unwrap it
         error = error.args[0]
     return " ".join(str(error).split())
+
+
+class ConfigFileParser(ConfigFileFlagParser):
+    """ml_collections' loading of --config=PATH[:ARG] (PATH's get_config(ARG)), for a config inside a package.
+
+    The configs import their shared pieces as a package (`from configs import common`), but ml_collections loads the
+    file by path, which makes nothing importable: that works from the repository root only, where `configs` is found
+    in the working directory. So when PATH's directory is a package, its parent goes first on sys.path, as Python
+    puts a script's own directory (first: a `configs` elsewhere on the path must not win). Also, ml_collections
+    re-raises an error of get_config with the whole traceback in its message; the config's own error is kept
+    instead (e.g. one line for a bad :ARG)."""
+
+    def parse(self, path):
+        package = os.path.dirname(os.path.abspath(path.partition(":")[0]))
+        if os.path.isfile(os.path.join(package, "__init__.py")) and os.path.dirname(package) not in sys.path:
+            sys.path.insert(0, os.path.dirname(package))
+        try:
+            return super().parse(path)
+        except (TypeError, ValueError) as e:
+            raise (e.__context__ or e) from None
+
+
+
+def load_config_file(path: str, arg: str | None = None):
+    """get_config(arg) of the config file at `path`, loaded as --config=PATH[:ARG] loads it (left unlocked)."""
+    return ConfigFileParser("config", lock_config=False).parse(path if arg is None else f"{path}:{arg}")
 
 
 def parse_flags(argv):

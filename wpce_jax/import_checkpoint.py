@@ -53,7 +53,8 @@ def build_config(fields: dict, tokenizer_copy: str, eot_id: int):
     """configs/common.py's base config with the imported fields, the clip_bpe tokenizer and float32."""
     import importlib.util
     import pathlib
-    # configs/ is not a package: load the file beside the source tree, as --config=configs/... does.
+    # configs/ is not installed with wpce_jax: load its common.py (which imports no other config) from beside the
+    # source tree by path, whatever the working directory.
     path = pathlib.Path(__file__).resolve().parents[1] / "configs" / "common.py"
     spec = importlib.util.spec_from_file_location("wpce_jax_configs_common", path)
     common = importlib.util.module_from_spec(spec)

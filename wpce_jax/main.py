@@ -18,13 +18,14 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from wpce_jax import distributed
-from wpce_jax.cli import fail, one_line, parse_flags, quiet_libraries, report_errors
+from wpce_jax.cli import ConfigFileParser, fail, one_line, parse_flags, quiet_libraries, report_errors
 
 flags.DEFINE_string("workdir", None, "Directory (local or gs://) for checkpoints, metrics.jsonl and TensorBoard "
                                      "events; a run restarted with the same workdir resumes.", required=True)
 config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. configs/digits.py[:clip].",
                                 lock_config=True)
 FLAGS = flags.FLAGS
+FLAGS["config"].parser = ConfigFileParser("config", lock_config=True)  # the same, with `configs` importable
 
 
 def load_config():

@@ -7,7 +7,7 @@
   encode      (model, config) -> encode(params, batch, rff): the compared vectors, a tuple of [B, F] arrays, row i
               from example i alone (`similarity.embed` of the towers' clouds)
   objective   (model, config, mesh) -> objective(params, vectors, batch) -> (loss, metrics): the loss over the
-              global batch, in shard_map over parallel.DATA_AXIS on the vectors' local rows (each device gathers
+              global batch, in shard_map over parallel.BATCH_AXES on the vectors' local rows (each device gathers
               what it needs), and its metrics
   metrics     the names of the metrics it returns (besides "train/loss" and what the step adds)
   reads       the other batch entries the objective reads (whole-batch, not encoded): checked by `check_batch`
@@ -27,7 +27,7 @@ from wpce_jax.errors import ConfigError
 from wpce_jax.losses import (infonce_and_accuracy, margin_contrastive_loss, nce_loss, nt_xent, pair_distances,
                              ranking_loss, sigmoid_loss, triplet_loss)
 from wpce_jax.models.towers import logit_scale_value
-from wpce_jax.parallel import DATA_AXIS
+from wpce_jax.parallel import BATCH_AXES
 from wpce_jax.relevance import max_grade, relevance
 from wpce_jax.similarity import embed
 
@@ -72,15 +72,15 @@ def _top1(x, y, scale):
     """The top-1 accuracies of `infonce_and_accuracy` on stopped gradients (a metric, not part of the loss): the
     argmax of scale * x @ y.T, which a bias or any positive scale leaves where it is, so they are the top-1 of the
     sigmoid and NCE logits too."""
-    return infonce_and_accuracy(*map(jax.lax.stop_gradient, (x, y, scale)), axis_name=DATA_AXIS)[1]
+    return infonce_and_accuracy(*map(jax.lax.stop_gradient, (x, y, scale)), axis_name=BATCH_AXES)[1]
 
 
 # name -> (learns "logit_bias", loss_and_accuracy(x, y, scale, *bias) on local shards inside shard_map)
 IMAGE_TEXT = {
-    "infonce": (False, lambda x, y, scale: infonce_and_accuracy(x, y, scale, DATA_AXIS)),
-    "sigmoid": (True, lambda x, y, scale, bias: (sigmoid_loss(x, y, scale, bias, axis_name=DATA_AXIS),
+    "infonce": (False, lambda x, y, scale: infonce_and_accuracy(x, y, scale, BATCH_AXES)),
+    "sigmoid": (True, lambda x, y, scale, bias: (sigmoid_loss(x, y, scale, bias, axis_name=BATCH_AXES),
                                                  _top1(x, y, scale))),
-    "nce": (False, lambda x, y, scale: (nce_loss(x, y, scale, axis_name=DATA_AXIS), _top1(x, y, scale))),
+    "nce": (False, lambda x, y, scale: (nce_loss(x, y, scale, axis_name=BATCH_AXES), _top1(x, y, scale))),
 }
 
 
@@ -91,7 +91,7 @@ def _image_text_objective(model, config: ConfigDict, mesh):
         raise ConfigError(f"config field objective must be one of {tuple(IMAGE_TEXT)}, got {model.objective!r}")
     with_bias, loss = IMAGE_TEXT[model.objective]
     sharded_loss = jax.shard_map(loss, mesh=mesh,
-                                 in_specs=(P(DATA_AXIS), P(DATA_AXIS), P()) + ((P(),) if with_bias else ()),
+                                 in_specs=(P(BATCH_AXES), P(BATCH_AXES), P()) + ((P(),) if with_bias else ()),
                                  out_specs=(P(), P()))
 
     def objective(params, vectors, batch):
@@ -113,13 +113,13 @@ def _image_text_objective(model, config: ConfigDict, mesh):
 def _two_view_loss(temperature, x, y):
     """NT-Xent of local view shards x, y, and the top-1 of each view finding its partner among the other view's B
     (on stopped gradients, a metric)."""
-    _, accuracy = infonce_and_accuracy(*map(jax.lax.stop_gradient, (x, y)), 1 / temperature, DATA_AXIS)
-    return nt_xent(x, y, temperature, DATA_AXIS), (accuracy["i2t_top1"] + accuracy["t2i_top1"]) / 2
+    _, accuracy = infonce_and_accuracy(*map(jax.lax.stop_gradient, (x, y)), 1 / temperature, BATCH_AXES)
+    return nt_xent(x, y, temperature, BATCH_AXES), (accuracy["i2t_top1"] + accuracy["t2i_top1"]) / 2
 
 
 def _two_view_objective(model, config: ConfigDict, mesh):
     sharded = jax.shard_map(partial(_two_view_loss, mode_settings(config).temperature), mesh=mesh,
-                            in_specs=(P(DATA_AXIS), P(DATA_AXIS)), out_specs=(P(), P()))
+                            in_specs=(P(BATCH_AXES), P(BATCH_AXES)), out_specs=(P(), P()))
 
     def objective(params, vectors, batch):
         loss, top1 = sharded(*vectors)
@@ -128,7 +128,7 @@ def _two_view_objective(model, config: ConfigDict, mesh):
     return objective
 
 
-def _pair_distances(x, labels):
+def _mean_pair_distances(x, labels):
     """Mean squared distance of same-label pairs (i != j) and of different-label pairs of the global batch x."""
     d, similar, dissimilar = pair_distances(x, labels)
     mean = lambda mask: jnp.sum(jnp.where(mask, d, 0)) / jnp.maximum(jnp.sum(mask), 1)
@@ -138,14 +138,14 @@ def _pair_distances(x, labels):
 def _labelled_objective(model, config: ConfigDict, mesh):
     settings = mode_settings(config)
     if settings.metric_loss == "triplet":
-        loss = partial(triplet_loss, margin=settings.margin, mining=settings.mining, axis_name=DATA_AXIS)
+        loss = partial(triplet_loss, margin=settings.margin, mining=settings.mining, axis_name=BATCH_AXES)
     else:
-        loss = partial(margin_contrastive_loss, margin=settings.margin, axis_name=DATA_AXIS)
-    sharded = jax.shard_map(loss, mesh=mesh, in_specs=(P(DATA_AXIS), P(DATA_AXIS)), out_specs=P())
+        loss = partial(margin_contrastive_loss, margin=settings.margin, axis_name=BATCH_AXES)
+    sharded = jax.shard_map(loss, mesh=mesh, in_specs=(P(BATCH_AXES), P(BATCH_AXES)), out_specs=P())
 
     def objective(params, vectors, batch):
         (x,) = vectors
-        positive, negative = _pair_distances(jax.lax.stop_gradient(x).astype(jnp.float32), batch["label"])
+        positive, negative = _mean_pair_distances(jax.lax.stop_gradient(x).astype(jnp.float32), batch["label"])
         return sharded(x, batch["label"]), {"train/positive_sq_dist": positive,
                                             "train/negative_sq_dist": negative}
 
@@ -161,15 +161,15 @@ def _ranking_loss(kind: str, direction: str, rule: str, x, y, labels, scale):
     1 on the partner only, the listwise softmax of which is InfoNCE (both directions: the symmetric one)."""
     local = x.shape[0]
     if kind == "infonce":
-        offset = jax.lax.axis_index(DATA_AXIS) * local
-        total = local * jax.lax.axis_size(DATA_AXIS)
+        offset = jax.lax.axis_index(BATCH_AXES) * local
+        total = local * jax.lax.axis_size(BATCH_AXES)
         grades = (jnp.arange(total)[None, :] == offset + jnp.arange(local)[:, None]).astype(jnp.float32)
         kind = "softmax"
     else:
-        grades = relevance(labels, jax.lax.all_gather(labels, DATA_AXIS, tiled=True), rule)
+        grades = relevance(labels, jax.lax.all_gather(labels, BATCH_AXES, tiled=True), rule)
         if kind == "pointwise_sigmoid":  # a probability in [0, 1]
             grades = grades / max_grade(rule, labels.shape[1])
-    one_way = lambda queries, items: ranking_loss(queries, items, grades, scale, kind, axis_name=DATA_AXIS)
+    one_way = lambda queries, items: ranking_loss(queries, items, grades, scale, kind, axis_name=BATCH_AXES)
     if direction == "t2i":
         return one_way(y, x)
     if direction == "i2t":
@@ -183,7 +183,7 @@ def _ranking_objective(model, config: ConfigDict, mesh):
     settings, similarity = mode_settings(config), config.model.similarity
     loss = partial(_ranking_loss, settings.ranking_kind, settings.direction, settings.relevance)
     sharded = jax.shard_map(lambda x, y, labels, scale: (loss(x, y, labels, scale), _top1(x, y, scale)), mesh=mesh,
-                            in_specs=(P(DATA_AXIS), P(DATA_AXIS), P(DATA_AXIS), P()), out_specs=(P(), P()))
+                            in_specs=(P(BATCH_AXES), P(BATCH_AXES), P(BATCH_AXES), P()), out_specs=(P(), P()))
 
     def objective(params, vectors, batch):
         x, y = vectors
@@ -205,7 +205,7 @@ def _image_ranking_objective(model, config: ConfigDict, mesh):
     similarity = config.model.similarity
     loss = partial(_ranking_loss, settings.ranking_kind, settings.direction, settings.relevance)
     sharded = jax.shard_map(lambda x, y, labels, scale: (loss(x, y, labels, scale), _top1(x, y, scale)), mesh=mesh,
-                            in_specs=(P(DATA_AXIS), P(DATA_AXIS), P(DATA_AXIS), P()), out_specs=(P(), P()))
+                            in_specs=(P(BATCH_AXES), P(BATCH_AXES), P(BATCH_AXES), P()), out_specs=(P(), P()))
 
     def objective(params, vectors, batch):
         value, accuracy = sharded(*vectors, batch["labels"], logit_scale_value(params, similarity))

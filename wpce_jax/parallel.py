@@ -1,7 +1,7 @@
 """The device mesh, its shardings, and process-local batches turned into global arrays.
 
 The mesh has two axes, "data" x "fsdp" (`config.mesh.fsdp` devices on "fsdp"), and the batch is split over both,
-that is over every device of every process (`DATA_AXIS` names the pair). Each process feeds its own slice of the
+that is over every device of every process (`BATCH_AXES` names the pair). Each process feeds its own slice of the
 global batch; `global_batch` stitches the slices into one jax.Array sharded over the batch axes.
 
 Parameters and optimiser state are split over "fsdp" (`state_shardings`; fully sharded data parallel, ZeRO-3):
@@ -18,7 +18,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 from wpce_jax.errors import ConfigError
 
 FSDP_AXIS = "fsdp"
-DATA_AXIS = ("data", FSDP_AXIS)  # the mesh axes the batch is split over (all of them); shard_map's axis_name
+BATCH_AXES = ("data", FSDP_AXIS)  # the mesh axes the batch is split over (all of them); shard_map's axis_name
 SCANNED = "blocks"  # parameters under this name are stacked on a leading layer axis (nn.scan), never split
 
 
@@ -34,7 +34,7 @@ def make_mesh(devices=None, fsdp: int = 1) -> Mesh:
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """Leading (batch) axis split over every device, the rest whole."""
-    return NamedSharding(mesh, P(DATA_AXIS))
+    return NamedSharding(mesh, P(BATCH_AXES))
 
 
 def fsdp_spec(path, shape: tuple[int, ...], fsdp: int) -> P:

@@ -31,7 +31,7 @@ from wpce_jax.checkpoint import Checkpointer, abstract_like
 from wpce_jax.config_validation import mode_settings, validate
 from wpce_jax.data import run_data, unreadable
 from wpce_jax.data.image_ops import ViewAugment
-from wpce_jax.data.pipeline import make_dataset
+from wpce_jax.data.pipeline import TrainDataOptions, make_train_dataset
 from wpce_jax.errors import UserError, WrongPathError
 from wpce_jax.evaluate.evaluator import Evaluator
 from wpce_jax.metric_writer import MetricWriter, write_eval_json
@@ -230,12 +230,12 @@ def train_and_evaluate(config: ConfigDict, workdir, stop_signals: "StopSignals |
 
 def _dataset(config: ConfigDict, data: run_data.RunData, start_example: int):
     settings = mode_settings(config)
-    return make_dataset(data.train_dir, tokenizer=data.tokenizer, image_size=config.data.image_size, train=True,
-                        batch_size=per_process_batch(config.batch_size), seed=config.seed,
-                        process_index=jax.process_index(), process_count=jax.process_count(),
-                        crop_scale=tuple(config.data.crop_scale), worker_count=config.data.worker_count,
-                        views=ViewAugment(**settings.views) if settings.views is not None else None,
-                        samples_per_class=config.data.get("samples_per_class", 0), start_example=start_example)
+    return make_train_dataset(data.train_dir, TrainDataOptions(
+        tokenizer=data.tokenizer, image_size=config.data.image_size, batch_size=per_process_batch(config.batch_size),
+        seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count(),
+        crop_scale=tuple(config.data.crop_scale), worker_count=config.data.worker_count,
+        views=ViewAugment(**settings.views) if settings.views is not None else None,
+        samples_per_class=config.data.get("samples_per_class", 0), start_example=start_example))
 
 
 def _global_batches(local_batches: Iterator[dict], mode: str, mesh, skipped: _Skipped) -> Iterator[dict]:

@@ -33,7 +33,7 @@ from wpce_jax import objectives
 from wpce_jax.kernels import RFF
 from wpce_jax.models.towers import init_params
 from wpce_jax.optimizer import clip_logit_scale, learning_rate_schedule, stop_frozen
-from wpce_jax.parallel import DATA_AXIS, gather_fsdp
+from wpce_jax.parallel import BATCH_AXES, gather_fsdp
 from wpce_jax.rng import init_key
 from wpce_jax.similarity import eval_rff, train_rff
 
@@ -97,16 +97,16 @@ def split_micro_batches(tree, k: int, mesh):
     is spread evenly over the devices and nothing moves between them (a local reshape in shard_map)."""
     def split(a):
         return a.reshape(k, a.shape[0] // k, *a.shape[1:])
-    return jax.shard_map(lambda t: jax.tree.map(split, t), mesh=mesh, in_specs=P(DATA_AXIS),
-                         out_specs=P(None, DATA_AXIS))(tree)
+    return jax.shard_map(lambda t: jax.tree.map(split, t), mesh=mesh, in_specs=P(BATCH_AXES),
+                         out_specs=P(None, BATCH_AXES))(tree)
 
 
 def join_micro_batches(tree, k: int, mesh):
     """The inverse of `split_micro_batches`: [k, B/k, ...] -> [B, ...] in the batch's own row order."""
     def join(a):
         return a.reshape(k * a.shape[1], *a.shape[2:])
-    return jax.shard_map(lambda t: jax.tree.map(join, t), mesh=mesh, in_specs=P(None, DATA_AXIS),
-                         out_specs=P(DATA_AXIS))(tree)
+    return jax.shard_map(lambda t: jax.tree.map(join, t), mesh=mesh, in_specs=P(None, BATCH_AXES),
+                         out_specs=P(BATCH_AXES))(tree)
 
 
 def make_grad_fn(model, config: ConfigDict, mesh):
@@ -130,7 +130,7 @@ def make_grad_fn(model, config: ConfigDict, mesh):
     if k == 1:
         return jax.value_and_grad(lambda p, b, r: objective(p, encode(p, b, r), b), has_aux=True)
     inputs = objectives.get(config).inputs
-    rows, micro_rows = NamedSharding(mesh, P(DATA_AXIS)), NamedSharding(mesh, P(None, DATA_AXIS))
+    rows, micro_rows = NamedSharding(mesh, P(BATCH_AXES)), NamedSharding(mesh, P(None, BATCH_AXES))
 
     def grad_fn(params, batch, rff):
         micro = split_micro_batches({name: batch[name] for name in inputs}, k, mesh)

@@ -4,7 +4,7 @@
     convert.py          webdataset tars -> record dataset (python -m wpce_jax.data.convert)
     image_check.py      validation / normalisation of one downloaded image (used by convert)
     image_ops.py        decode + crop + resize + normalise (PIL or simplejpeg)
-    pipeline.py         make_dataset(): the grain input pipeline, dataset_size()
+    pipeline.py         make_train_dataset() and make_eval_dataset(): the grain input pipelines, dataset_size()
     unreadable.py       stand-ins for training records that do not read or decode, the skipped-fraction limit
     tokenizers.py       get_tokenizer(): CLIP BPE and SentencePiece behind one interface
     train_tokenizer.py  SentencePiece training (python -m wpce_jax.data.train_tokenizer)

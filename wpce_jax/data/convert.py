@@ -523,8 +523,9 @@ def convert(
         if sum(side["kept"] for side in sides) == 0:
             _remove_empty_output(output)
             raise EmptyOutputError(_empty_message(inputs, sides, output))
-        manifest = _write_outputs(output, inputs, num_shards, fingerprints, sides, opts, run_id, runner,
-                                  show_progress, on_shard_done)
+        manifest = _write_outputs(output, inputs=inputs, num_shards=num_shards, fingerprints=fingerprints,
+                                  sides=sides, opts=opts, run_id=run_id, runner=runner, show_progress=show_progress,
+                                  on_shard_done=on_shard_done)
     finally:
         runner.close()
     if show_progress:
@@ -532,9 +533,10 @@ def convert(
     return records.read_manifest(output)
 
 
-def _write_outputs(output, inputs, num_shards, fingerprints, sides, opts, run_id, runner, show_progress,
+def _write_outputs(output, *, inputs, num_shards, fingerprints, sides, opts, run_id, runner, show_progress,
                    on_shard_done):
-    """Phase 2: balanced output shards from the staged inputs, then the manifest (returned)."""
+    """Phase 2: balanced output shards from the staged inputs, then the manifest (returned). Keyword-only: ten
+    arguments, several of the same type, that a positional call could swap silently."""
     # int64 arrays, not lists: CC12M has 12M sizes, which as Python ints would take ~0.4 GB.
     sizes = np.concatenate([np.asarray(side["sizes"], dtype=np.int64) for side in sides])
     plan = records.plan_shards(sizes, num_shards)

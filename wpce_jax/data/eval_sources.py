@@ -41,7 +41,8 @@ class ClassificationSet(NamedTuple):
 
 
 class CaptionSet(NamedTuple):
-    images: Any                        # len() / [i] -> {"image", "label": its group (usually its own index)}
+    images: Any                        # len() / [i] -> {"image", "label": its group (usually its own index i), under
+                                       # the key every evaluation source uses}
     captions: list[str]                # every caption of every image
     caption_groups: np.ndarray         # int64 [K]: a caption is relevant to the images whose label equals its group
     group_labels: Any = None           # optional int [G, T]: the label tuple of each group (graded relevance)
@@ -248,11 +249,11 @@ def records_captions(data_dir: str) -> CaptionSet:
         raise MissingDataError(f"converted dataset {data_dir}: no {records.MANIFEST_NAME}")
     source = Records(data_dir)
     captions = [h["caption"] for h in source.headers()]
-    return CaptionSet(IndexLabels(source), captions, np.arange(len(captions), dtype=np.int64))
+    return CaptionSet(IndexGroups(source), captions, np.arange(len(captions), dtype=np.int64))
 
 
-class IndexLabels:
-    """Records with each image's index as its label (its retrieval group)."""
+class IndexGroups:
+    """Records with each image's index as its retrieval group (its "label")."""
 
     def __init__(self, source):
         self.source = source

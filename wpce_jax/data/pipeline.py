@@ -15,8 +15,8 @@ B = batch_size * process_count.
        and flagged "skipped" (unreadable.py)
 Global batch k is a function of (dataset, seed, B, k) and the augmentation settings only: the worker count, the
 process count (for a fixed B) and where a run was interrupted change nothing. A run that has consumed `start_example` global examples (a multiple
-of B; the trainer checkpoints step * B) resumes with make_dataset(..., start_example=start_example), which
-continues it exactly.
+of B; the trainer checkpoints step * B) resumes with make_train_dataset(data_dir, TrainDataOptions(...,
+start_example=start_example)), which continues it exactly.
 Evaluation (`make_eval_dataset`, any random-access source: records, TFDS, class folders, caption sets): process p
 reads the contiguous block [p N / P, (p+1) N / P) in order, centre crops, keeps the last partial batch. With
 padding every process instead yields the same number of full batches (what a multi-process jit step needs),
@@ -193,65 +193,63 @@ def make_eval_dataset(source, *, image_size: int, batch_size: int, process_index
     return _batched(real, batch_size, False, worker_count, read_threads)
 
 
-def make_dataset(
-    data_dir: str,
-    *,
-    tokenizer,
-    image_size: int,
-    train: bool,
-    batch_size: int,
-    seed: int,
-    process_index: int = 0,
-    process_count: int = 1,
-    crop_scale: Sequence[float] = (0.5, 1.0),
-    worker_count: int = 0,
-    num_epochs: int | None = None,
-    decoder: str = image_ops.DEFAULT_DECODER,
-    read_threads: int | None = None,
-    pad_eval: bool = False,
-    views: image_ops.ViewAugment | None = None,
-    samples_per_class: int = 0,
-    start_example: int = 0,
-) -> grain.IterDataset:
-    """The per-process input pipeline of a converted dataset.
+@dataclasses.dataclass(frozen=True)
+class TrainDataOptions:
+    """What make_train_dataset builds from a converted dataset, besides the dataset itself.
 
-    Args:
-      data_dir: directory holding manifest.json and the ArrayRecord shards it lists.
-      tokenizer: a wpce_jax.data.tokenizers.Tokenizer (picklable; it runs in the worker processes).
-      image_size: output side S.
-      train: True: the global training stream (module docstring): shuffled, random crops, repeated, each
-        epoch's remainder of < B examples dropped globally. False: record order, centre crop, one epoch, last
-        partial batch kept.
-      batch_size: per-process batch size b; the global batch is B = b * process_count.
-      seed: shuffle and augmentation seed (training; must be the same on every process).
-      process_index, process_count: this process's share (jax.process_index(), jax.process_count()).
-      crop_scale: RandomResizedCrop area range.
-      worker_count: processes decoding in parallel (0: decode in this process's threads only). Changes nothing
-        in the batches.
-      num_epochs: training epochs of the global stream (counted from position 0, not from start_example);
-        None repeats forever. Ignored for evaluation (always one).
-      decoder: "simplejpeg" or "pil" (image_ops.DECODERS).
-      read_threads: decoding threads per process (default: 1 per worker process, else the CPU count, at
-        most 8).
-      pad_eval: evaluation only: pad every process to ceil(ceil(N / P) / b) full batches and add "mask" bool [b]
-        (True for real examples) so that all processes step together.
-      views: training only: two SimCLR views per example (RandomResizedCrop(crop_scale) then this augmentation,
-        image_ops.train_views) instead of one crop; the batch gains "image2", the second view.
-      samples_per_class: training only: 0 for the uniform shuffle; m >= 2 for class-balanced batches of whole
-        groups of m images of one class (class_balanced.py; every record needs a label; b a multiple of m).
-      start_example: training only: the number of global examples already consumed, a multiple of B. The
-        stream starts at global batch start_example // B: exactly the continuation of a run that consumed
-        start_example examples, whatever that run's worker_count and process_count (with the same B, seed
-        and dataset). The training checkpoint holds this count, not an iterator state: the trainer resumes with
-        make_dataset(..., start_example=step * B). Past the end of num_epochs the stream is empty.
-    Returns:
-      grain.IterDataset of dicts: "image" uint8 [b, S, S, 3] (pixels: the image tower normalises them on the
-      device, a quarter of the bytes of float32), "tokens" int32 [b, L], "label" int32 [b] (-1 for unlabelled
-      records); "labels" int32 [b, K] when the records carry label tuples; training adds "skipped" bool [b] (a
-      stand-in replaced a record that did not read or decode, unreadable.py) and with `views` "image2" uint8
-      [b, S, S, 3];
-      evaluation adds "mask" and "corrupt" bool [b] (make_eval_dataset).
+    tokenizer: a wpce_jax.data.tokenizers.Tokenizer (picklable; it runs in the worker processes).
+    image_size: output side S.
+    batch_size: per-process batch size b; the global batch is B = b * process_count.
+    seed: shuffle and augmentation seed (must be the same on every process).
+    process_index, process_count: this process's share (jax.process_index(), jax.process_count()).
+    crop_scale: RandomResizedCrop area range.
+    worker_count: processes decoding in parallel (0: decode in this process's threads only). Changes nothing in the
+      batches.
+    num_epochs: epochs of the global stream (counted from position 0, not from start_example); None repeats forever.
+    decoder: "simplejpeg" or "pil" (image_ops.DECODERS).
+    read_threads: decoding threads per process (default: 1 per worker process, else the CPU count, at most 8).
+    views: two SimCLR views per example (RandomResizedCrop(crop_scale) then this augmentation, image_ops.train_views)
+      instead of one crop; the batch gains "image2", the second view.
+    samples_per_class: 0 for the uniform shuffle; m >= 2 for class-balanced batches of whole groups of m images of
+      one class (class_balanced.py; every record needs a label; b a multiple of m).
+    start_example: the number of global examples already consumed, a multiple of B. The stream starts at global
+      batch start_example // B: exactly the continuation of a run that consumed start_example examples, whatever
+      that run's worker_count and process_count (with the same B, seed and dataset). The training checkpoint holds
+      this count, not an iterator state: the trainer resumes with start_example=step * B. Past the end of
+      num_epochs the stream is empty.
     """
+    tokenizer: Any
+    image_size: int
+    batch_size: int
+    seed: int
+    process_index: int = 0
+    process_count: int = 1
+    crop_scale: Sequence[float] = (0.5, 1.0)
+    worker_count: int = 0
+    num_epochs: int | None = None
+    decoder: str = image_ops.DEFAULT_DECODER
+    read_threads: int | None = None
+    views: image_ops.ViewAugment | None = None
+    samples_per_class: int = 0
+    start_example: int = 0
+
+
+def make_train_dataset(data_dir: str, options: TrainDataOptions) -> grain.IterDataset:
+    """This process's share of the global training stream of a converted dataset (module docstring): shuffled,
+    random crops, repeated, each epoch's remainder of < B examples dropped globally.
+
+    data_dir: directory holding manifest.json and the ArrayRecord shards it lists.
+    Returns grain.IterDataset of dicts: "image" uint8 [b, S, S, 3] (pixels: the image tower normalises them on the
+    device, a quarter of the bytes of float32), "tokens" int32 [b, L], "label" int32 [b] (-1 for unlabelled records),
+    "skipped" bool [b] (a stand-in replaced a record that did not read or decode, unreadable.py); "labels" int32
+    [b, K] when the records carry label tuples; with `views` "image2" uint8 [b, S, S, 3]. (Evaluation reads a
+    converted dataset with make_eval_dataset(eval_sources.Records(data_dir), ...).)
+    """
+    o = options
+    (tokenizer, image_size, batch_size, seed, process_index, process_count, crop_scale, worker_count, num_epochs,
+     decoder, read_threads, views, samples_per_class, start_example) = (
+        o.tokenizer, o.image_size, o.batch_size, o.seed, o.process_index, o.process_count, o.crop_scale,
+        o.worker_count, o.num_epochs, o.decoder, o.read_threads, o.views, o.samples_per_class, o.start_example)
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} must be in [0, process_count={process_count})")
     if batch_size < 1:
@@ -274,11 +272,6 @@ def make_dataset(
             f"{data_dir}: the shards hold {len(source)} records but manifest.json says num_examples={n}; "
             f"the dataset was modified after conversion (re-run the converter)")
 
-    if not train:
-        return make_eval_dataset(source, image_size=image_size, batch_size=batch_size,
-                                 process_index=process_index, process_count=process_count,
-                                 worker_count=worker_count, decoder=decoder, read_threads=read_threads,
-                                 pad=pad_eval, tokenizer=tokenizer)
     global_batch = batch_size * process_count
     if isinstance(start_example, bool) or not isinstance(start_example, (int, np.integer)) or start_example < 0 \
             or start_example % global_batch:

@@ -55,17 +55,3 @@ def aliases(dataset: str) -> dict[str, str]:
 def tfds_name(dataset: str) -> Optional[str]:
     """The TFDS builder whose label order class_names follow, or None (aircraft)."""
     return _entry(dataset)["tfds"]
-
-
-def tfds_label_names(dataset: str, data_dir: Optional[str] = None) -> Optional[list[str]]:
-    """The TFDS builder's label strings (`info.features["label"].names`), or None without a builder.
-
-    Reads builder metadata only (no download; tensorflow_datasets is imported here). cifar10, cifar100 and stl10
-    get their names when the data is prepared: without a prepared copy in `data_dir` they read "0", "1", ...
-    """
-    name = tfds_name(dataset)
-    if name is None:
-        return None
-    import tensorflow_datasets as tfds
-
-    return list(tfds.builder(name, data_dir=data_dir).info.features["label"].names)

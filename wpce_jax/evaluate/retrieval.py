@@ -75,20 +75,22 @@ def evaluate(name: str, data: CaptionSet, images, *, encoders, params, rffs, tok
     """retrieval/<name>/{i2t,t2i}_<metric> of one image-caption set whose images are encoded
     (encode.ImageFeatures; images that did not decode are missing from it). With data.group_labels the ndcg@10 is
     graded by `rule` (module docstring)."""
+    # A caption set's images carry their group as their "label" (usually their own index; eval_sources.CaptionSet).
+    image_groups = images.labels
     # Captions of an image that did not decode would be queries without an answer: leave them out too.
-    kept = np.isin(data.caption_groups, images.labels)
+    kept = np.isin(data.caption_groups, image_groups)
     captions, caption_groups = [c for c, k in zip(data.captions, kept) if k], data.caption_groups[kept]
     texts = encoders.texts(params, rffs, tokenizer(captions))
     image_vectors, text_vectors = _flatten_draws(images.compared), _flatten_draws(texts)
     results = {}
-    for direction, args in (("i2t", (image_vectors, text_vectors, images.labels, caption_groups)),
-                            ("t2i", (text_vectors, image_vectors, caption_groups, images.labels))):
+    for direction, args in (("i2t", (image_vectors, text_vectors, image_groups, caption_groups)),
+                            ("t2i", (text_vectors, image_vectors, caption_groups, image_groups))):
         for metric, value in direction_scores(*args).items():
             results[f"retrieval/{name}/{direction}_{metric}"] = value
     if data.group_labels is not None:
         tuples = np.asarray(data.group_labels)
-        image_labels, caption_labels = tuples[images.labels], tuples[caption_groups]
-        for direction, args in (("i2t", (image_vectors, text_vectors, image_labels, caption_labels)),
-                                ("t2i", (text_vectors, image_vectors, caption_labels, image_labels))):
+        image_tuples, caption_tuples = tuples[image_groups], tuples[caption_groups]
+        for direction, args in (("i2t", (image_vectors, text_vectors, image_tuples, caption_tuples)),
+                                ("t2i", (text_vectors, image_vectors, caption_tuples, image_tuples))):
             results[f"retrieval/{name}/{direction}_ndcg@{NDCG_K}"] = graded_ndcg(*args, rule)
     return results

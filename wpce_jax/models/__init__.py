@@ -1,10 +1,10 @@
 """Flax towers: ViT image encoder, causal text encoder, point-cloud heads, and the dual encoder built from a config."""
 from wpce_jax.models.heads import PointCloudHead, soft_clip
-from wpce_jax.models.text import TextTransformer, check_token_ids, end_positions, sequel_token_ids
+from wpce_jax.models.text import TextTransformer, end_positions, sequel_token_ids
 from wpce_jax.models.towers import (DualEncoder, dummy_inputs, init_params, logit_scale_value, make_model,
                                     validate_model_config)
 from wpce_jax.models.vit import VIT_SIZES, VisionTransformer, ViTDims, parse_variant
 
-__all__ = ["PointCloudHead", "soft_clip", "TextTransformer", "check_token_ids", "end_positions",
-           "sequel_token_ids", "DualEncoder", "dummy_inputs", "init_params", "logit_scale_value", "make_model",
+__all__ = ["PointCloudHead", "soft_clip", "TextTransformer", "end_positions", "sequel_token_ids",
+           "DualEncoder", "dummy_inputs", "init_params", "logit_scale_value", "make_model",
            "validate_model_config", "VIT_SIZES", "VisionTransformer", "ViTDims", "parse_variant"]

@@ -11,8 +11,8 @@ needs at most context_length - 1 sequels (eot at position 0), so one row is spar
 
 Token ids. Ids must lie in [0, vocab_size). Inside jit the model cannot check this, and a bad id fails quietly
 in the embedding gather (`jnp.take`, mode "fill"): an id in [vocab_size, vocab_size + context_length) reads a
-sequel row, a larger one gives NaN embeddings, a negative one counts from the end of the table. Run
-`check_token_ids`, a cheap host-side check, on NumPy batches in the data pipeline or tests.
+sequel row, a larger one gives NaN embeddings, a negative one counts from the end of the table. The tokenizers
+only produce ids below their vocabulary size, which is the model's vocab_size (filled in from the tokenizer).
 """
 import flax.linen as nn
 import jax
@@ -60,25 +60,6 @@ def pool_positions(tokens: jax.Array, eot_id: int, pool: str) -> jax.Array:
     if pool == "argmax":
         return jnp.argmax(tokens, axis=-1).astype(jnp.int32)
     return end_positions(tokens, eot_id)
-
-
-def check_token_ids(tokens, vocab_size: int, context_length: int | None = None) -> None:
-    """Host-side validation of a token batch (NumPy or any array convertible to one); raises ValueError.
-
-    Checks: 2-D integer array, length <= context_length (when given), every id in [0, vocab_size).
-    """
-    tokens = np.asarray(tokens)
-    if tokens.ndim != 2:
-        raise ValueError(f"tokens must be [B, L], got shape {tokens.shape}")
-    if not np.issubdtype(tokens.dtype, np.integer):
-        raise ValueError(f"tokens must be integers, got dtype {tokens.dtype}")
-    if context_length is not None and tokens.shape[1] > context_length:
-        raise ValueError(f"tokens have length {tokens.shape[1]} > context_length {context_length}")
-    bad = (tokens < 0) | (tokens >= vocab_size)
-    if bad.any():
-        row, col = np.argwhere(bad)[0]
-        raise ValueError(f"token id {int(tokens[row, col])} at [{row}, {col}] is outside [0, {vocab_size}) "
-                         f"({int(bad.sum())} ids out of range in all)")
 
 
 class TextTransformer(nn.Module):

@@ -41,14 +41,6 @@ def parse_variant(variant: str) -> tuple[ViTDims, int]:
     return VIT_SIZES[size], int(patch)
 
 
-def num_patches(image_size: int, patch_size: int) -> int:
-    """Patches in a square image; ValueError when the image does not tile exactly (a ragged edge would be
-    silently dropped by the strided convolution)."""
-    if image_size % patch_size:
-        raise ValueError(f"image size {image_size} is not divisible by the ViT patch size {patch_size}")
-    return (image_size // patch_size) ** 2
-
-
 class VisionTransformer(nn.Module):
     """ViT with class token, learned position embeddings, pre-norm blocks and a final LayerNorm.
 
