@@ -39,12 +39,11 @@ TRAIN_IMAGES = 30000  # fine classes 0-49 of train and test pooled: 50 x 600
 
 def get_config(arg: str = "ranking"):
     """arg: "ranking" (then optionally ",wpce" or ",clip", then a kind) or "labelled" (then ",wpce" or ",clip")."""
-    if arg.split(",")[0].strip() == "labelled":
-        mode, similarity = common.parse_arg(__file__, arg, mode=("labelled",), similarity=common.SIMILARITIES)
-        kind = None
-    else:
-        mode, similarity, kind = common.parse_arg(__file__, arg, mode=("ranking",),
-                                                  similarity=common.SIMILARITIES, kind=KINDS)
+    mode, similarity, kind = common.parse_arg(__file__, arg, mode=("ranking", "labelled"),
+                                              similarity=common.SIMILARITIES, kind=KINDS)
+    if mode == "labelled" and arg.split(",")[-1].strip() in KINDS:
+        raise ValueError(f"configs/cifar100_hierarchy.py: a ranking kind goes with ':ranking', not ':labelled' "
+                         f"(the triplet loss); got {arg!r}")
     c = digits.get_config(similarity)
     c.data.kind = "arrayrecord"
     c.data.train_dir = placeholder(str)        # required: OUT/train of tfds_to_records --labels_features

@@ -23,6 +23,8 @@ DOCUMENTED = {  # file -> the arguments its docstring lists (None: no ":ARG")
                *(f"{d},{s},{m}" for d in ("cub", "cars", "sop") for s in SIMILARITIES for m in LOSSES)],
     "finetune_clip.py": [None, "lit", "full", *(f"{m},{s}" for m in ("lit", "full") for s in SIMILARITIES)],
     "vitb16_cc12m.py": [None, *SIMILARITIES],
+    "cifar100_hierarchy.py": [None, "ranking", "labelled", *(f"ranking,{s}" for s in SIMILARITIES),
+                              *(f"ranking,{s},{k}" for s in SIMILARITIES for k in KINDS), "labelled,clip"],
 }
 
 
@@ -49,7 +51,7 @@ def test_documented_arguments_validate(name, arg, tmp_path):
         config.init_from = str(tmp_path / "source")
     validate(config)
     for choice in (arg or "").split(","):  # every part of the argument shows in the config
-        assert choice in ("", "cub", "cars", "sop", "lit", "full", "clip_wide") or choice in (
+        assert choice in ("", "cub", "cars", "sop", "lit", "full", "clip_wide", "ranking", "labelled") or choice in (
             config.model.similarity, config.ranking.kind, config.get("metric_loss"))
 
 
