@@ -1,6 +1,9 @@
 """Test set-up: eight fake CPU devices, so sharded code runs here as it would on an 8-chip host; and one trained
 digits run shared by every test that needs a checkpoint."""
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 
@@ -12,6 +15,17 @@ os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 # The training subprocesses start with huge pages for their allocator, as the command line gives itself
 # (wpce_jax/huge_pages.py), without re-executing.
 os.environ.setdefault("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")
+# One persistent compilation cache for the session, shared by this process and every training or evaluation
+# subprocess: the tiny runs compile the same programs again and again, and on 2 cores compiling is most of a run's
+# time. A loaded executable is the compiled one, so results are bit-identical (the exact-resume tests compare runs
+# compiled fresh with runs read from the cache). Every program is cached, however fast it compiled. Without
+# jax_compilation_cache_max_size JAX takes no file lock: a process reading an entry while another writes it gets a
+# warning and compiles itself.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="wpce_jax_tests_jax_cache_")
+    atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""Tiny digits runs for tests: a model small enough that a subprocess run of 30 steps takes seconds."""
+"""Tiny digits runs for tests: a model small enough that a subprocess run of 30 steps takes seconds; in this
+process (`train_here`) it skips the start-up and the compiles already done."""
 import json
 import os
 import subprocess
@@ -6,9 +7,9 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
-from wpce_jax import checkpoint
-from wpce_jax.cli import load_config_file
+from wpce_jax import checkpoint, cli as wpce_cli, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIGITS = os.path.join(ROOT, "configs", "digits.py")
@@ -23,7 +24,7 @@ TINY = {"total_steps": 30, "batch_size": 32, "log_every_steps": 1, "eval_every_s
 
 def tiny_config(cache_dir, path=DIGITS, arg=None, **overrides):
     """The config file at `path` (its get_config(arg)) with the tiny model and `overrides` (dotted keys)."""
-    config = load_config_file(path, arg)
+    config = wpce_cli.load_config_file(path, arg)
     for key, value in {**TINY, "data.cache_dir": cache_dir, **overrides}.items():
         node = config
         *parents, leaf = key.split(".")
@@ -48,6 +49,22 @@ def run(cmd):
 
 def run_cli(workdir, cache_dir, **overrides):
     return run(cli(workdir, cache_dir, **overrides))
+
+
+def train_here(workdir, cache_dir, path=DIGITS, arg=None, **overrides):
+    """`cli`'s run, trained in this process (the command line minus its flag parsing); returns its last evaluation.
+    Its lines go to this process's stdout (capsys)."""
+    return train.train_and_evaluate(tiny_config(cache_dir, path, arg, **overrides), str(workdir))
+
+
+def refused_here(capsys, workdir, cache_dir, **overrides):
+    """`cli`'s run in this process, through the command line's error handling, expected to stop with a user's
+    mistake: returns its stderr (one line or a message that lists fields), after checking exit status 2."""
+    with pytest.raises(SystemExit) as exited:
+        wpce_cli.report_errors(train.train_and_evaluate)(tiny_config(cache_dir, **overrides), str(workdir))
+    err = capsys.readouterr().err
+    assert exited.value.code == 2, err[-3000:]
+    return err
 
 
 def losses(workdir):

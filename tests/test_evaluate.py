@@ -1,6 +1,8 @@
 """The evaluation suite: class vectors (CLIP vs WPCE), draw-averaged zero-shot scores, retrieval over several
 draws, and `python -m wpce_jax.evaluate` end to end on the shared digits run: contract names, the feature cache,
 overrides, 8 devices against 1, and two processes against one."""
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -9,12 +11,16 @@ import sys
 import jax
 import numpy as np
 import pytest
+from absl import logging
+from absl.testing import flagsaver
 from jax.sharding import PartitionSpec as P
 
 from wpce_jax import checkpoint
+from wpce_jax.cli import parse_flags
 from wpce_jax.data.tokenizers import get_tokenizer
 from wpce_jax.evaluate import retrieval, zeroshot
-from wpce_jax.evaluate.__main__ import apply_overrides, format_table
+from wpce_jax.evaluate import __main__ as evaluate_cli
+from wpce_jax.evaluate.__main__ import apply_overrides, format_table, split_overrides
 from wpce_jax.evaluate.evaluator import Evaluator
 from wpce_jax.parallel import make_mesh
 from test_multiprocess import free_port
@@ -55,9 +61,20 @@ def test_retrieval_over_draws_is_the_mean_similarity():
     np.testing.assert_allclose(flat, np.einsum("nrf,krf->nk", a, b) / 4, rtol=1e-5)
 
 
-def _evaluate_cli(workdir, *args, env=None):
-    return subprocess.run([sys.executable, "-m", "wpce_jax.evaluate", f"--workdir={workdir}", *args],
-                          capture_output=True, text=True, timeout=600, env=env)
+def _evaluate_cli(workdir, *args):
+    """`python -m wpce_jax.evaluate --workdir=WORKDIR ARGS` in this process (its argument handling, flag parsing and
+    error reporting; the subprocess itself only in test_two_processes_equal_one): its returncode, stdout, stderr."""
+    rest, overrides = split_overrides(["evaluate", f"--workdir={workdir}", *args])
+    stdout, stderr, verbosity = io.StringIO(), io.StringIO(), logging.get_verbosity()
+    try:
+        with flagsaver.flagsaver(), contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            evaluate_cli.main(parse_flags(rest), overrides)
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    finally:
+        logging.set_verbosity(verbosity)  # main() lowers it to WARNING
+    return subprocess.CompletedProcess(args, code, stdout.getvalue(), stderr.getvalue())
 
 
 CONTRACT = [f"zeroshot/digits/{m}" for m in ("top1", "top5", "mean_per_class_recall")] + \
@@ -67,7 +84,7 @@ CONTRACT = [f"zeroshot/digits/{m}" for m in ("top1", "top5", "mean_per_class_rec
 
 @pytest.fixture(scope="module")
 def evaluated(digits_run, tmp_path_factory):
-    """The CLI on a copy of the shared run (it writes eval/ into the workdir)."""
+    """The CLI (in this process) on a copy of the shared run (it writes eval/ into the workdir)."""
     import shutil
 
     workdir = str(tmp_path_factory.mktemp("evaluated") / "run")

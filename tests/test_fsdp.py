@@ -16,7 +16,7 @@ from wpce_jax.models.towers import make_model
 from wpce_jax.optimizer import make_optimizer
 from wpce_jax.parallel import FSDP_AXIS, fsdp_spec, global_batch, make_mesh, state_shardings
 from wpce_jax.train_step import initial_state, make_train_step
-from runs import final_params, losses, run_cli, tiny_config
+from runs import final_params, losses, tiny_config, train_here
 
 K = jax.tree_util.DictKey
 
@@ -127,15 +127,16 @@ def test_checkpoint_saved_split_restores_under_another_split(cache_dir, tmp_path
                      restored, shardings)
 
 
-def test_run_resumed_with_another_split_follows_the_replicated_run(tmp_path, cache_dir, digits_run):
+def test_run_resumed_with_another_split_follows_the_replicated_run(tmp_path, cache_dir, digits_run, capsys):
     """The shared run (fsdp 1) cut back to its step-20 checkpoint and resumed with fsdp 4 to step 30: the same
     losses and parameters up to float32 reduction order."""
     workdir = str(tmp_path / "run")
     shutil.copytree(digits_run, workdir)
     shutil.rmtree(os.path.join(workdir, "checkpoints", "30"))
-    out = run_cli(workdir, cache_dir, **{"mesh.fsdp": 4})
-    assert "resumed from the step-20 checkpoint" in out.stdout
-    assert "changed since the step-20 checkpoint: mesh.fsdp: 1 -> 4" in out.stdout
+    train_here(workdir, cache_dir, **{"mesh.fsdp": 4})
+    out = capsys.readouterr().out
+    assert "resumed from the step-20 checkpoint" in out
+    assert "changed since the step-20 checkpoint: mesh.fsdp: 1 -> 4" in out
     want, got = losses(digits_run), losses(workdir)
     assert sorted(got) == list(range(1, 31))
     np.testing.assert_allclose([got[s] for s in range(21, 31)], [want[s] for s in range(21, 31)], rtol=1e-5)

@@ -14,7 +14,7 @@ from etils import epath
 
 from wpce_jax import checkpoint
 from wpce_jax.data.run_data import prepare_digits
-from runs import final_params, losses, run_cli, tiny_config
+from runs import final_params, losses, tiny_config, train_here
 
 BUCKET = "wpce-test"
 
@@ -74,7 +74,7 @@ def gs_losses(workdir: epath.Path) -> dict:
     return {r["step"]: r["train/loss"] for r in records if "train/loss" in r}
 
 
-def test_a_run_on_gs_trains_resumes_exactly_and_loads(gcs, cache_dir, digits_run):
+def test_a_run_on_gs_trains_resumes_exactly_and_loads(gcs, cache_dir, digits_run, capsys):
     built = prepare_digits(tiny_config(cache_dir))
     data = epath.Path(gcs) / "digits"
     upload(built.train_dir, data / "train")
@@ -83,7 +83,7 @@ def test_a_run_on_gs_trains_resumes_exactly_and_loads(gcs, cache_dir, digits_run
     # The built-in run's data, read as a converted dataset from the bucket: the same computation as digits_run.
     overrides = {"data.kind": "arrayrecord", "data.train_dir": str(data / "train"), "data.tokenizer": "sentencepiece",
                  "data.tokenizer_path": str(data / "spm.model")}
-    run_cli(str(workdir), cache_dir, **overrides)
+    train_here(workdir, cache_dir, **overrides)  # in this process, as the command line trains
     assert gs_losses(workdir) == losses(digits_run)
     assert {"config.json", "metrics.jsonl", "checkpoints", "tokenizer", "tensorboard", "eval"} <= {
         p.name for p in workdir.iterdir()} and not (workdir / "run.lock").exists()
@@ -91,8 +91,9 @@ def test_a_run_on_gs_trains_resumes_exactly_and_loads(gcs, cache_dir, digits_run
     assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
 
     (workdir / "checkpoints" / "30").rmtree()  # as if the run had died after step 29
-    out = run_cli(str(workdir), cache_dir, **overrides)
-    assert "resumed from the step-20 checkpoint" in out.stdout
+    capsys.readouterr()
+    train_here(workdir, cache_dir, **overrides)
+    assert "resumed from the step-20 checkpoint" in capsys.readouterr().out
     assert gs_losses(workdir) == losses(digits_run)  # steps 21-30 again, bit-identical, each once
 
     model = checkpoint.load(str(workdir))

@@ -8,8 +8,7 @@ import pytest
 
 from wpce_jax import cli, train
 from wpce_jax.data.run_data import prepare_digits
-from runs import DIGITS, ROOT, tiny_config
-from runs import cli as train_cmd
+from runs import DIGITS, ROOT, refused_here, tiny_config
 
 
 def one_line_error(cmd):
@@ -23,23 +22,33 @@ def main_cmd(*args):
     return [sys.executable, "-m", "wpce_jax.main", *args]
 
 
-@pytest.mark.parametrize("case", ["missing_config", "unknown_key", "unwritable_workdir", "tokenizer_dir"])
-def test_user_mistakes_get_one_line(tmp_path, cache_dir, case):
+@pytest.mark.parametrize("case", ["missing_config", "unknown_key"])
+def test_user_mistakes_in_the_flags_get_one_line(tmp_path, case):
+    """The command line itself (its flag parsing and config loading): a subprocess each."""
     if case == "missing_config":
         line = one_line_error(main_cmd("--config=configs/nope.py", f"--workdir={tmp_path}"))
         assert "configs/nope.py" in line
-    elif case == "unknown_key":
+    else:
         line = one_line_error(main_cmd(f"--config={DIGITS}", "--config.modle.embed_dim=8", f"--workdir={tmp_path}"))
         assert "modle" in line and "--config.KEY" in line
-    elif case == "unwritable_workdir":
+
+
+@pytest.mark.parametrize("case", ["unwritable_workdir", "tokenizer_dir"])
+def test_user_mistakes_in_the_run_get_one_line(tmp_path, cache_dir, capsys, case):
+    """Mistakes the training finds, in-process through the command lines' error handling (report_errors)."""
+    if case == "unwritable_workdir":
         (tmp_path / "file").write_text("")
-        line = one_line_error(train_cmd(str(tmp_path / "file" / "run"), cache_dir))
-        assert "--workdir" in line and "cannot create it" in line
+        workdir, overrides = tmp_path / "file" / "run", {}
     else:
         train_dir = prepare_digits(tiny_config(cache_dir)).train_dir  # a converted dataset
-        line = one_line_error(train_cmd(str(tmp_path / "run"), cache_dir, **{
-            "data.kind": "arrayrecord", "data.train_dir": train_dir, "data.tokenizer": "sentencepiece",
-            "data.tokenizer_path": str(tmp_path)}))
+        workdir, overrides = tmp_path / "run", {"data.kind": "arrayrecord", "data.train_dir": train_dir,
+                                                "data.tokenizer": "sentencepiece", "data.tokenizer_path": str(tmp_path)}
+    lines = [line for line in refused_here(capsys, workdir, cache_dir, **overrides).splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines  # exit status 2: refused_here
+    line = lines[0]
+    if case == "unwritable_workdir":
+        assert "--workdir" in line and "cannot create it" in line
+    else:
         assert "data.tokenizer_path" in line and "is a directory" in line
 
 

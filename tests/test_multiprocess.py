@@ -11,7 +11,8 @@ import jax
 import numpy as np
 
 from wpce_jax import checkpoint
-from runs import DIGITS, TINY, cli, losses, run
+from wpce_jax.data.run_data import prepare_digits
+from runs import DIGITS, TINY, losses, tiny_config, train_here
 from test_train import wait_for
 
 STEPS = {"total_steps": 12, "checkpoint_every_steps": 6, "eval_every_steps": 12}
@@ -41,9 +42,9 @@ def run_two_processes(workdir, cache_dir):
     return outs[0][0]
 
 
-def test_two_processes_continue_a_one_process_run_exactly(tmp_path):
-    reference, cache_dir = str(tmp_path / "one"), str(tmp_path / "cache")
-    run(cli(reference, cache_dir, **STEPS))  # one process, 8 devices: the uninterrupted run
+def test_two_processes_continue_a_one_process_run_exactly(tmp_path, cache_dir):
+    reference = str(tmp_path / "one")
+    train_here(reference, cache_dir, **STEPS)  # one process (this one), 8 devices: the uninterrupted run
     want_losses = losses(reference)
     assert sorted(want_losses) == list(range(1, 13)) and all(np.isfinite(list(want_losses.values())))
     want_params = jax.tree.map(np.asarray, checkpoint.load(reference).params)
@@ -73,9 +74,10 @@ def test_two_processes_continue_a_one_process_run_exactly(tmp_path):
     assert losses(workdir) == want_losses
 
 
-def test_sigterm_to_one_process_stops_both_at_one_checkpoint(tmp_path):
+def test_sigterm_to_one_process_stops_both_at_one_checkpoint(tmp_path, cache_dir):
     workdir = str(tmp_path / "run")
-    procs = start_two_processes(workdir, str(tmp_path / "cache"), total_steps=400, checkpoint_every_steps=1000,
+    prepare_digits(tiny_config(cache_dir))  # built once, not by both processes at once (test_concurrent_prepare)
+    procs = start_two_processes(workdir, cache_dir, total_steps=400, checkpoint_every_steps=1000,
                                 eval_every_steps=1000)
     metrics = os.path.join(workdir, "metrics.jsonl")
     wait_for(lambda: os.path.exists(metrics) and len(open(metrics).readlines()) >= 5, procs[0])

@@ -24,7 +24,7 @@ from wpce_jax.optimizer import make_optimizer
 from wpce_jax.parallel import global_batch, make_mesh, replicated
 from wpce_jax.similarity import train_rff
 from wpce_jax.train_step import initial_state, make_loss_fn, make_train_step
-from runs import cli, final_params, losses, run_cli, tiny_config
+from runs import cli, final_params, losses, refused_here, tiny_config, train_here
 
 
 def wait_for(predicate, proc, timeout=300):
@@ -42,7 +42,8 @@ def assert_same_run(workdir, reference):
     jax.tree.map(np.testing.assert_array_equal, final_params(workdir), final_params(reference))
 
 
-def test_resume_after_sigkill_with_another_worker_count_is_exact(tmp_path, cache_dir, digits_run):
+def test_resume_after_sigkill_with_another_worker_count_is_exact(tmp_path, cache_dir, digits_run, capsys):
+    """A real kill -9 of the command line at its step-20 checkpoint; resumed in this process."""
     workdir = str(tmp_path)
     proc = subprocess.Popen(cli(workdir, cache_dir), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wait_for(lambda: os.path.isdir(os.path.join(workdir, "checkpoints", "20")), proc)
@@ -50,36 +51,72 @@ def test_resume_after_sigkill_with_another_worker_count_is_exact(tmp_path, cache
     proc.wait()
     assert max(losses(workdir)) >= 20
     # The data position is a count of global examples: two worker processes continue the stream exactly.
-    out = run_cli(workdir, cache_dir, **{"data.worker_count": 2})
-    assert "resumed from the step-20 checkpoint" in out.stdout
-    assert "changed since the step-20 checkpoint: data.worker_count: 0 -> 2" in out.stdout
-    assert "taking over the stale lock" in out.stdout  # the killed run could not release it
+    train_here(workdir, cache_dir, **{"data.worker_count": 2})
+    out = capsys.readouterr().out
+    assert "resumed from the step-20 checkpoint" in out
+    assert "changed since the step-20 checkpoint: data.worker_count: 0 -> 2" in out
+    assert "taking over the stale lock" in out  # the killed run could not release it
+    assert_same_run(workdir, digits_run)
+
+
+def test_sigterm_saves_survives_a_second_signal_and_resumes_exactly(tmp_path, cache_dir, digits_run, capsys):
+    """The command line gets a real SIGTERM (a preemption notice) and, during the save, a SIGINT; resumed in this
+    process. Both signals' handling without the run: test_stop_signals_take_either_signal_and_a_second_one; SIGINT's
+    saved-checkpoint line: test_preemption_at_an_evaluation_step_saves_without_evaluating."""
+    workdir = str(tmp_path)
+    profile = {"profile_steps": (3, 4)}  # the console below is checked with the profiler's start and stop in it
+    proc = subprocess.Popen(cli(workdir, cache_dir, **profile), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    metrics = os.path.join(workdir, "metrics.jsonl")
+    wait_for(lambda: os.path.exists(metrics) and len(open(metrics).readlines()) >= 13, proc)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.7)  # a second notice while the checkpoint is being written must not kill the save
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+    stopped = max(losses(workdir))
+    assert 13 <= stopped < 30 and f"SIGTERM: saved the step-{stopped} checkpoint" in stdout
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == sorted(
+        str(s) for s in (10, 20, stopped) if s <= stopped)  # complete: no leftover tmp directory
+    assert not os.path.exists(os.path.join(workdir, "run.lock"))
+    assert any(files for _, _, files in os.walk(os.path.join(workdir, "profile")))
+    # The console: the project's own lines, no library INFO logs (absl's handler is the command line's: app.run).
+    assert not [line for line in stderr.splitlines() if line.startswith("I") and "]" in line[:40]], stderr
+    train_here(workdir, cache_dir, **profile)
+    assert f"resumed from the step-{stopped} checkpoint" in capsys.readouterr().out
     assert_same_run(workdir, digits_run)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_stop_signal_saves_survives_a_second_signal_and_resumes_exactly(tmp_path, cache_dir, digits_run, sig):
-    workdir = str(tmp_path)
-    proc = subprocess.Popen(cli(workdir, cache_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    metrics = os.path.join(workdir, "metrics.jsonl")
-    wait_for(lambda: os.path.exists(metrics) and len(open(metrics).readlines()) >= 13, proc)
-    proc.send_signal(sig)
-    time.sleep(0.7)  # a second notice while the checkpoint is being written must not kill the save
-    if proc.poll() is None:
-        proc.send_signal(sig)
-    stdout, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 0, stderr[-3000:]
-    stopped = max(losses(workdir))
-    assert 13 <= stopped < 30 and f"{sig.name}: saved the step-{stopped} checkpoint" in stdout
-    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == sorted(
-        str(s) for s in (10, 20, stopped) if s <= stopped)  # complete: no leftover tmp directory
-    assert not os.path.exists(os.path.join(workdir, "run.lock"))
-    out = run_cli(workdir, cache_dir)
-    assert f"resumed from the step-{stopped} checkpoint" in out.stdout
-    assert_same_run(workdir, digits_run)
+def test_stop_signals_take_either_signal_and_a_second_one(sig, capfd):
+    """The handler the command line enters (a real signal to this process): the first signal asks for a stop
+    (no KeyboardInterrupt for SIGINT), a second one only says so; leaving restores the previous handler."""
+    before = signal.getsignal(sig)
+
+    def delivered(condition):  # the handler runs in the main thread between bytecodes: at most a moment later
+        deadline = time.time() + 10
+        while not condition() and time.time() < deadline:
+            time.sleep(0.01)
+        return condition()
+
+    err = []
+
+    def said(text):
+        err.append(capfd.readouterr().err)
+        return text in "".join(err)
+
+    with train.StopSignals() as stop:
+        assert not stop.reached(1)
+        os.kill(os.getpid(), sig)
+        assert delivered(lambda: stop.reached(2)) and stop.requested == sig.name
+        os.kill(os.getpid(), sig)
+        assert delivered(lambda: said(f"{sig.name} again: still stopping")) and stop.requested == sig.name
+    assert f"{sig.name}: stopping after the current step; saving a checkpoint first" in "".join(err)
+    assert signal.getsignal(sig) is before
 
 
-def test_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path, cache_dir, digits_run):
+def test_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path, cache_dir, digits_run, capsys):
     workdir = str(tmp_path / "run")
     shutil.copytree(digits_run, workdir)
     state = os.path.join(workdir, "checkpoints", "30", "state")
@@ -87,60 +124,61 @@ def test_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path, cache_
         path = os.path.join(root, name)  # emptied or cut in half, as a full disk or a killed copy leaves them
         with open(path, "r+b") as f:
             f.truncate(os.path.getsize(path) // 2 if i % 2 else 0)
-    out = run_cli(workdir, cache_dir)
-    assert "skipping the step-30 checkpoint: it is damaged" in out.stdout
-    assert "resumed from the step-20 checkpoint" in out.stdout
+    train_here(workdir, cache_dir)
+    out = capsys.readouterr().out
+    assert "skipping the step-30 checkpoint: it is damaged" in out
+    assert "resumed from the step-20 checkpoint" in out
     assert os.path.isdir(os.path.join(workdir, "checkpoints", "30.damaged"))
     assert_same_run(workdir, digits_run)
 
 
 def test_unfinished_checkpoints_are_moved_aside_and_a_step_0_start_keeps_the_old_metrics(tmp_path, cache_dir,
-                                                                                        digits_run):
+                                                                                        digits_run, capsys):
     workdir = str(tmp_path / "run")
     shutil.copytree(digits_run, workdir)
     for step in (10, 20, 30):  # saves that never finished, as far as the files show
         os.remove(os.path.join(workdir, "checkpoints", str(step), "commit_success.txt"))
     old = open(os.path.join(workdir, "metrics.jsonl")).read()
-    out = run_cli(workdir, cache_dir, total_steps=2, eval_every_steps=2)
+    train_here(workdir, cache_dir, total_steps=2, eval_every_steps=2)
+    out = capsys.readouterr().out
     for step in (30, 20, 10):
-        assert f"skipping the step-{step} checkpoint: it is damaged (its save never finished" in out.stdout
+        assert f"skipping the step-{step} checkpoint: it is damaged (its save never finished" in out
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10.damaged", "2", "20.damaged", "30.damaged"]
     kept = [n for n in os.listdir(workdir) if n.startswith("metrics.") and n != "metrics.jsonl"]
-    assert len(kept) == 1 and open(os.path.join(workdir, kept[0])).read() == old and kept[0] in out.stdout
+    assert len(kept) == 1 and open(os.path.join(workdir, kept[0])).read() == old and kept[0] in out
     assert sorted(losses(workdir)) == [1, 2]
 
 
-def test_checkpoint_of_an_older_version_is_refused_not_skipped(tmp_path, cache_dir, digits_run):
+def test_checkpoint_of_an_older_version_is_refused_not_skipped(tmp_path, cache_dir, digits_run, capsys):
     workdir = str(tmp_path / "run")
     shutil.copytree(digits_run, workdir)
     step_dir = os.path.join(workdir, "checkpoints", "30")
     os.rename(os.path.join(step_dir, "position"), os.path.join(step_dir, "data"))  # the old iterator-state layout
-    out = subprocess.run(cli(workdir, cache_dir), capture_output=True, text=True, timeout=600)
-    assert out.returncode == 2 and "written by an older version of wpce_jax" in out.stderr, out.stderr[-2000:]
+    err = refused_here(capsys, workdir, cache_dir)  # exit status 2
+    assert "written by an older version of wpce_jax" in err, err[-2000:]
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10", "20", "30"]  # nothing moved aside
 
 
-def test_changed_config_on_resume_stops_before_compute_or_passes_with_a_line(tmp_path, cache_dir, digits_run):
+def test_changed_config_on_resume_stops_before_compute_or_passes_with_a_line(tmp_path, cache_dir, digits_run,
+                                                                             capsys):
     workdir = str(tmp_path / "run")
     shutil.copytree(digits_run, workdir)
     before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
-    out = subprocess.run(cli(workdir, cache_dir, **{"model.embed_dim": 32, "wpce.kernel": "imq", "seed": 4}),
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 2
-    assert "step-30 checkpoint was trained with another config" in out.stderr
+    err = refused_here(capsys, workdir, cache_dir, **{"model.embed_dim": 32, "wpce.kernel": "imq", "seed": 4})
+    assert "step-30 checkpoint was trained with another config" in err
     for line in ("model.embed_dim: 16 -> 32", "seed: 0 -> 4", "wpce.kernel: 'gaussian' -> 'imq'"):
-        assert line in out.stderr
-    assert "Traceback" not in out.stderr and sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
+        assert line in err
+    assert "Traceback" not in err and sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
     # Extending the run, evaluating more often and profiling two steps may change: one line each.
-    out = run_cli(workdir, cache_dir, total_steps=34, eval_every_steps=32, profile_steps=(32, 33))
+    train_here(workdir, cache_dir, total_steps=34, eval_every_steps=32, profile_steps=(32, 33))
+    out = capsys.readouterr().out
     for line in ("total_steps: 30 -> 34", "eval_every_steps: 30 -> 32", "profile_steps: [] -> [32, 33]"):
-        assert f"changed since the step-30 checkpoint: {line}" in out.stdout
-    assert max(losses(workdir)) == 34 and "evaluating at step 32" in out.stdout
+        assert f"changed since the step-30 checkpoint: {line}" in out
+    assert max(losses(workdir)) == 34 and "evaluating at step 32" in out
     assert any(files for _, _, files in os.walk(os.path.join(workdir, "profile")))
     record = json.loads(open(os.path.join(workdir, "config.json")).read())
     assert record["config"]["total_steps"] == 34
-    # The console: the project's own lines, no library INFO logs.
-    assert not [line for line in out.stderr.splitlines() if line.startswith("I") and "]" in line[:40]], out.stderr
+    # The command line's console (no library INFO logs): test_sigterm_saves_survives_a_second_signal_and_resumes_...
 
 
 def test_one_step_on_8_devices_equals_1_device(cache_dir, tmp_path):
@@ -214,11 +252,17 @@ def test_preemption_at_an_evaluation_step_saves_without_evaluating(cache_dir, tm
     evaluated = []
     real_call = train.Evaluator.__call__
     monkeypatch.setattr(train.Evaluator, "__call__", lambda self, *a: evaluated.append(1) or real_call(self, *a))
-    monkeypatch.setattr(train.StopSignals, "reached", lambda self, step: step == 10)
+
+    def reached(self, step):  # a Ctrl-C noticed at step 10, as the handler records it
+        if step == 10:
+            self.requested = "SIGINT"
+        return step == 10
+
+    monkeypatch.setattr(train.StopSignals, "reached", reached)
     config = tiny_config(cache_dir, eval_every_steps=10, checkpoint_every_steps=100)
     assert train.train_and_evaluate(config, str(tmp_path)) == {}
     assert evaluated == [] and sorted(os.listdir(tmp_path / "checkpoints")) == ["10"]
-    assert "saved the step-10 checkpoint" in capsys.readouterr().out
+    assert "SIGINT: saved the step-10 checkpoint" in capsys.readouterr().out
 
 
 def test_non_finite_guard_keeps_last_good_checkpoint(cache_dir, tmp_path, monkeypatch):
