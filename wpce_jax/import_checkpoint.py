@@ -25,14 +25,6 @@ from wpce_jax.cli import fail, one_line, parse_flags, quiet_libraries, report_er
 from wpce_jax.errors import UserError
 
 FORMATS = ("wpse", "open_clip", "hf_clip")
-flags.DEFINE_enum("format", None, FORMATS, "What --input is: the paper's release directory (wpse), an OpenAI / "
-                  "open_clip state dict (open_clip), or a transformers CLIPModel directory (hf_clip).")
-flags.DEFINE_string("input", None, "The weights: a file or directory (see --format).")
-flags.DEFINE_string("workdir", None, "The workdir to write (must not hold checkpoints yet).")
-flags.DEFINE_string("tokenizer", None, "CLIP's BPE vocabulary, bpe_simple_vocab_16e6.txt.gz (copied into DIR).")
-flags.DEFINE_bool("as_wpce", False, "CLIP sources: import as a WPCE model whose towers are CLIP's.")
-flags.DEFINE_string("kernel", None, "--as_wpce: the shift-invariant kernel (default: the config's, gaussian).")
-flags.DEFINE_float("kernel_scale", None, "--as_wpce: sigma or c of --kernel (default: the config's, 0.5).")
 FLAGS = flags.FLAGS
 
 
@@ -177,5 +169,19 @@ def main(argv):
                       FLAGS.kernel_scale)
 
 
+def define_flags() -> None:
+    """The command line's flags: defined only when run as a command, so that importing the importer (tests, other
+    tools) leaves absl's global flags alone (python -m wpce_jax.evaluate defines its own --workdir)."""
+    flags.DEFINE_enum("format", None, FORMATS, "What --input is: the paper's release directory (wpse), an OpenAI / "
+                      "open_clip state dict (open_clip), or a transformers CLIPModel directory (hf_clip).")
+    flags.DEFINE_string("input", None, "The weights: a file or directory (see --format).")
+    flags.DEFINE_string("workdir", None, "The workdir to write (must not hold checkpoints yet).")
+    flags.DEFINE_string("tokenizer", None, "CLIP's BPE vocabulary, bpe_simple_vocab_16e6.txt.gz (copied into DIR).")
+    flags.DEFINE_bool("as_wpce", False, "CLIP sources: import as a WPCE model whose towers are CLIP's.")
+    flags.DEFINE_string("kernel", None, "--as_wpce: the shift-invariant kernel (default: the config's, gaussian).")
+    flags.DEFINE_float("kernel_scale", None, "--as_wpce: sigma or c of --kernel (default: the config's, 0.5).")
+
+
 if __name__ == "__main__":
+    define_flags()
     app.run(main, argv=sys.argv, flags_parser=parse_flags)
