@@ -26,7 +26,7 @@ from wpce_jax.config_validation import mode_settings
 from wpce_jax.errors import ConfigError
 from wpce_jax.losses import (infonce_and_accuracy, margin_contrastive_loss, nce_loss, nt_xent, pair_distances,
                              ranking_loss, sigmoid_loss, triplet_loss)
-from wpce_jax.models.towers import logit_scale_value
+from wpce_jax.logit_scale import value as logit_scale_value
 from wpce_jax.parallel import DATA_AXIS
 from wpce_jax.relevance import max_grade, relevance
 from wpce_jax.similarity import embed

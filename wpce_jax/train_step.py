@@ -29,10 +29,10 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 from ml_collections import ConfigDict
 
-from wpce_jax import objectives
+from wpce_jax import logit_scale, objectives
 from wpce_jax.kernels import RFF
 from wpce_jax.models.towers import init_params
-from wpce_jax.optimizer import clip_logit_scale, learning_rate_schedule, stop_frozen
+from wpce_jax.optimizer import learning_rate_schedule, stop_frozen
 from wpce_jax.parallel import DATA_AXIS, gather_fsdp
 from wpce_jax.rng import init_key
 from wpce_jax.similarity import eval_rff, train_rff
@@ -172,7 +172,7 @@ def make_train_step(model, config: ConfigDict, mesh, tx: optax.GradientTransform
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         if image_only:  # the unused text tower and logit scale stay as initialised (no weight decay either)
             updates = {k: v if k in IMAGE_PARAMS else jax.tree.map(jnp.zeros_like, v) for k, v in updates.items()}
-        params = clip_logit_scale(optax.apply_updates(state.params, updates), similarity,
+        params = logit_scale.clip(optax.apply_updates(state.params, updates), similarity,
                                   config.logit_scale_min, config.logit_scale_max)
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
         bad_step = jnp.where((state.bad_step < 0) & ~ok, state.step, state.bad_step)

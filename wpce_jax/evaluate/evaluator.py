@@ -29,7 +29,7 @@ from wpce_jax.data.eval_sources import MissingDataError
 from wpce_jax.errors import ConfigError
 from wpce_jax.evaluate import image_retrieval, linear_probe, registry, retrieval, zeroshot
 from wpce_jax.evaluate.encode import Encoders, ImageFeatures
-from wpce_jax.models.towers import logit_scale_value
+from wpce_jax.logit_scale import value as logit_scale_value
 from wpce_jax.similarity import eval_rff_draws
 
 PROBE_FEATURES = ("pooled", "compared")
