@@ -10,6 +10,7 @@ from wpce_jax.kernels import KINDS
 from wpce_jax.losses import MININGS, RANKING_KINDS
 from wpce_jax.models.towers import validate_model_config
 from wpce_jax.optimizer import frozen_pattern
+from wpce_jax.parallel import per_process_batch
 from wpce_jax.relevance import RULES
 
 DATA_KINDS = ("digits", "digit_pairs", "arrayrecord")
@@ -135,9 +136,8 @@ def validate_config(config: ConfigDict) -> None:
     if not isinstance(config.seed, int):
         raise ConfigError(f"config field seed must be an int, got {config.seed!r}")
     devices = jax.device_count()
-    for path, size in (("batch_size", config.batch_size), ("eval.batch_size", config.eval.batch_size)):
-        if size % devices:
-            raise ConfigError(f"config field {path} = {size} must be divisible by the number of devices ({devices})")
+    for path in ("batch_size", "eval.batch_size"):
+        per_process_batch(_get(config, path), path)
     fsdp = _get(config, "mesh.fsdp", 1)
     if isinstance(fsdp, bool) or not isinstance(fsdp, int) or fsdp < 1 or devices % fsdp:
         raise ConfigError(f"config field mesh.fsdp = {fsdp!r} must be a positive divisor of the number of devices "

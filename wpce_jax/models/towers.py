@@ -80,7 +80,7 @@ from wpce_jax.errors import ConfigError, UserError
 from wpce_jax.models.heads import WEIGHT_ACTIVATIONS, PointCloudHead
 from wpce_jax.models.text import POOLS, SEQUEL_RULES, TextTransformer, pool_positions
 from wpce_jax.models.transformer import ACTIVATIONS, REMAT_POLICIES
-from wpce_jax.models.vit import VIT_SIZES, VisionTransformer, ViTDims, parse_variant
+from wpce_jax.models.vit import VIT_SIZES, VisionTransformer, ViTDims, check_tiles, parse_variant
 from wpce_jax.data.image_ops import PIXEL_STATS
 from wpce_jax.config_fields import get as _get, positive_int as _positive_int
 from wpce_jax.pointcloud import PointCloud
@@ -200,9 +200,7 @@ def validate_model_config(config, require_vocabulary: bool = True) -> None:
         raise ConfigError(f"config field model.image.heads={dims.heads} does not divide model.image.width="
                           f"{dims.width}")
     image_size = _positive_int(config, "data.image_size")
-    if image_size % patch:
-        raise ConfigError(f"config field data.image_size={image_size} is not divisible by the ViT patch size "
-                          f"{patch}")
+    check_tiles(f"config field data.image_size={image_size}", image_size, patch, ConfigError)
     vocab = _get(config, "model.text.vocab_size", None)
     if vocab is not None or require_vocabulary:
         vocab = _positive_int(config, "model.text.vocab_size")
