@@ -29,7 +29,7 @@ from wpce_jax.losses import (infonce_and_accuracy, margin_contrastive_loss, nce_
 from wpce_jax.logit_scale import value as logit_scale_value
 from wpce_jax.parallel import DATA_AXIS
 from wpce_jax.relevance import max_grade, relevance
-from wpce_jax.similarity import embed
+from wpce_jax.similarity import compared
 
 
 class Objective(NamedTuple):
@@ -45,13 +45,13 @@ class Objective(NamedTuple):
 
 def _encode_image_text(model, config: ConfigDict):
     def encode(params, batch, rff):
-        image_cloud, text_cloud = model.apply({"params": params}, batch["image"], batch["tokens"])
-        return embed(image_cloud, rff, config), embed(text_cloud, rff, config)
+        vectors = compared(model, config, params, batch["image"], batch["tokens"], rff)
+        return vectors.image, vectors.text
     return encode
 
 
 def _image(model, config, params, images, rff):
-    return embed(model.apply({"params": params}, images, method="encode_image"), rff, config)
+    return compared(model, config, params, images, rff=rff).image
 
 
 def _encode_two_views(model, config: ConfigDict):
