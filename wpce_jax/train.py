@@ -335,11 +335,11 @@ def _loop(run: _Run) -> dict[str, float]:
                 run.checkpointer.wait()
             _say(f"{run.stop.requested}: saved the step-{step} checkpoint; restart with the same --workdir to resume")
             break
-        if run.evaluator and (step % config.eval_every_steps == 0 or final):
+        if run.evaluator and (due := run.evaluator.due(step, final)):  # eval.<kind>_every_steps
             with progress.pause():  # evaluation time is not training time
                 started = time.perf_counter()
                 _say(f"evaluating at step {step}")
-                last_eval = run.evaluator(run.state.params, run.state.rng, run.state.eval_rff)
+                last_eval = run.evaluator(run.state.params, run.state.rng, run.state.eval_rff, due)
                 run.writer.write(step, last_eval)
                 write_eval_json(run.workdir, step, last_eval, enabled=is_main)
                 _say(f"eval at step {step} done in {time.perf_counter() - started:.1f}s")
