@@ -103,18 +103,19 @@ def mode_settings(config: ConfigDict) -> ModeSettings:
                         float(margin) if margin is not None else 0.0, mining, views, relevance, kind, direction)
 
 
-def validate(config: ConfigDict) -> None:
+def validate(config: ConfigDict) -> ModeSettings:
     """Every field of a training config, before any data is prepared or compute runs: the training fields, the
     evaluation fields and the model's (its vocabulary is checked once the tokenizer has filled it in, by
-    make_model)."""
+    make_model). Returns the mode settings (`mode_settings`), computed once here for the entry point."""
     from wpce_jax.evaluate.evaluator import validate_eval_config  # the evaluator imports this module's helpers
 
-    validate_config(config)
+    settings = validate_config(config)
     validate_eval_config(config)
     validate_model_config(config, require_vocabulary=False)
+    return settings
 
 
-def validate_config(config: ConfigDict) -> None:
+def validate_config(config: ConfigDict) -> ModeSettings:
     """Everything except the model's own fields (`models.towers.validate_model_config` checks those) and the
     evaluation fields (`evaluate.evaluator.validate_eval_config`)."""
     epochs = _get(config, "epochs", None)
@@ -127,7 +128,7 @@ def validate_config(config: ConfigDict) -> None:
                  "keep_checkpoints", "eval.batch_size", "optim.accum_steps", "wpce.num_features",
                  "data.image_size"):
         _positive_int(config, path)
-    mode_settings(config)
+    settings = mode_settings(config)
     profile = _get(config, "profile_steps", ())
     if profile and not (len(profile) == 2 and all(isinstance(s, int) and not isinstance(s, bool) for s in profile)
                         and 1 <= profile[0] <= profile[1]):
@@ -201,3 +202,4 @@ def validate_config(config: ConfigDict) -> None:
     if not 0 < _number(config, "logit_scale_min", 0, False) < _number(config, "logit_scale_max", 0, False):
         raise ConfigError(f"config fields logit_scale_min < logit_scale_max required, got "
                           f"{config.logit_scale_min} and {config.logit_scale_max}")
+    return settings

@@ -30,6 +30,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from ml_collections import ConfigDict
 
 from wpce_jax import logit_scale, objectives
+from wpce_jax.config_validation import mode_settings
 from wpce_jax.kernels import RFF
 from wpce_jax.models.towers import init_params
 from wpce_jax.optimizer import learning_rate_schedule, stop_frozen
@@ -71,7 +72,8 @@ def make_objective_fn(model, config: ConfigDict, mesh):
     """objective(params, vectors, batch) -> (loss, metrics): the mode's objective over the global batch, in
     shard_map, of `make_encode_fn`'s vectors (sharded over the data axis), from the registry (objectives.py).
     params feed only the logit scale (and SigLIP's bias); batch only the labels ("labelled", "ranking")."""
-    return objectives.get(config).objective(model, config, mesh)
+    settings = mode_settings(config)
+    return objectives.MODES[settings.mode].objective(model, config, mesh, settings)
 
 
 def make_loss_fn(model, config: ConfigDict, mesh):

@@ -118,19 +118,21 @@ class _Scaled:
 class Evaluator:
     """evaluator(params, root_key_data, eval_rff) -> {metric name: value}, identical on every process.
 
+    `config` is validated by the entry point (train_and_evaluate, python -m wpce_jax.evaluate: validate_eval_config).
+
     training: the trainer's evaluator (linear probes only with eval.linear_probe_in_training); verbose: also log
     each stage of the linear probe's C search."""
 
     def __init__(self, model, config: ConfigDict, mesh, tokenizer, *, digits_data=None,
                  cache_dir: Optional[str] = None, log: Callable[[str], None] = partial(print, flush=True),
                  training: bool = True, verbose: bool = False):
-        validate_eval_config(config)
         self.config, self.tokenizer, self.digits_data, self.cache_dir = config, tokenizer, digits_data, cache_dir
         self.encoders = Encoders(model, config, mesh)
         self.is_main = jax.process_index() == 0
         self._log, self.verbose = log, verbose
         self._resolved: dict = {}  # (task, spec, split) -> resolved set, or None once skipped
         self.pairs_data = None  # the built-in digit pairs, prepared when an evaluation names them
+        self.relevance = mode_settings(config).relevance  # the graded retrieval NDCG's rule
         self.tasks = {task: registry.parse_specs(config.eval.get(task) or "", task) for task in TASKS}
         if training and not config.eval.get("linear_probe_in_training", True):
             self.tasks["linear_probe"] = []
@@ -238,7 +240,7 @@ class Evaluator:
     def _retrieval(self, spec, sets, images, args):
         data = sets["test"]
         feats = images(spec, "captions", data.images)
-        return feats and retrieval.evaluate(spec.name, data, feats, rule=mode_settings(self.config).relevance,
+        return feats and retrieval.evaluate(spec.name, data, feats, rule=self.relevance,
                                             **args)
 
     def _image_retrieval(self, spec, sets, images, args):
