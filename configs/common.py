@@ -120,6 +120,8 @@ def base() -> ml_collections.ConfigDict:
     c.eval.retrieval = ""             # image-caption retrieval sets
     c.eval.image_retrieval = ""       # image->image retrieval by class (leave-one-out over the test images)
     c.eval.image_retrieval_by = "similarity"  # rank by "similarity" or by "distance" (for distance-trained models)
+    for kind in ("zeroshot", "linear_probe", "retrieval", "image_retrieval"):  # evaluate.evaluator.KINDS
+        c.eval[f"{kind}_every_steps"] = placeholder(int)  # run it every this many steps (default eval_every_steps)
     c.eval.tfds_data_dir = placeholder(str)   # TFDS data_dir holding the prepared (array_record) eval datasets
     c.eval.aircraft_dir = placeholder(str)    # FGVC-Aircraft class folders: DIR/{train,test}/<variant>/*.jpg
     c.eval.flickr30k_dir = placeholder(str)   # DIR/dataset_flickr30k.json (Karpathy) and the images

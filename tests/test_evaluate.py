@@ -15,7 +15,7 @@ from absl import logging
 from absl.testing import flagsaver
 from jax.sharding import PartitionSpec as P
 
-from wpce_jax import checkpoint
+from wpce_jax import checkpoint, inference
 from wpce_jax.cli import parse_flags
 from wpce_jax.data.tokenizers import get_tokenizer
 from wpce_jax.evaluate import retrieval, zeroshot
@@ -211,7 +211,7 @@ def test_fsdp8_checkpoint_evaluates_the_same_split_on_eight_devices_and_whole_on
 
     monkeypatch.setattr(ocp.type_handlers.ArrayHandler, "deserialize", deserialize)
     restored = checkpoint.restore(workdir)
-    assert isinstance(restored.state, checkpoint.EvalState) and restored.mesh.shape["fsdp"] == 8
+    assert isinstance(restored.state, inference.EvalState) and restored.mesh.shape["fsdp"] == 8
     assert read and not [name for name in read if not name.startswith(("params.", "rng", "eval_rff."))]
     assert len(read) == len(jax.tree.leaves(restored.state))
     token = restored.state.params["image_encoder"]["cls_token"]

@@ -10,6 +10,7 @@ from wpce_jax.kernels import KINDS
 from wpce_jax.losses import MININGS, RANKING_KINDS
 from wpce_jax.models.towers import validate_model_config
 from wpce_jax.optimizer import frozen_pattern
+from wpce_jax.parallel import per_process_batch
 from wpce_jax.relevance import RULES
 
 DATA_KINDS = ("digits", "digit_pairs", "arrayrecord")
@@ -105,18 +106,19 @@ def mode_settings(config: ConfigDict) -> ModeSettings:
                         float(margin) if margin is not None else 0.0, mining, views, relevance, kind, direction)
 
 
-def validate(config: ConfigDict) -> None:
+def validate(config: ConfigDict) -> ModeSettings:
     """Every field of a training config, before any data is prepared or compute runs: the training fields, the
     evaluation fields and the model's (its vocabulary is checked once the tokenizer has filled it in, by
-    make_model)."""
+    make_model). Returns the mode settings (`mode_settings`), computed once here for the entry point."""
     from wpce_jax.evaluate.evaluator import validate_eval_config  # the evaluator imports this module's helpers
 
-    validate_config(config)
+    settings = validate_config(config)
     validate_eval_config(config)
     validate_model_config(config, require_vocabulary=False)
+    return settings
 
 
-def validate_config(config: ConfigDict) -> None:
+def validate_config(config: ConfigDict) -> ModeSettings:
     """Everything except the model's own fields (`models.towers.validate_model_config` checks those) and the
     evaluation fields (`evaluate.evaluator.validate_eval_config`)."""
     epochs = _get(config, "epochs", None)
@@ -129,7 +131,7 @@ def validate_config(config: ConfigDict) -> None:
                  "keep_checkpoints", "eval.batch_size", "optim.accum_steps", "wpce.num_features",
                  "data.image_size"):
         _positive_int(config, path)
-    mode_settings(config)
+    settings = mode_settings(config)
     profile = _get(config, "profile_steps", ())
     if profile and not (len(profile) == 2 and all(isinstance(s, int) and not isinstance(s, bool) for s in profile)
                         and 1 <= profile[0] <= profile[1]):
@@ -138,9 +140,8 @@ def validate_config(config: ConfigDict) -> None:
     if not isinstance(config.seed, int):
         raise ConfigError(f"config field seed must be an int, got {config.seed!r}")
     devices = jax.device_count()
-    for path, size in (("batch_size", config.batch_size), ("eval.batch_size", config.eval.batch_size)):
-        if size % devices:
-            raise ConfigError(f"config field {path} = {size} must be divisible by the number of devices ({devices})")
+    for path in ("batch_size", "eval.batch_size"):
+        per_process_batch(_get(config, path), path)
     fsdp = _get(config, "mesh.fsdp", 1)
     if isinstance(fsdp, bool) or not isinstance(fsdp, int) or fsdp < 1 or devices % fsdp:
         raise ConfigError(f"config field mesh.fsdp = {fsdp!r} must be a positive divisor of the number of devices "
@@ -204,3 +205,4 @@ def validate_config(config: ConfigDict) -> None:
     if not 0 < _number(config, "logit_scale_min", 0, False) < _number(config, "logit_scale_max", 0, False):
         raise ConfigError(f"config fields logit_scale_min < logit_scale_max required, got "
                           f"{config.logit_scale_min} and {config.logit_scale_max}")
+    return settings

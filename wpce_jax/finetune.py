@@ -7,16 +7,16 @@ counter, the data position and the run's own evaluation RFF draw. Parameters the
 initialisation and are listed, the source's extra ones are listed and ignored, and a shape that differs stops the
 run before it trains. Once the run has a checkpoint of its own it resumes from that, and init_from is not read again.
 
-The logit scale means the scale itself for WPCE and its log for CLIP (models.towers.logit_scale_value): a source
+The logit scale means the scale itself for WPCE and its log for CLIP (wpce_jax.logit_scale): a source
 of the other similarity has its value converted so that the starting scale is the source's.
 """
 from typing import Callable, Optional
 
 import jax
-import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from ml_collections import ConfigDict
 
+from wpce_jax import logit_scale
 from wpce_jax.checkpoint import abstract_like, checkpoint_dir, restore_params
 from wpce_jax.errors import ConfigError
 from wpce_jax.optimizer import count_frozen, param_path
@@ -80,10 +80,9 @@ def start_from(state, shardings, config: ConfigDict, say: Callable[[str], None])
         say(_lines("init_from: ignored (the model lacks them)", source.unused))
     params = dict(source.params)
     similarity, theirs = config.model.similarity, _source_similarity(directory, source.step)
-    if "logit_scale" in params and theirs in ("wpce", "clip") and theirs != similarity:
-        convert = jnp.exp if similarity == "wpce" else jnp.log  # the target's parameter from the source's
-        params["logit_scale"] = convert(params["logit_scale"])
-        scale = float(jnp.exp(source.params["logit_scale"])) if theirs == "clip" else float(source.params["logit_scale"])
+    if "logit_scale" in params and theirs in logit_scale.SIMILARITIES and theirs != similarity:
+        params["logit_scale"] = logit_scale.convert(params["logit_scale"], theirs, similarity)
+        scale = float(logit_scale.from_parameter(source.params["logit_scale"], theirs))
         say(f"init_from: the source is {theirs}, this run {similarity}: its logit scale {scale:.4g} converted")
     merged = jax.tree_util.tree_map_with_path(lambda path, x: params.get(param_path(path), x), state.params)
     return state._replace(params=merged)

@@ -35,7 +35,7 @@ class LoadedModel:
 
     def __init__(self, config: ConfigDict, model, params, eval_rff, step: int, mesh: Optional[Mesh] = None):
         from wpce_jax.data.tokenizers import get_tokenizer
-        from wpce_jax.similarity import embed
+        from wpce_jax.similarity import compared
 
         self.config, self.params, self.eval_rff, self.step = config, params, eval_rff, step
         self.tokenizer = get_tokenizer(config.data.tokenizer, config.data.tokenizer_path,
@@ -45,8 +45,8 @@ class LoadedModel:
         mesh = mesh or make_mesh(jax.local_devices()[:1])
         cloud = lambda method: lambda p, x: apply_gathered(model, mesh, p, x, method)  # noqa: E731
         self._image_cloud, self._text_cloud = jax.jit(cloud("encode_image")), jax.jit(cloud("encode_text"))
-        self._image = jax.jit(lambda p, x, rff: embed(cloud("encode_image")(p, x), rff, config))
-        self._text = jax.jit(lambda p, t, rff: embed(cloud("encode_text")(p, t), rff, config))
+        self._image = jax.jit(lambda p, x, rff: compared(model, config, p, images=x, rff=rff, mesh=mesh).image)
+        self._text = jax.jit(lambda p, t, rff: compared(model, config, p, tokens=t, rff=rff, mesh=mesh).text)
 
     def preprocess(self, images: np.ndarray) -> np.ndarray:
         """uint8 [N, H, W, 3] -> uint8 [N, S, S, 3] (the evaluation crop); normalised float [N, S, S, 3] -> float32."""

@@ -22,21 +22,21 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 from ml_collections import ConfigDict
 
-from wpce_jax.config_validation import mode_settings
+from wpce_jax.config_validation import ModeSettings, mode_settings
 from wpce_jax.errors import ConfigError
 from wpce_jax.losses import (infonce_and_accuracy, margin_contrastive_loss, nce_loss, nt_xent, pair_distances,
                              ranking_loss, sigmoid_loss, triplet_loss)
-from wpce_jax.models.towers import logit_scale_value
+from wpce_jax.logit_scale import value as logit_scale_value
 from wpce_jax.parallel import BATCH_AXES
 from wpce_jax.relevance import max_grade, relevance
-from wpce_jax.similarity import embed
+from wpce_jax.similarity import compared
 
 
 class Objective(NamedTuple):
     inputs: tuple           # batch entries the towers encode
     image_only: bool        # the text tower is never run
     encode: Callable        # (model, config) -> encode(params, batch, rff) -> tuple of [B, F]
-    objective: Callable     # (model, config, mesh) -> objective(params, vectors, batch) -> (loss, metrics)
+    objective: Callable     # (model, config, mesh, ModeSettings) -> objective(params, vectors, batch) -> (loss, metrics)
     metrics: tuple          # metric names the objective returns
     reads: tuple = ()       # batch entries the objective reads
 
@@ -45,13 +45,13 @@ class Objective(NamedTuple):
 
 def _encode_image_text(model, config: ConfigDict):
     def encode(params, batch, rff):
-        image_cloud, text_cloud = model.apply({"params": params}, batch["image"], batch["tokens"])
-        return embed(image_cloud, rff, config), embed(text_cloud, rff, config)
+        vectors = compared(model, config, params, batch["image"], batch["tokens"], rff)
+        return vectors.image, vectors.text
     return encode
 
 
 def _image(model, config, params, images, rff):
-    return embed(model.apply({"params": params}, images, method="encode_image"), rff, config)
+    return compared(model, config, params, images, rff=rff).image
 
 
 def _encode_two_views(model, config: ConfigDict):
@@ -84,7 +84,7 @@ IMAGE_TEXT = {
 }
 
 
-def _image_text_objective(model, config: ConfigDict, mesh):
+def _image_text_objective(model, config: ConfigDict, mesh, settings: ModeSettings):
     """model.objective over (images x, captions y); metrics: logit scale, top-1 both ways, and the bias."""
     similarity = config.model.similarity
     if model.objective not in IMAGE_TEXT:
@@ -117,8 +117,8 @@ def _two_view_loss(temperature, x, y):
     return nt_xent(x, y, temperature, BATCH_AXES), (accuracy["i2t_top1"] + accuracy["t2i_top1"]) / 2
 
 
-def _two_view_objective(model, config: ConfigDict, mesh):
-    sharded = jax.shard_map(partial(_two_view_loss, mode_settings(config).temperature), mesh=mesh,
+def _two_view_objective(model, config: ConfigDict, mesh, settings: ModeSettings):
+    sharded = jax.shard_map(partial(_two_view_loss, settings.temperature), mesh=mesh,
                             in_specs=(P(BATCH_AXES), P(BATCH_AXES)), out_specs=(P(), P()))
 
     def objective(params, vectors, batch):
@@ -135,8 +135,7 @@ def _mean_pair_distances(x, labels):
     return mean(similar), mean(dissimilar)
 
 
-def _labelled_objective(model, config: ConfigDict, mesh):
-    settings = mode_settings(config)
+def _labelled_objective(model, config: ConfigDict, mesh, settings: ModeSettings):
     if settings.metric_loss == "triplet":
         loss = partial(triplet_loss, margin=settings.margin, mining=settings.mining, axis_name=BATCH_AXES)
     else:
@@ -177,10 +176,10 @@ def _ranking_loss(kind: str, direction: str, rule: str, x, y, labels, scale):
     return (one_way(x, y) + one_way(y, x)) / 2
 
 
-def _ranking_objective(model, config: ConfigDict, mesh):
+def _ranking_objective(model, config: ConfigDict, mesh, settings: ModeSettings):
     """config.ranking.kind over (images x, captions y) with relevance by config.data.relevance from batch["labels"]
     [B, K]; metrics: the logit scale and the partner top-1 both ways."""
-    settings, similarity = mode_settings(config), config.model.similarity
+    similarity = config.model.similarity
     loss = partial(_ranking_loss, settings.ranking_kind, settings.direction, settings.relevance)
     sharded = jax.shard_map(lambda x, y, labels, scale: (loss(x, y, labels, scale), _top1(x, y, scale)), mesh=mesh,
                             in_specs=(P(BATCH_AXES), P(BATCH_AXES), P(BATCH_AXES), P()), out_specs=(P(), P()))

@@ -1,4 +1,4 @@
-"""AdamW with the paper's decay mask and schedule, optional clipping, and the logit-scale bound.
+"""AdamW with the paper's decay mask and schedule and optional clipping (the logit-scale bound: wpce_jax.logit_scale).
 
 Schedule: linear warm-up from `optim.init_lr` to `optim.lr` over `optim.warmup_steps`, then cosine to `optim.end_lr`
 at update `schedule_steps` (the horizon planned when the run started, run_data.resolve; the update there runs just
@@ -19,11 +19,11 @@ import math
 import re
 
 import jax
-import jax.numpy as jnp
 import optax
 from ml_collections import ConfigDict
 
 from wpce_jax.errors import ConfigError
+from wpce_jax.logit_scale import clip as clip_logit_scale  # noqa: F401 (re-exported)
 
 
 def num_updates(config: ConfigDict) -> int:
@@ -121,13 +121,3 @@ def make_optimizer(config: ConfigDict) -> optax.GradientTransformation:
         return tx  # the state tree of a run without frozen parameters stays what it always was
     labels = lambda params: jax.tree.map(lambda m: "frozen" if m else "trained", frozen_mask(params, config))  # noqa: E731
     return optax.partition({"trained": tx, "frozen": optax.set_to_zero()}, labels)
-
-
-def logit_scale_bounds(similarity: str, low: float, high: float) -> tuple[float, float]:
-    """Bounds on the logit-scale parameter: the scale itself for WPCE, its log for the exp-parameterised CLIP."""
-    return (low, high) if similarity == "wpce" else (math.log(low), math.log(high))
-
-
-def clip_logit_scale(params, similarity: str, low: float, high: float):
-    lo, hi = logit_scale_bounds(similarity, low, high)
-    return {**params, "logit_scale": jnp.clip(params["logit_scale"], lo, hi)}

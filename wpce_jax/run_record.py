@@ -1,9 +1,10 @@
 """The run's record (DIR/config.json) and the check that a resumed run computes what its checkpoint computed.
 
-config.json, written by process 0 at every start: the resolved config, the versions of the packages that decide
-the numbers, the git commit of the code (when it runs from a git checkout), the command line, the platform and the
-start time. On resume, every field that changes what is computed must equal the checkpoint's; the fields below may
-change (each change is reported in one line). The learning-rate schedule (warm-up and horizon) is the one planned
+config.json, written by process 0 at every start: the resolved config, the run plan (data/run_data.RunPlan, under
+"plan"; an imported workdir has none), the versions of the packages that decide the numbers, the git commit of the
+code (when it runs from a git checkout), the command line, the platform and the start time. On resume, every field
+that changes what is computed must equal the checkpoint's; the fields below may change (each change is reported in
+one line). The learning-rate schedule (warm-up and horizon) is the one planned
 when the run started, whatever the run's length or warm-up says today (`keep_schedule`).
 """
 import datetime

@@ -28,7 +28,7 @@ from ml_collections import ConfigDict
 
 from wpce_jax import config_fields, finetune, mfu, objectives, platform, rng, run_record
 from wpce_jax.checkpoint import Checkpointer, abstract_like
-from wpce_jax.config_validation import mode_settings, validate
+from wpce_jax.config_validation import ModeSettings, validate
 from wpce_jax.data import run_data, unreadable
 from wpce_jax.data.image_ops import ViewAugment
 from wpce_jax.data.pipeline import TrainDataOptions, make_train_dataset
@@ -177,7 +177,7 @@ def train_and_evaluate(config: ConfigDict, workdir, stop_signals: "StopSignals |
     """Trains per `config` in `workdir` (local or gs://; resuming from its latest checkpoint). Returns the last
     evaluation. stop_signals: an entered StopSignals that outlives the call (the command line's); by default the
     call installs its own and restores the previous handlers when it returns."""
-    validate(config)
+    settings = validate(config)
     platform.check_accelerator(config.get("require_accelerator", False))
     workdir = _workdir(workdir)
     is_main = jax.process_index() == 0
@@ -186,11 +186,13 @@ def train_and_evaluate(config: ConfigDict, workdir, stop_signals: "StopSignals |
         lock = scope.enter_context(WorkdirLock(workdir, enabled=is_main, log=_say))
         _say(platform.describe())
         data = run_data.resolve(config, workdir, is_main)
-        config = data.config
-        if config.get("epochs") is not None:
-            _say(f"{config.epochs:g} epochs of {data.num_examples:,} examples at batch {config.batch_size:,}: "
-                 f"{config.total_steps:,} steps, {config.optim.warmup_steps:,} of warm-up")
-        config = _planned_schedule(workdir, config)
+        plan = data.plan
+        if plan.steps_per_epoch is not None:
+            _say(f"{config.epochs:g} epochs of {plan.num_examples:,} examples at batch {config.batch_size:,}: "
+                 f"{plan.total_steps:,} steps, {plan.warmup_steps:,} of warm-up")
+        config = _planned_schedule(workdir, data.config)
+        plan = dataclasses.replace(plan, warmup_steps=config.optim.warmup_steps,  # a resumed run keeps its schedule
+                                   schedule_steps=config.optim.schedule_steps)
         mesh = make_mesh(fsdp=config_fields.get(config, "mesh.fsdp", 1))
         model, tx = make_model(config), make_optimizer(config)
         init = lambda: initial_state(model, tx, config, rng.root_key(config.seed))  # noqa: E731
@@ -207,13 +209,13 @@ def train_and_evaluate(config: ConfigDict, workdir, stop_signals: "StopSignals |
             else:
                 state = finetune.start_from(jax.jit(init, out_shardings=shardings)(), shardings, config, _say)
             if is_main:
-                run_record.write(workdir, config, platform.describe())
+                run_record.write(workdir, config, platform.describe(), {"plan": plan.to_json()})
             if start:
                 writer.truncate_after(start)  # lines a killed run wrote after its last checkpoint
             elif (kept := writer.set_aside()) is not None:
                 _say(f"starting from step 0: the metrics already in {workdir} were moved to {kept.name}")
             skipped = _Skipped(checkpointer.skipped_examples(start) if start else 0)
-            batches = _global_batches(iter(_dataset(config, data, examples)), mode_settings(config).mode, mesh,
+            batches = _global_batches(iter(_dataset(config, data, examples, settings)), settings.mode, mesh,
                                       skipped)
             first = next(batches)
             train_step, flops = _compile(model, config, mesh, tx, state, first)
@@ -228,8 +230,7 @@ def train_and_evaluate(config: ConfigDict, workdir, stop_signals: "StopSignals |
             writer.close()
 
 
-def _dataset(config: ConfigDict, data: run_data.RunData, start_example: int):
-    settings = mode_settings(config)
+def _dataset(config: ConfigDict, data: run_data.RunData, start_example: int, settings: ModeSettings):
     return make_train_dataset(data.train_dir, TrainDataOptions(
         tokenizer=data.tokenizer, image_size=config.data.image_size, batch_size=per_process_batch(config.batch_size),
         seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count(),
@@ -335,11 +336,11 @@ def _loop(run: _Run) -> dict[str, float]:
                 run.checkpointer.wait()
             _say(f"{run.stop.requested}: saved the step-{step} checkpoint; restart with the same --workdir to resume")
             break
-        if run.evaluator and (step % config.eval_every_steps == 0 or final):
+        if run.evaluator and (due := run.evaluator.due(step, final)):  # eval.<kind>_every_steps
             with progress.pause():  # evaluation time is not training time
                 started = time.perf_counter()
                 _say(f"evaluating at step {step}")
-                last_eval = run.evaluator(run.state.params, run.state.rng, run.state.eval_rff)
+                last_eval = run.evaluator(run.state.params, run.state.rng, run.state.eval_rff, due)
                 run.writer.write(step, last_eval)
                 write_eval_json(run.workdir, step, last_eval, enabled=is_main)
                 _say(f"eval at step {step} done in {time.perf_counter() - started:.1f}s")

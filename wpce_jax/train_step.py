@@ -29,10 +29,11 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 from ml_collections import ConfigDict
 
-from wpce_jax import objectives
+from wpce_jax import logit_scale, objectives
+from wpce_jax.config_validation import mode_settings
 from wpce_jax.kernels import RFF
 from wpce_jax.models.towers import init_params
-from wpce_jax.optimizer import clip_logit_scale, learning_rate_schedule, stop_frozen
+from wpce_jax.optimizer import learning_rate_schedule, stop_frozen
 from wpce_jax.parallel import BATCH_AXES, gather_fsdp
 from wpce_jax.rng import init_key
 from wpce_jax.similarity import eval_rff, train_rff
@@ -71,7 +72,8 @@ def make_objective_fn(model, config: ConfigDict, mesh):
     """objective(params, vectors, batch) -> (loss, metrics): the mode's objective over the global batch, in
     shard_map, of `make_encode_fn`'s vectors (sharded over the data axis), from the registry (objectives.py).
     params feed only the logit scale (and SigLIP's bias); batch only the labels ("labelled", "ranking")."""
-    return objectives.get(config).objective(model, config, mesh)
+    settings = mode_settings(config)
+    return objectives.MODES[settings.mode].objective(model, config, mesh, settings)
 
 
 def make_loss_fn(model, config: ConfigDict, mesh):
@@ -172,7 +174,7 @@ def make_train_step(model, config: ConfigDict, mesh, tx: optax.GradientTransform
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         if image_only:  # the unused text tower and logit scale stay as initialised (no weight decay either)
             updates = {k: v if k in IMAGE_PARAMS else jax.tree.map(jnp.zeros_like, v) for k, v in updates.items()}
-        params = clip_logit_scale(optax.apply_updates(state.params, updates), similarity,
+        params = logit_scale.clip(optax.apply_updates(state.params, updates), similarity,
                                   config.logit_scale_min, config.logit_scale_max)
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
         bad_step = jnp.where((state.bad_step < 0) & ~ok, state.step, state.bad_step)

@@ -1,14 +1,19 @@
-"""A config's data, resolved: the training records, the tokenizer, and the config with what they determine.
+"""A config's data, resolved: the training records, the tokenizer, and the run plan they determine.
 
 "digits" builds the built-in dataset once (cached under data.cache_dir, default $XDG_CACHE_HOME/wpce_jax, i.e.
 ~/.cache/wpce_jax) and uses its SentencePiece model (its held-out split serves the evaluations that name "digits");
 "digit_pairs" builds the built-in graded set of digit pairs the same way (data/digit_pairs.py; its held-out pairs
 serve the evaluations that name "digit_pairs"); "arrayrecord" reads a converted dataset and the configured tokenizer. The tokenizer file is copied into the workdir
-so that a checkpoint is self-contained. The resolved config (a copy; the input is not changed) names that copy and
-carries model.text.vocab_size and eot_id from the tokenizer, with `epochs` set total_steps and optim.warmup_steps
-counted from the manifest's num_examples, and optim.schedule_steps (the schedule's horizon: total_steps unless the
-config sets it; a resumed run then keeps its checkpoint's, run_record.keep_schedule).
+so that a checkpoint is self-contained.
+
+What the data determines is the run's plan (`RunPlan`, frozen): the tokenizer's kind, copy, vocabulary size and
+end-of-text id; the manifest's num_examples and, with `epochs`, the step counts (total_steps and optim.warmup_steps
+counted from it); optim.schedule_steps (the schedule's horizon: total_steps unless the config sets it; a resumed
+run then keeps its checkpoint's, run_record.keep_schedule). The user's config is not changed; the resolved config
+(`RunPlan.applied`, a copy) is the user's with the plan written into its fields, which is what the model and
+optimiser builders read and what a checkpoint stores; DIR/config.json records the plan as well.
 """
+import dataclasses
 import os
 from typing import NamedTuple, Optional
 
@@ -23,12 +28,57 @@ from wpce_jax.errors import ConfigError, MissingInputError, WrongPathError
 from wpce_jax.paths import is_remote
 
 
-class RunData(NamedTuple):
-    config: ConfigDict                   # the resolved config (what the run trains with and saves)
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+    """What a run derives from its config and data when it starts (module docstring)."""
     train_dir: str
+    num_examples: int               # training records (the manifest's num_examples)
+    steps_per_epoch: Optional[int]  # num_examples // batch_size when the config counts in epochs, else None
+    total_steps: int
+    warmup_steps: int
+    schedule_steps: int             # the learning-rate schedule's horizon
+    tokenizer: str                  # "clip_bpe" | "sentencepiece"
+    tokenizer_path: str             # the copy in the workdir
+    vocab_size: int
+    eot_id: int
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def applied(self, config: ConfigDict) -> ConfigDict:
+        """A copy of `config` with the plan in its fields (the resolved config)."""
+        return _written(config, {"total_steps": self.total_steps, "optim.warmup_steps": self.warmup_steps,
+                                 "optim.schedule_steps": self.schedule_steps, "data.tokenizer": self.tokenizer,
+                                 "data.tokenizer_path": self.tokenizer_path, "model.text.vocab_size": self.vocab_size,
+                                 "model.text.eot_id": self.eot_id})
+
+
+def _written(config: ConfigDict, fields: dict) -> ConfigDict:
+    """A copy of `config` with `fields` (dotted path -> value) set."""
+    resolved = config.copy_and_resolve_references()
+    with resolved.unlocked():
+        for path, value in fields.items():
+            *parents, name = path.split(".")
+            node = resolved
+            for parent in parents:
+                node = node[parent]
+            node[name] = value
+    return resolved
+
+
+class RunData(NamedTuple):
+    config: ConfigDict                   # the resolved config (plan.applied: what the run trains with and saves)
+    plan: RunPlan
     tokenizer: object
-    num_examples: int                    # training records (the manifest's num_examples)
     digits: Optional[digits.DigitsData]  # the built-in dataset, when the run trains on it
+
+    @property
+    def train_dir(self) -> str:
+        return self.plan.train_dir
+
+    @property
+    def num_examples(self) -> int:
+        return self.plan.num_examples
 
 
 def prepare_digits(config: ConfigDict) -> digits.DigitsData:
@@ -57,33 +107,43 @@ def _copy_tokenizer(path: epath.Path, target: epath.Path) -> None:
     tmp.replace(target)
 
 
+def steps_per_epoch(config: ConfigDict, num_examples: int) -> Optional[int]:
+    """num_examples // batch_size when the config counts in epochs, else None."""
+    if _get(config, "epochs", None) is None:
+        return None
+    steps = num_examples // config.batch_size
+    if steps == 0:
+        raise ConfigError(f"config field epochs: the training set's {num_examples} examples fill no batch of "
+                          f"batch_size = {config.batch_size}")
+    return steps
+
+
 def schedule(config: ConfigDict, num_examples: int) -> tuple[int, int]:
     """(total_steps, warmup_steps): from `epochs` and `warmup_epochs` when the config counts in epochs (steps per
     epoch = num_examples // batch_size), else the config's own optim.warmup_steps and total_steps."""
-    epochs = _get(config, "epochs", None)
-    if epochs is None:
+    per_epoch = steps_per_epoch(config, num_examples)
+    if per_epoch is None:
         return config.total_steps, config.optim.warmup_steps
-    steps_per_epoch = num_examples // config.batch_size
-    if steps_per_epoch == 0:
-        raise ConfigError(f"config field epochs: the training set's {num_examples} examples fill no batch of "
-                          f"batch_size = {config.batch_size}")
-    warmup = config.warmup_epochs
-    return max(round(epochs * steps_per_epoch), 1), round(warmup * steps_per_epoch)
+    return max(round(config.epochs * per_epoch), 1), round(config.warmup_epochs * per_epoch)
+
+
+def schedule_fields(config: ConfigDict, num_examples: int) -> dict:
+    """{total_steps, warmup_steps, schedule_steps}: `schedule` and the schedule's horizon (optim.schedule_steps,
+    total_steps unless the config sets it)."""
+    total_steps, warmup_steps = schedule(config, num_examples)
+    return {"total_steps": total_steps, "warmup_steps": warmup_steps,
+            "schedule_steps": _get(config, "optim.schedule_steps", None) or total_steps}
 
 
 def with_schedule(config: ConfigDict, num_examples: int) -> ConfigDict:
-    """A copy of `config` with total_steps and optim.warmup_steps (`schedule`) and optim.schedule_steps, the
-    schedule's horizon: total_steps unless the config sets it."""
-    total_steps, warmup_steps = schedule(config, num_examples)
-    resolved = config.copy_and_resolve_references()
-    with resolved.unlocked():
-        resolved.total_steps, resolved.optim.warmup_steps = total_steps, warmup_steps
-        resolved.optim.schedule_steps = _get(config, "optim.schedule_steps", None) or total_steps
-    return resolved
+    """A copy of `config` with the step counts of `schedule_fields` in total_steps and optim.*."""
+    f = schedule_fields(config, num_examples)
+    return _written(config, {"total_steps": f["total_steps"], "optim.warmup_steps": f["warmup_steps"],
+                             "optim.schedule_steps": f["schedule_steps"]})
 
 
 def resolve(config: ConfigDict, workdir, is_main: bool = True) -> RunData:
-    """Prepares the data; returns it with the resolved config (see the module docstring)."""
+    """Prepares the data; returns it with the run plan and the resolved config (see the module docstring)."""
     d = config.data
     if d.kind == "digits":
         built = prepare_digits(config)
@@ -105,9 +165,8 @@ def resolve(config: ConfigDict, workdir, is_main: bool = True) -> RunData:
     if is_main:
         _copy_tokenizer(epath.Path(tok_path), copy)
     tokenizer = get_tokenizer(kind, tok_path, config.model.text.context_length)
-    resolved = with_schedule(config, num_examples)
-    with resolved.unlocked():
-        resolved.data.tokenizer, resolved.data.tokenizer_path = kind, os.fspath(copy)
-        resolved.model.text.vocab_size = tokenizer.vocab_size
-        resolved.model.text.eot_id = tokenizer.eot_id
-    return RunData(resolved, train_dir, tokenizer, num_examples, built)
+    plan = RunPlan(train_dir=os.fspath(train_dir), num_examples=num_examples,
+                   steps_per_epoch=steps_per_epoch(config, num_examples), **schedule_fields(config, num_examples),
+                   tokenizer=kind, tokenizer_path=os.fspath(copy), vocab_size=int(tokenizer.vocab_size),
+                   eot_id=int(tokenizer.eot_id))
+    return RunData(plan.applied(config), plan, tokenizer, built)

@@ -25,9 +25,8 @@ from ml_collections import ConfigDict
 from wpce_jax.data.pipeline import make_eval_dataset
 from wpce_jax.progress import Progress
 from wpce_jax.kernels import RFF
-from wpce_jax.parallel import apply_gathered, batch_sharding, global_batch, per_process_batch, replicated
-from wpce_jax.pointcloud import PointCloud
-from wpce_jax.similarity import embed
+from wpce_jax.parallel import batch_sharding, global_batch, per_process_batch, replicated
+from wpce_jax.similarity import compared
 
 
 class ImageFeatures(NamedTuple):
@@ -35,13 +34,6 @@ class ImageFeatures(NamedTuple):
     pooled: np.ndarray    # float32 [N, W] (likewise)
     labels: np.ndarray    # int64 [N]
     corrupt: int          # images that did not decode (left out of N)
-
-
-def embed_draws(cloud: PointCloud, rffs: Optional[RFF], config: ConfigDict) -> jax.Array:
-    """[B, R, F]: the compared vectors under each stacked draw (R = 1 without RFF)."""
-    if rffs is None:
-        return embed(cloud, None, config)[:, None]
-    return jax.vmap(lambda r: embed(cloud, r, config), out_axes=1)(rffs)
 
 
 class FeatureFiles:
@@ -89,17 +81,14 @@ class Encoders:
     def __init__(self, model, config: ConfigDict, mesh: Mesh):
         self.config, self.mesh = config, mesh
 
-        def apply(params, inputs, method):  # FSDP-split params are gathered where used
-            return apply_gathered(model, mesh, params, inputs, method)
-
         def images(params, batch, rffs):
-            cloud, pooled = apply(params, batch["image"], "encode_image_and_pool")
+            vectors = compared(model, config, params, images=batch["image"], rff=rffs, mesh=mesh, stacked=True)
             # The labels and masks ride along so that they come back in the same (global) row order.
-            return {"compared": embed_draws(cloud, rffs, config), "pooled": pooled, "labels": batch["label"],
+            return {"compared": vectors.image, "pooled": vectors.pooled, "labels": batch["label"],
                     "mask": batch["mask"], "corrupt": batch["corrupt"], "index": batch["index"]}
 
         def texts(params, tokens, rffs):
-            return embed_draws(apply(params, tokens, "encode_text"), rffs, config)
+            return compared(model, config, params, tokens=tokens, rff=rffs, mesh=mesh, stacked=True).text
 
         self._images = jax.jit(images, out_shardings=replicated(mesh))
         self._texts = jax.jit(texts, out_shardings=replicated(mesh))

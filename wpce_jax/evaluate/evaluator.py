@@ -10,13 +10,18 @@ temporary, or with a local cache directory the cache itself (read back memory-ma
 the same checkpoint does not encode again. During training the linear probes run
 only when eval.linear_probe_in_training is set (a probe of a large set, e.g. ImageNet's 1.28M training images, is
 work for `python -m wpce_jax.evaluate`).
+
+The kinds are the entries of `KINDS` (name -> how its datasets resolve, how it runs, its metric prefix); the
+trainer and `python -m wpce_jax.evaluate` both iterate that table, in its order. During training each kind runs
+every `eval.<kind>_every_steps` steps (e.g. eval.zeroshot_every_steps; unset: `eval_every_steps`) and at the last
+step; the evaluate command runs every kind.
 """
 from __future__ import annotations
 
 import json
 import time
 from functools import partial
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import numpy as np
@@ -24,18 +29,51 @@ from etils import epath
 from jax.experimental import multihost_utils
 from ml_collections import ConfigDict
 
+from wpce_jax.config_fields import get as _get
 from wpce_jax.config_validation import mode_settings
 from wpce_jax.data.eval_sources import MissingDataError
 from wpce_jax.errors import ConfigError
 from wpce_jax.evaluate import image_retrieval, linear_probe, registry, retrieval, zeroshot
 from wpce_jax.evaluate.encode import Encoders, ImageFeatures
-from wpce_jax.models.towers import logit_scale_value
+from wpce_jax.logit_scale import value as logit_scale_value
 from wpce_jax.similarity import eval_rff_draws
 
 PROBE_FEATURES = ("pooled", "compared")
-TASKS = ("zeroshot", "linear_probe", "retrieval", "image_retrieval")  # the eval.<task> fields naming datasets
 _CACHE_VERSION = 2  # bump when the cached arrays change meaning (2: a directory of .npy files)
 _ARRAYS = ("compared", "pooled", "labels")
+
+
+class Kind(NamedTuple):
+    """One evaluation kind: config field eval.<name> names its datasets (registry.parse_specs)."""
+    resolve: Callable  # (spec, split, config.eval, digits data, digit-pairs data) -> its set (MissingDataError)
+    size: Callable     # its set -> the number of images it encodes
+    splits: tuple      # the splits an evaluation reads, each resolved (and skipped when missing) in this order
+    run: str           # the Evaluator method: (spec, {split: set}, images, args) -> {metric: value}, or None
+    prefix: str        # every metric it reports is named "<prefix>/<dataset>/..."
+
+
+def _classes(spec, split, eval_config, digits_data, pairs_data):
+    return registry.resolve_classification(spec, split, eval_config, digits_data)
+
+
+def _captions(spec, split, eval_config, digits_data, pairs_data):
+    return registry.resolve_captions(spec, eval_config, digits_data, pairs_data)
+
+
+_CLASSES_SIZE = lambda data: len(data[0].source)  # noqa: E731 - (Classification, balanced)
+KINDS = {
+    "zeroshot": Kind(_classes, _CLASSES_SIZE, ("test",), "_zeroshot", "zeroshot"),
+    "linear_probe": Kind(_classes, _CLASSES_SIZE, ("test", "train"), "_linear_probe", "linear_probe"),
+    "retrieval": Kind(_captions, lambda data: len(data.images), ("test",), "_retrieval", "retrieval"),
+    "image_retrieval": Kind(_classes, _CLASSES_SIZE, ("test",), "_image_retrieval", "image_retrieval"),
+}
+TASKS = tuple(KINDS)  # the eval.<task> fields naming datasets
+
+
+def every_steps(config: ConfigDict, kind: str) -> int:
+    """How often the trainer runs `kind`: eval.<kind>_every_steps, else eval_every_steps (older configs lack the
+    per-kind fields)."""
+    return _get(config, f"eval.{kind}_every_steps", None) or config.eval_every_steps
 
 
 def validate_eval_config(config: ConfigDict) -> None:
@@ -44,6 +82,10 @@ def validate_eval_config(config: ConfigDict) -> None:
     e = config.eval
     for task in TASKS:
         registry.parse_specs(e.get(task) or "", task)
+        every = e.get(f"{task}_every_steps")
+        if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
+            raise ConfigError(f"config field eval.{task}_every_steps must be an int >= 1 (or unset: "
+                              f"eval_every_steps), got {every!r}")
     if isinstance(e.rff_draws, bool) or not isinstance(e.rff_draws, int) or e.rff_draws < 1:
         raise ConfigError(f"config field eval.rff_draws must be an int >= 1, got {e.rff_draws!r}")
     if e.get("image_retrieval_by", "similarity") not in image_retrieval.BY:
@@ -76,19 +118,21 @@ class _Scaled:
 class Evaluator:
     """evaluator(params, root_key_data, eval_rff) -> {metric name: value}, identical on every process.
 
+    `config` is validated by the entry point (train_and_evaluate, python -m wpce_jax.evaluate: validate_eval_config).
+
     training: the trainer's evaluator (linear probes only with eval.linear_probe_in_training); verbose: also log
     each stage of the linear probe's C search."""
 
     def __init__(self, model, config: ConfigDict, mesh, tokenizer, *, digits_data=None,
                  cache_dir: Optional[str] = None, log: Callable[[str], None] = partial(print, flush=True),
                  training: bool = True, verbose: bool = False):
-        validate_eval_config(config)
         self.config, self.tokenizer, self.digits_data, self.cache_dir = config, tokenizer, digits_data, cache_dir
         self.encoders = Encoders(model, config, mesh)
         self.is_main = jax.process_index() == 0
         self._log, self.verbose = log, verbose
         self._resolved: dict = {}  # (task, spec, split) -> resolved set, or None once skipped
         self.pairs_data = None  # the built-in digit pairs, prepared when an evaluation names them
+        self.relevance = mode_settings(config).relevance  # the graded retrieval NDCG's rule
         self.tasks = {task: registry.parse_specs(config.eval.get(task) or "", task) for task in TASKS}
         if training and not config.eval.get("linear_probe_in_training", True):
             self.tasks["linear_probe"] = []
@@ -112,15 +156,12 @@ class Evaluator:
                 from wpce_jax.data.run_data import prepare_digit_pairs
 
                 self.pairs_data = prepare_digit_pairs(self.config)
-            data, problem = None, ""
+            data, problem, kind = None, "", KINDS[task]
             try:
-                if task == "retrieval":
-                    data = registry.resolve_captions(spec, self.config.eval, self.digits_data, self.pairs_data)
-                else:
-                    data = registry.resolve_classification(spec, split, self.config.eval, self.digits_data)
+                data = kind.resolve(spec, split, self.config.eval, self.digits_data, self.pairs_data)
             except MissingDataError as e:
                 problem = str(e)
-            size = len(data.images if task == "retrieval" else data[0].source) if data is not None else 0
+            size = kind.size(data) if data is not None else 0
             if data is not None and size == 0:
                 data, problem = None, "it holds no images"
             if not _same_everywhere(data is not None, size) and data is not None:
@@ -130,7 +171,13 @@ class Evaluator:
             self._resolved[key] = data
         return self._resolved[key]
 
-    def __call__(self, params, root_key_data, eval_rff) -> dict[str, float]:
+    def due(self, step: int, final: bool) -> tuple[str, ...]:
+        """The kinds with datasets that the trainer runs at `step` (every kind at the last step)."""
+        return tuple(kind for kind, specs in self.tasks.items()
+                     if specs and (final or step % every_steps(self.config, kind) == 0))
+
+    def __call__(self, params, root_key_data, eval_rff, kinds: Optional[tuple] = None) -> dict[str, float]:
+        """Every kind of `KINDS` in order (only `kinds` when given) on each of its datasets."""
         rffs = eval_rff_draws(jax.random.wrap_key_data(root_key_data), eval_rff, self.config,
                               self.config.eval.rff_draws)
         args = dict(encoders=self.encoders, params=params, rffs=rffs, tokenizer=self.tokenizer)
@@ -151,46 +198,56 @@ class Evaluator:
             return features[(spec, split)]
 
         results: dict[str, float] = {}
-
-        def run(compute):
-            started = time.perf_counter()
-            out = compute()
-            shown = "  ".join(f"{k} {v:.4g}" for k, v in out.items())
-            self.log(f"{shown}  ({time.perf_counter() - started:.1f}s)")
-            results.update(out)
-
-        for spec in self.tasks["zeroshot"]:
-            resolved = self._resolve("zeroshot", spec, "test")
-            feats = resolved and images(spec, "test", resolved[0].source)
-            if feats:
-                run(lambda: zeroshot.evaluate(spec.name, resolved[0], feats, similarity=self.config.model.similarity,
-                                              **args))
-        for spec in self.tasks["linear_probe"]:
-            test = self._resolve("linear_probe", spec, "test")
-            train = test and self._resolve("linear_probe", spec, "train")
-            if train and train[0].class_names != test[0].class_names:
-                self.log(f"warning: skipping linear_probe on {spec.name}: its train and test splits name different "
-                         f"classes")
+        for name, kind in KINDS.items():
+            if kinds is not None and name not in kinds:
                 continue
-            test_feats = train and images(spec, "test", test[0].source)
-            train_feats = test_feats and images(spec, "train", train[0].source)
-            if train_feats:
-                run(lambda: self._probe(spec.name, params, train_feats, test_feats, len(test[0].class_names),
-                                        balanced=test[1]))
-        for spec in self.tasks["retrieval"]:
-            data = self._resolve("retrieval", spec, "test")
-            feats = data and images(spec, "captions", data.images)
-            if feats:
-                run(lambda: retrieval.evaluate(spec.name, data, feats, rule=mode_settings(self.config).relevance,
-                                               **args))
-        for spec in self.tasks["image_retrieval"]:
-            resolved = self._resolve("image_retrieval", spec, "test")
-            feats = resolved and images(spec, "test", resolved[0].source)
-            if feats:
-                run(lambda: image_retrieval.evaluate(spec.name, resolved[0], images=feats, mesh=self.encoders.mesh,
-                                                     by=self.config.eval.get("image_retrieval_by", "similarity"),
-                                                     rule=mode_settings(self.config).relevance))
+            for spec in self.tasks[name]:
+                sets = {}
+                for split in kind.splits:  # a missing split skips the rest
+                    sets[split] = self._resolve(name, spec, split)
+                    if not sets[split]:
+                        break
+                else:
+                    started = time.perf_counter()
+                    out = getattr(self, kind.run)(spec, sets, images, args)
+                    if out is None:
+                        continue
+                    assert all(k.startswith(f"{kind.prefix}/") for k in out), (kind.prefix, list(out))
+                    shown = "  ".join(f"{k} {v:.4g}" for k, v in out.items())
+                    self.log(f"{shown}  ({time.perf_counter() - started:.1f}s)")
+                    results.update(out)
         return results
+
+    # Each kind's run: (spec, {split: resolved set}, images(spec, split, source), args) -> metrics, or None when
+    # its images are missing (a warning already said so).
+
+    def _zeroshot(self, spec, sets, images, args):
+        data = sets["test"][0]
+        feats = images(spec, "test", data.source)
+        return feats and zeroshot.evaluate(spec.name, data, feats, similarity=self.config.model.similarity, **args)
+
+    def _linear_probe(self, spec, sets, images, args):
+        (test, balanced), (train, _) = sets["test"], sets["train"]
+        if train.class_names != test.class_names:
+            self.log(f"warning: skipping linear_probe on {spec.name}: its train and test splits name different "
+                     f"classes")
+            return None
+        test_feats = images(spec, "test", test.source)
+        train_feats = test_feats and images(spec, "train", train.source)
+        return train_feats and self._probe(spec.name, args["params"], train_feats, test_feats,
+                                           len(test.class_names), balanced=balanced)
+
+    def _retrieval(self, spec, sets, images, args):
+        data = sets["test"]
+        feats = images(spec, "captions", data.images)
+        return feats and retrieval.evaluate(spec.name, data, feats, rule=self.relevance, **args)
+
+    def _image_retrieval(self, spec, sets, images, args):
+        data = sets["test"][0]
+        feats = images(spec, "test", data.source)
+        return feats and image_retrieval.evaluate(spec.name, data, images=feats, mesh=self.encoders.mesh,
+                                                  by=self.config.eval.get("image_retrieval_by", "similarity"),
+                                                  rule=self.relevance)
 
     def _probe(self, name: str, params, train: ImageFeatures, test: ImageFeatures, num_classes: int,
                balanced: bool) -> dict[str, float]:
@@ -203,7 +260,7 @@ class Evaluator:
             train_x, test_x = _Scaled(train.compared[:, 0], scale), _Scaled(test.compared[:, 0], scale)
         out = linear_probe.evaluate(train_x, train.labels, test_x, test.labels, num_classes, balanced=balanced,
                                     log=self.log if self.verbose else lambda line: None, mesh=self.encoders.mesh)
-        return {f"linear_probe/{name}/{k}": out[k] for k in ("top1", "mean_per_class_recall", "C")}
+        return {f"{KINDS['linear_probe'].prefix}/{name}/{k}": out[k] for k in ("top1", "mean_per_class_recall", "C")}
 
     def _cached(self, spec, split: str, source, compute: Callable[[Optional[str]], ImageFeatures]
                 ) -> ImageFeatures:

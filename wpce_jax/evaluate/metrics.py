@@ -59,12 +59,6 @@ def _rank_of(scores: jax.Array, index: jax.Array) -> jax.Array:
     return jnp.sum(ahead, axis=1)
 
 
-def _sort_descending(scores: jax.Array, values: jax.Array):
-    """(scores, values) of each row in ranking order: one stable sort, values carried along."""
-    neg, values = jax.lax.sort((-scores, values), dimension=1, is_stable=True, num_keys=1)
-    return -neg, values
-
-
 def _tie_groups(sorted_scores: jax.Array):
     """First and last position [Q, N] of the tie group that holds each position of a descending-sorted row."""
     q, n = sorted_scores.shape
@@ -123,60 +117,49 @@ def _r_metrics_sorted(sorted_rel):
 
 
 # --------------------------------------------------------------------------------------------- public metrics
+# Views of `_sorted_metrics`, the one implementation (`_counted_metrics` is its fast path for few relevant items).
+
+
+def _per_query(scores, relevance, name: str, ks: tuple = (), ndcg_k: int = 1) -> dict:
+    scores, relevance = _as_f32(scores), jnp.asarray(relevance, jnp.float32)
+    _check_2d(scores, relevance, name)
+    return _sorted_metrics(scores, relevance, ks, ndcg_k)
 
 
 @partial(jax.jit, static_argnames="k")
 def recall_at_k(scores, relevant, k: int) -> jax.Array:
     """[Q] 1.0 when a relevant item is among the top k (stable descending order: ties go to the lower index)."""
-    scores, relevant = _as_f32(scores), jnp.asarray(relevant, bool)
-    _check_2d(scores, relevant, "relevant")
-    # The first relevant item of the ranking has the highest relevant score, lowest index among ties (argmax).
-    best = jnp.argmax(jnp.where(relevant, scores, -jnp.inf), axis=1)
-    found = jnp.any(relevant, axis=1) & (_rank_of(scores, best) < k)
-    return found.astype(jnp.float32)
+    return _per_query(scores, relevant, "relevant", ks=(k,))[f"recall@{k}"]
 
 
 @jax.jit
 def precision_at_1(scores, relevant) -> jax.Array:
     """[Q] whether the top-ranked item (ties to the lower index) is relevant."""
-    scores, relevant = _as_f32(scores), jnp.asarray(relevant, bool)
-    _check_2d(scores, relevant, "relevant")
-    top = jnp.argmax(scores, axis=1)  # first occurrence of the maximum
-    return jnp.take_along_axis(relevant, top[:, None], axis=1)[:, 0].astype(jnp.float32)
+    return _per_query(scores, relevant, "relevant")["precision@1"]
 
 
 @partial(jax.jit, static_argnames="k")
 def ndcg_at_k(scores, relevance, k: int) -> jax.Array:
     """[Q] NDCG@k with gains 2**rel - 1 and scikit-learn's tie averaging (module docstring)."""
-    scores, relevance = _as_f32(scores), jnp.asarray(relevance, jnp.float32)
-    _check_2d(scores, relevance, "relevance")
-    gains = jnp.exp2(relevance) - 1.0
-    sorted_scores, sorted_gains = _sort_descending(scores, gains)
-    return _ndcg_sorted(sorted_scores, sorted_gains, gains, k)
+    return _per_query(scores, relevance, "relevance", ndcg_k=k)[f"ndcg@{k}"]
 
 
 @jax.jit
 def average_precision(scores, relevant) -> jax.Array:
     """[Q] average precision, tied scores one threshold (= sklearn's average_precision_score); 0 without relevant."""
-    scores, relevant = _as_f32(scores), jnp.asarray(relevant, bool)
-    _check_2d(scores, relevant, "relevant")
-    return _ap_sorted(*_sort_descending(scores, relevant.astype(jnp.float32)))
+    return _per_query(scores, relevant, "relevant")["map"]
 
 
 @jax.jit
 def r_precision(scores, relevant) -> jax.Array:
     """[Q] relevant items among the first R of the ranking, over R (R = relevant count; ties to the lower index)."""
-    scores, relevant = _as_f32(scores), jnp.asarray(relevant, bool)
-    _check_2d(scores, relevant, "relevant")
-    return _r_metrics_sorted(_sort_descending(scores, relevant.astype(jnp.float32))[1])[0]
+    return _per_query(scores, relevant, "relevant")["r_precision"]
 
 
 @jax.jit
 def map_at_r(scores, relevant) -> jax.Array:
     """[Q] MAP@R: (1/R) sum over the first R ranks of precision times relevance (ties to the lower index)."""
-    scores, relevant = _as_f32(scores), jnp.asarray(relevant, bool)
-    _check_2d(scores, relevant, "relevant")
-    return _r_metrics_sorted(_sort_descending(scores, relevant.astype(jnp.float32))[1])[1]
+    return _per_query(scores, relevant, "relevant")["map@r"]
 
 
 @partial(jax.jit, static_argnames="k")
@@ -252,13 +235,17 @@ def _counted_metrics(scores, relevant_idx, ks: tuple, ndcg_k: int) -> dict:
     return out
 
 
-def _sorted_metrics(scores, relevant, ks: tuple, ndcg_k: int) -> dict:
-    """The same metrics from one stable sort of each row; relevant [B, N] float32 0/1."""
-    sorted_scores, sorted_rel = _sort_descending(scores, relevant)
+def _sorted_metrics(scores, relevance, ks: tuple, ndcg_k: int) -> dict:
+    """Every ranking metric from one stable sort of each row: scores [B, N] float32, relevance [B, N] float32 >= 0
+    (NDCG's gains are 2**rel - 1; the other metrics count rel > 0 as relevant). Each value [B]."""
+    gains = jnp.exp2(relevance) - 1.0
+    neg, sorted_gains, sorted_rel = jax.lax.sort((-scores, gains, (relevance > 0).astype(jnp.float32)), dimension=1,
+                                                 is_stable=True, num_keys=1)
+    sorted_scores = -neg
     out = {}
     for k in ks:
         out[f"recall@{k}"] = jnp.max(sorted_rel[:, :k], axis=1)
-    out[f"ndcg@{ndcg_k}"] = _ndcg_sorted(sorted_scores, sorted_rel, relevant, ndcg_k)  # binary: gain = relevance
+    out[f"ndcg@{ndcg_k}"] = _ndcg_sorted(sorted_scores, sorted_gains, gains, ndcg_k)
     out["map"] = _ap_sorted(sorted_scores, sorted_rel)
     out["r_precision"], out["map@r"] = _r_metrics_sorted(sorted_rel)
     out["precision@1"] = sorted_rel[:, 0]

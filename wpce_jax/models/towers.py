@@ -66,16 +66,11 @@ raises ValueError naming the bad field; "optional" fields take the default shown
 The image size is not a model attribute: the ViT sizes its position table from the input it is initialised with,
 so `init_params` reads `data.image_size` to build that input.
 
-Logit scale: the model owns the scalar parameter "logit_scale". For "wpce" it is the scale itself (initialised to
-1/0.07; the trainer clips it to [1, 100] after each update); for "clip" it is the log of the scale (initialised to
-log(1/0.07)). `logit_scale_value` turns the parameter into the multiplier for either mode.
-
-Objective "sigmoid" (SigLIP) initialises the scale to 10 instead (log(10) for "clip") and adds the scalar parameter
-"logit_bias", initialised to -10, as SigLIP does. The other objectives have no "logit_bias", so the parameter trees
+Logit scale: the model owns the scalar parameter "logit_scale" (and "logit_bias" for objective "sigmoid"); their
+parameterisation lives in wpce_jax.logit_scale. The other objectives have no "logit_bias", so the parameter trees
 of their runs (and their checkpoints) are unchanged.
 """
-import math
-from typing import Any, Optional
+from typing import Optional
 
 import flax.linen as nn
 import jax
@@ -85,17 +80,15 @@ from wpce_jax.errors import ConfigError, UserError
 from wpce_jax.models.heads import WEIGHT_ACTIVATIONS, PointCloudHead
 from wpce_jax.models.text import POOLS, SEQUEL_RULES, TextTransformer, pool_positions
 from wpce_jax.models.transformer import ACTIVATIONS, REMAT_POLICIES
-from wpce_jax.models.vit import VIT_SIZES, VisionTransformer, ViTDims, parse_variant
+from wpce_jax.models.vit import VIT_SIZES, VisionTransformer, ViTDims, check_tiles, parse_variant
 from wpce_jax.data.image_ops import PIXEL_STATS
 from wpce_jax.config_fields import get as _get, positive_int as _positive_int
 from wpce_jax.pointcloud import PointCloud
+from wpce_jax import logit_scale
+from wpce_jax.logit_scale import SIGMOID_INIT_BIAS, SIMILARITIES, value as logit_scale_value  # noqa: F401 (re-exported)
 
-SIMILARITIES = ("wpce", "clip")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-INIT_TEMPERATURE = 0.07
 OBJECTIVES = ("infonce", "sigmoid", "nce")
-SIGMOID_INIT_SCALE = 10.0   # SigLIP's initialisation: t' = log 10 ...
-SIGMOID_INIT_BIAS = -10.0   # ... and b = -10
 ATTENTION_CHOICES = ("auto", "xla", "cudnn")
 
 
@@ -130,11 +123,9 @@ class DualEncoder(nn.Module):
                     weight_bias=self.weight_bias, weight_activation=self.weight_activation)
         self.image_head = PointCloudHead(**head)
         self.text_head = PointCloudHead(**head)
-        sigmoid = self.objective == "sigmoid"
-        init_scale = SIGMOID_INIT_SCALE if sigmoid else 1.0 / INIT_TEMPERATURE
-        init_value = init_scale if self.similarity == "wpce" else math.log(init_scale)
+        init_value = logit_scale.to_parameter(logit_scale.init_scale(self.objective), self.similarity)
         self.logit_scale = self.param("logit_scale", nn.initializers.constant(init_value), (), jnp.float32)
-        if sigmoid:
+        if self.objective == "sigmoid":
             self.logit_bias = self.param("logit_bias", nn.initializers.constant(SIGMOID_INIT_BIAS), (), jnp.float32)
 
     def encode_image(self, images: jax.Array) -> PointCloud:
@@ -165,18 +156,6 @@ class DualEncoder(nn.Module):
     def __call__(self, images: jax.Array, tokens: jax.Array) -> tuple[PointCloud, PointCloud]:
         """(images [B, H, W, 3], tokens [B', L]) -> (image PointCloud, text PointCloud)."""
         return self.encode_image(images), self.encode_text(tokens)
-
-
-def logit_scale_value(params: Any, similarity: str) -> jax.Array:
-    """The multiplier of the logits, from a parameter tree ({"params": ...} or its inner dict).
-
-    "wpce": the parameter as is; "clip": exp of it. No clipping here: that is the trainer's update rule.
-    """
-    if similarity not in SIMILARITIES:
-        raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
-    tree = params["params"] if "params" in params else params
-    scale = tree["logit_scale"]
-    return jnp.exp(scale) if similarity == "clip" else scale
 
 
 # ----------------------------------------------------------------------------------------------------- config
@@ -221,9 +200,7 @@ def validate_model_config(config, require_vocabulary: bool = True) -> None:
         raise ConfigError(f"config field model.image.heads={dims.heads} does not divide model.image.width="
                           f"{dims.width}")
     image_size = _positive_int(config, "data.image_size")
-    if image_size % patch:
-        raise ConfigError(f"config field data.image_size={image_size} is not divisible by the ViT patch size "
-                          f"{patch}")
+    check_tiles(f"config field data.image_size={image_size}", image_size, patch, ConfigError)
     vocab = _get(config, "model.text.vocab_size", None)
     if vocab is not None or require_vocabulary:
         vocab = _positive_int(config, "model.text.vocab_size")

@@ -41,6 +41,14 @@ def parse_variant(variant: str) -> tuple[ViTDims, int]:
     return VIT_SIZES[size], int(patch)
 
 
+def check_tiles(what: str, size: int, patch_size: int, error=ValueError) -> int:
+    """Patches along one side of `size` pixels; `error` naming `what` when the side does not tile exactly (a
+    ragged edge would be silently dropped by the strided convolution)."""
+    if size % patch_size:
+        raise error(f"{what} is not divisible by the ViT patch size {patch_size}")
+    return size // patch_size
+
+
 class VisionTransformer(nn.Module):
     """ViT with class token, learned position embeddings, pre-norm blocks and a final LayerNorm.
 
@@ -74,8 +82,7 @@ class VisionTransformer(nn.Module):
             images = normalize(images, self.pixel_stats)
         _, height, width_px, _ = images.shape
         for name, size in (("height", height), ("width", width_px)):
-            if size % self.patch_size:
-                raise ValueError(f"image {name} {size} is not divisible by the ViT patch size {self.patch_size}")
+            check_tiles(f"image {name} {size}", size, self.patch_size)
         # A strided convolution is the patch split followed by one shared linear map.
         x = nn.Conv(self.width, kernel_size=(self.patch_size, self.patch_size),
                     strides=(self.patch_size, self.patch_size), padding="VALID", use_bias=self.patch_bias,

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from etils import epath
 
+from wpce_jax import logit_scale
 from wpce_jax.weights.state_dict import StateDict, check_heads, count_blocks
 from wpce_jax.weights.torch_file import WeightsFileError
 
@@ -109,7 +110,7 @@ def as_wpce(imported: Imported, seed: int = 0) -> Imported:
     if fields.get("model.text.null_rows") == 0:
         text["token_embed"] = {"embedding": np.concatenate([table, np.repeat(table[:1], context, axis=0)])}
     params["text_encoder"] = text
-    params["logit_scale"] = np.float32(1 / 0.07)
+    params["logit_scale"] = np.float32(logit_scale.to_parameter(1 / logit_scale.INIT_TEMPERATURE, "wpce"))
     fields.update({"model.similarity": "wpce", "model.weight_bias": False, "model.weight_activation": "tanh",
                    "model.weight_alpha": 100.0, "model.text.null_rows": None, "model.text.sequel_rule": "after_end"})
     return Imported(fields, params, imported.sources)

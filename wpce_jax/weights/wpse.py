@@ -26,6 +26,7 @@ import numpy as np
 import yaml
 from etils import epath
 
+from wpce_jax import logit_scale
 from wpce_jax.weights.imported import HEAD_DIM, Imported, custom_vit_fields, head, image_size, openai_text_tower
 from wpce_jax.weights.state_dict import StateDict, check_heads, conv_kernel, count_blocks
 from wpce_jax.weights.torch_file import WeightsFileError, load_torch_file
@@ -115,7 +116,7 @@ def _logit_scale(raw: np.ndarray, model_cfg: dict, similarity: str) -> tuple[np.
     bounds = {"logit_scale_min": max(bound(cfg.get("min"), 0.0), 1e-6),
               "logit_scale_max": bound(cfg.get("max"), 4.6052)}
     scale = act(raw)
-    return np.float32(scale if similarity == "wpce" else np.log(scale)), bounds
+    return np.float32(logit_scale.to_parameter(np.float32(scale), similarity)), bounds
 
 
 def read(path) -> Imported:
