@@ -282,7 +282,7 @@ class Check:
         model = make_model(config)
         params = init_params(model, jax.random.key(0), config)
         rff = similarity.draw_rff(jax.random.key(1), config)
-        encode = jax.jit(similarity.encoders(model, config)[0])
+        encode = jax.jit(lambda p, x, r: similarity.compared(model, config, p, images=x, rff=r).image)
         size = config.data.image_size
         images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (n, size, size, 3), dtype=np.uint8))
         started = time.perf_counter()

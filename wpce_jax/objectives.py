@@ -194,13 +194,12 @@ def _ranking_objective(model, config: ConfigDict, mesh, settings: ModeSettings):
     return objective
 
 
-def _image_ranking_objective(model, config: ConfigDict, mesh):
+def _image_ranking_objective(model, config: ConfigDict, mesh, settings: ModeSettings):
     """config.ranking.kind over two views (x, y) of each image, relevance by config.data.relevance from the label
     tuples batch["labels"] [B, K] (an image's two views share its tuple; its other view is one of the most relevant
     items, so no query is ranked against itself). The logit scale stays at its initial value (the image-only steps
     do not train it, train_step.py), like NT-Xent's fixed temperature. Metrics: the mean top-1 of each view finding
     its partner among the other view's B."""
-    settings = mode_settings(config)
     similarity = config.model.similarity
     loss = partial(_ranking_loss, settings.ranking_kind, settings.direction, settings.relevance)
     sharded = jax.shard_map(lambda x, y, labels, scale: (loss(x, y, labels, scale), _top1(x, y, scale)), mesh=mesh,
