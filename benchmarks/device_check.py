@@ -53,6 +53,7 @@ sys.path.insert(0, ROOT)
 
 import pipeline as pipeline_bench  # noqa: E402  benchmarks/pipeline.py
 import train_step as train_step_bench  # noqa: E402  benchmarks/train_step.py
+from wpce_jax import config_fields  # noqa: E402
 from wpce_jax.models.towers import cudnn_attention_unavailable, init_params, make_model, resolve_attention  # noqa: E402
 
 
@@ -95,11 +96,7 @@ def step_config(preset: str, similarity: str, per_device: int, **changes):
     c.batch_size = per_device * jax.device_count()
     c.optim.accum_steps = 1
     for field, value in changes.items():
-        node = c
-        *parents, leaf = field.split(".")
-        for key in parents:
-            node = node[key]
-        node[leaf] = value
+        config_fields.set_field(c, field, value)
     return c
 
 

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from wpce_jax import checkpoint, cli as wpce_cli, train
+from wpce_jax import checkpoint, cli as wpce_cli, config_fields, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIGITS = os.path.join(ROOT, "configs", "digits.py")
@@ -26,11 +26,7 @@ def tiny_config(cache_dir, path=DIGITS, arg=None, **overrides):
     """The config file at `path` (its get_config(arg)) with the tiny model and `overrides` (dotted keys)."""
     config = wpce_cli.load_config_file(path, arg)
     for key, value in {**TINY, "data.cache_dir": cache_dir, **overrides}.items():
-        node = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
+        config_fields.set_field(config, key, value)
     return config
 
 

@@ -1,4 +1,4 @@
-"""Reading and checking dotted config fields, with errors that name the field."""
+"""Reading, setting and checking dotted config fields, with errors that name the field."""
 from numbers import Real
 from typing import Any
 
@@ -17,6 +17,20 @@ def get(config, path: str, default: Any = REQUIRED) -> Any:
                 raise ConfigError(f"config field {path} is required but missing")
             return default
     return node
+
+
+def set_field(config, path: str, value: Any, ignore_type: bool = False) -> None:
+    """Sets the config value at dotted `path` (its parents must exist); ignore_type: allow another type than the
+    field's (e.g. a placeholder's)."""
+    *parents, leaf = path.split(".")
+    node = config
+    for key in parents:
+        node = node[key]
+    if ignore_type:
+        with node.ignore_type():
+            node[leaf] = value
+    else:
+        node[leaf] = value
 
 
 def positive_int(config, path: str, default: Any = REQUIRED) -> int:

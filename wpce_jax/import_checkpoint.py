@@ -21,6 +21,7 @@ import time
 from absl import app, flags
 from etils import epath
 
+from wpce_jax import config_fields
 from wpce_jax.cli import fail, one_line, parse_flags, quiet_libraries, report_errors
 from wpce_jax.errors import UserError
 
@@ -53,12 +54,7 @@ def build_config(fields: dict, tokenizer_copy: str, eot_id: int):
     spec.loader.exec_module(common)
     config = common.base()
     for path, value in fields.items():
-        *parents, leaf = path.split(".")
-        node = config
-        for key in parents:
-            node = node[key]
-        with node.ignore_type():
-            node[leaf] = value
+        config_fields.set_field(config, path, value, ignore_type=True)
     config.data.tokenizer, config.data.tokenizer_path = "clip_bpe", tokenizer_copy
     config.model.text.eot_id = eot_id
     config.model.dtype = "float32"

@@ -20,7 +20,7 @@ from typing import NamedTuple, Optional
 from etils import epath
 from ml_collections import ConfigDict
 
-from wpce_jax.config_fields import get as _get
+from wpce_jax.config_fields import get as _get, set_field
 from wpce_jax.data import digit_pairs, digits
 from wpce_jax.data.records import read_manifest
 from wpce_jax.data.tokenizers import get_tokenizer
@@ -58,11 +58,7 @@ def _written(config: ConfigDict, fields: dict) -> ConfigDict:
     resolved = config.copy_and_resolve_references()
     with resolved.unlocked():
         for path, value in fields.items():
-            *parents, name = path.split(".")
-            node = resolved
-            for parent in parents:
-                node = node[parent]
-            node[name] = value
+            set_field(resolved, path, value)
     return resolved
 
 
