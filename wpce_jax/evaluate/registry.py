@@ -173,6 +173,14 @@ def resolve_classification(spec: Spec, split: str, eval_config, digits_data=None
     return data._replace(templates=data.templates or list(prompts.DEFAULT_TEMPLATES)), False
 
 
+def _captions_grouped_by_label(test_dir: str, group_tuples=None) -> CaptionSet:
+    """A built-in set's test records as a caption set whose retrieval groups are the records' labels."""
+    records = eval_sources.Records(test_dir)
+    headers = records.headers()
+    return CaptionSet(records, [h["caption"] for h in headers], np.asarray([h["label"] for h in headers], np.int64),
+                      group_tuples)
+
+
 def resolve_captions(spec: Spec, eval_config, digits_data=None, pairs_data=None) -> CaptionSet:
     """The image-caption set of a retrieval spec (test split); pairs_data: data.digit_pairs.DigitPairsData."""
     if spec.kind == "digit_pairs":
@@ -181,18 +189,12 @@ def resolve_captions(spec: Spec, eval_config, digits_data=None, pairs_data=None)
         if pairs_data is None:
             raise MissingDataError("digit_pairs: the built-in digit pairs are not prepared")
         # One caption per image; binary relevance by pair (the label), graded by the pairs' (left, right) tuples.
-        records = eval_sources.Records(pairs_data.test_dir)
-        headers = records.headers()
-        return CaptionSet(records, [h["caption"] for h in headers],
-                          np.asarray([h["label"] for h in headers], np.int64), np.asarray(PAIRS, np.int32))
+        return _captions_grouped_by_label(pairs_data.test_dir, np.asarray(PAIRS, np.int32))
     if spec.kind == "digits":
         if digits_data is None:
             raise MissingDataError("digits: the built-in digits are prepared by a digits run only")
         # Relevance by digit: every caption of the same digit is a right answer, so groups are the labels.
-        records = eval_sources.Records(digits_data.test_dir)
-        headers = records.headers()
-        return CaptionSet(records, [h["caption"] for h in headers],
-                          np.asarray([h["label"] for h in headers], np.int64))
+        return _captions_grouped_by_label(digits_data.test_dir)
     if spec.kind == "registry":
         if spec.name in RETRIEVAL_TFDS:
             builder, split = RETRIEVAL_TFDS[spec.name]
