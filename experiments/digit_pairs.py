@@ -4,7 +4,7 @@ Data: configs/digit_pairs.py's built-in set (wpce_jax/data/digit_pairs.py): two 
 naming them in order, label tuples (left, right); 20 of the 90 ordered pairs are held out of training and tested on
 held-out scans. Relevance of an item to a query: positional (0, 1 or 2 sides agree).
 
-Grid: similarity in {wpce, clip} x loss in {softmax, pairwise_logistic, approx_ndcg, infonce} x seeds, every run
+Grid: similarity in {wpce, clip} x loss in {softmax, pairwise_logistic, approx_ndcg, pointwise_sigmoid, infonce} x seeds, every run
 with the same steps and batch (configs/digit_pairs.py otherwise: loss both ways, the towers of configs/digits.py).
 Each run is trained in this process by wpce_jax.train.train_and_evaluate, one after another, and its final
 evaluation on the held-out pairs is kept: graded NDCG@10 and recall@1, both ways (retrieval/digit_pairs/...).
@@ -29,7 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 CONFIG = os.path.join(ROOT, "configs", "digit_pairs.py")
 MODELS = ("wpce", "clip")
-KINDS = ("softmax", "pairwise_logistic", "approx_ndcg", "infonce")
+KINDS = ("softmax", "pairwise_logistic", "approx_ndcg", "pointwise_sigmoid", "infonce")  # configs/digit_pairs.py's
 # metric key in the table -> the evaluation's name
 METRICS = {"i2t_ndcg@10": "retrieval/digit_pairs/i2t_ndcg@10", "t2i_ndcg@10": "retrieval/digit_pairs/t2i_ndcg@10",
            "i2t_recall@1": "retrieval/digit_pairs/i2t_recall@1", "t2i_recall@1": "retrieval/digit_pairs/t2i_recall@1"}
