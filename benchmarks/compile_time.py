@@ -12,7 +12,7 @@ import time
 import jax
 
 from wpce_jax.cli import load_config_file
-from wpce_jax.models.towers import make_model
+from wpce_jax.models.model_config import make_model
 from wpce_jax.optimizer import make_optimizer
 from wpce_jax.parallel import make_mesh, replicated
 from wpce_jax.train_step import initial_state, make_train_step

@@ -54,7 +54,8 @@ sys.path.insert(0, ROOT)
 import pipeline as pipeline_bench  # noqa: E402  benchmarks/pipeline.py
 import train_step as train_step_bench  # noqa: E402  benchmarks/train_step.py
 from wpce_jax import config_fields  # noqa: E402
-from wpce_jax.models.towers import cudnn_attention_unavailable, init_params, make_model, resolve_attention  # noqa: E402
+from wpce_jax.models.model_config import (cudnn_attention_unavailable, init_params, make_model,  # noqa: E402
+                                          resolve_attention)
 
 
 @dataclasses.dataclass(frozen=True)

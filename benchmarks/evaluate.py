@@ -139,7 +139,7 @@ def bench_zeroshot(args) -> None:
     from wpce_jax.data.pipeline import make_eval_dataset
     from wpce_jax.evaluate import zeroshot
     from wpce_jax.evaluate.encode import Encoders
-    from wpce_jax.models.towers import init_params, make_model
+    from wpce_jax.models.model_config import init_params, make_model
     from wpce_jax.parallel import make_mesh
     from wpce_jax.similarity import eval_rff, eval_rff_draws
 

@@ -18,7 +18,7 @@ import jax  # noqa: E402
 
 from wpce_jax.checkpoint import abstract_like  # noqa: E402
 from wpce_jax.cli import load_config_file  # noqa: E402
-from wpce_jax.models.towers import make_model  # noqa: E402
+from wpce_jax.models.model_config import make_model  # noqa: E402
 from wpce_jax.optimizer import make_optimizer  # noqa: E402
 from wpce_jax.parallel import batch_sharding, make_mesh, replicated, state_shardings  # noqa: E402
 from wpce_jax.train_step import initial_state, make_train_step  # noqa: E402

@@ -26,7 +26,7 @@ import numpy as np
 
 from wpce_jax import mfu
 from wpce_jax.cli import load_config_file
-from wpce_jax.models.towers import make_model
+from wpce_jax.models.model_config import make_model
 from wpce_jax.optimizer import make_optimizer
 from wpce_jax.parallel import global_batch, make_mesh, replicated, state_shardings
 from wpce_jax.train_step import initial_state, make_train_step

@@ -15,7 +15,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from runs import ROOT, tiny_config
 from wpce_jax.config_validation import validate_config
 from wpce_jax.data import run_data
-from wpce_jax.models.towers import make_model
+from wpce_jax.models.model_config import make_model
 from wpce_jax.optimizer import learning_rate_schedule, make_optimizer, num_updates
 from wpce_jax.parallel import BATCH_AXES, global_batch, make_mesh, replicated
 from wpce_jax.similarity import train_rff

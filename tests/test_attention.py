@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from wpce_jax.errors import UserError
-from wpce_jax.models.towers import (AttentionUnavailableError, cudnn_attention_unavailable, init_params,
-                                    make_model, resolve_attention, validate_model_config)
+from wpce_jax.models.model_config import (AttentionUnavailableError, cudnn_attention_unavailable, init_params,
+                                          make_model, resolve_attention, validate_model_config)
 from wpce_jax.models.transformer import attention_fn
 from test_models import BATCH, random_images, random_tokens, tiny_config
 

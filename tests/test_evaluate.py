@@ -171,7 +171,7 @@ def fsdp8_run(digits_run, tmp_path_factory):
     from ml_collections import ConfigDict
 
     from wpce_jax import rng
-    from wpce_jax.models.towers import make_model
+    from wpce_jax.models.model_config import make_model
     from wpce_jax.optimizer import make_optimizer
     from wpce_jax.parallel import state_shardings
     from wpce_jax.train_step import initial_state

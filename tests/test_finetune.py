@@ -14,7 +14,7 @@ from wpce_jax.checkpoint import ParamsMismatchError
 from wpce_jax.cli import load_config_file
 from wpce_jax.config_validation import validate
 from wpce_jax.errors import ConfigError
-from wpce_jax.models.towers import SIGMOID_INIT_BIAS
+from wpce_jax.logit_scale import SIGMOID_INIT_BIAS
 from wpce_jax.optimizer import param_path
 
 # A few steps with no evaluation: what is checked here is the parameters and the checkpoint.

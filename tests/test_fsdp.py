@@ -12,7 +12,7 @@ from jax.sharding import PartitionSpec as P
 from wpce_jax import checkpoint
 from wpce_jax.checkpoint import Checkpointer, abstract_like
 from wpce_jax.data import run_data
-from wpce_jax.models.towers import make_model
+from wpce_jax.models.model_config import make_model
 from wpce_jax.optimizer import make_optimizer
 from wpce_jax.parallel import FSDP_AXIS, fsdp_spec, global_batch, make_mesh, state_shardings
 from wpce_jax.train_step import initial_state, make_train_step

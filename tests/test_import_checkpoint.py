@@ -23,7 +23,8 @@ from wpce_jax import checkpoint
 from wpce_jax.errors import UserError
 from wpce_jax.import_checkpoint import _check_tree, build_config, import_checkpoint
 from wpce_jax.kernels import RFF
-from wpce_jax.models.towers import init_params, logit_scale_value, make_model
+from wpce_jax.logit_scale import value as logit_scale_value
+from wpce_jax.models.model_config import init_params, make_model
 from wpce_jax.pointcloud import feature_map
 from wpce_jax.weights import wpse
 from wpce_jax.weights.imported import as_wpce

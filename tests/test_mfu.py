@@ -30,7 +30,7 @@ def test_train_step_flops_count_the_model_once_whatever_the_accumulation(cache_d
 
     from wpce_jax import train
     from wpce_jax.data import run_data
-    from wpce_jax.models.towers import make_model
+    from wpce_jax.models.model_config import make_model
     from wpce_jax.optimizer import make_optimizer
     from wpce_jax.parallel import global_batch, make_mesh, replicated
     from wpce_jax.train_step import initial_state

@@ -14,7 +14,9 @@ from runs import tiny_config
 from wpce_jax.data import run_data
 from wpce_jax.config_validation import validate, validate_config
 from wpce_jax.data.pipeline import TrainDataOptions, make_train_dataset
-from wpce_jax.models.towers import OBJECTIVES, init_params, logit_scale_value, make_model
+from wpce_jax.logit_scale import value as logit_scale_value
+from wpce_jax.models.model_config import init_params, make_model
+from wpce_jax.models.towers import OBJECTIVES
 from wpce_jax.optimizer import decay_mask, make_optimizer
 from wpce_jax.parallel import global_batch, make_mesh, replicated
 from wpce_jax.similarity import embed, train_rff

@@ -41,7 +41,7 @@ def test_decay_mask_matrices_only():
 
 
 def test_decay_mask_on_the_real_model():
-    from wpce_jax.models.towers import init_params, make_model
+    from wpce_jax.models.model_config import init_params, make_model
     c = config()
     c.model.text.vocab_size, c.model.text.eot_id = 50, 49
     model = make_model(c)

@@ -20,7 +20,7 @@ from wpce_jax.config_validation import RANKING_LOSSES, validate_config
 from wpce_jax.data.digit_pairs import PAIRS
 from wpce_jax.errors import ConfigError
 from wpce_jax.evaluate.retrieval import graded_ndcg
-from wpce_jax.models.towers import make_model
+from wpce_jax.models.model_config import make_model
 from wpce_jax.optimizer import make_optimizer
 from wpce_jax.parallel import BATCH_AXES, global_batch, make_mesh, replicated
 from wpce_jax.similarity import train_rff

@@ -17,7 +17,7 @@ import pytest
 from wpce_jax import restore, rng, run_record
 from wpce_jax.checkpoint import Checkpointer, IncompatibleCheckpointError, abstract_like
 from wpce_jax.errors import UserError
-from wpce_jax.models.towers import make_model
+from wpce_jax.models.model_config import make_model
 from wpce_jax.optimizer import make_optimizer
 from wpce_jax.train_step import initial_state
 from runs import tiny_config

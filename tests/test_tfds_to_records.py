@@ -15,7 +15,7 @@ from wpce_jax import config_validation
 from wpce_jax.cli import load_config_file
 from wpce_jax.data import records, tfds_to_records
 from wpce_jax.data.eval_sources import records_source
-from wpce_jax.models.towers import validate_model_config
+from wpce_jax.models.model_config import validate_model_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_EXAMPLES = 6  # per split; mock_data draws the labels at random over the whole label range

@@ -16,7 +16,7 @@ from wpce_jax.data import run_data
 from wpce_jax.data import digits, image_ops
 from wpce_jax.data.pipeline import TrainDataOptions, make_train_dataset
 from wpce_jax.data.records import decode_header, read_manifest, read_records, shard_paths
-from wpce_jax.models.towers import make_model
+from wpce_jax.models.model_config import make_model
 from wpce_jax.optimizer import make_optimizer
 from wpce_jax.parallel import global_batch, make_mesh, replicated
 from wpce_jax.similarity import embed, train_rff

@@ -8,7 +8,7 @@ from wpce_jax.config_fields import get as _get, number as _number, positive_int 
 from wpce_jax.errors import ConfigError
 from wpce_jax.kernels import KINDS
 from wpce_jax.losses import MININGS, RANKING_KINDS
-from wpce_jax.models.towers import validate_model_config
+from wpce_jax.models.model_config import validate_model_config
 from wpce_jax.optimizer import frozen_pattern
 from wpce_jax.parallel import per_process_batch
 from wpce_jax.relevance import RULES
@@ -119,7 +119,7 @@ def validate(config: ConfigDict) -> ModeSettings:
 
 
 def validate_config(config: ConfigDict) -> ModeSettings:
-    """Everything except the model's own fields (`models.towers.validate_model_config` checks those) and the
+    """Everything except the model's own fields (`models.model_config.validate_model_config` checks those) and the
     evaluation fields (`evaluate.evaluator.validate_eval_config`)."""
     epochs = _get(config, "epochs", None)
     if epochs is None:

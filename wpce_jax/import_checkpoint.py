@@ -83,7 +83,7 @@ def import_checkpoint(fmt: str, input_path, workdir, tokenizer=None, as_wpce: bo
     from wpce_jax.checkpoint import Checkpointer, checkpoint_dir
     from wpce_jax.data.run_data import _copy_tokenizer
     from wpce_jax.data.tokenizers import get_tokenizer
-    from wpce_jax.models.towers import init_params, make_model
+    from wpce_jax.models.model_config import init_params, make_model
     from wpce_jax.optimizer import make_optimizer
     from wpce_jax.platform import describe
     from wpce_jax.similarity import eval_rff

@@ -78,7 +78,7 @@ class LoadedModel:
     @property
     def patch_grid(self) -> tuple[int, int]:
         """(rows, columns) of the ViT's patch grid: image point 1 + r * columns + c is patch (r, c)."""
-        from wpce_jax.models.towers import _image_dims
+        from wpce_jax.models.model_config import _image_dims
         side = self.config.data.image_size // _image_dims(self.config)[1]
         return side, side
 
@@ -150,7 +150,7 @@ def restore(path, step: Optional[int] = None, devices=None, data_parallel: bool 
     data_parallel=False: only the first fsdp of `devices` (one for an unsplit run), for work too small to spread.
     """
     from wpce_jax import rng
-    from wpce_jax.models.towers import cudnn_attention_unavailable, init_params, make_model
+    from wpce_jax.models.model_config import cudnn_attention_unavailable, init_params, make_model
     from wpce_jax.similarity import eval_rff
 
     directory = checkpoint_dir(path)

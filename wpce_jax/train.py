@@ -35,7 +35,7 @@ from wpce_jax.data.pipeline import TrainDataOptions, make_train_dataset
 from wpce_jax.errors import UserError, WrongPathError
 from wpce_jax.evaluate.evaluator import Evaluator
 from wpce_jax.metric_writer import MetricWriter, write_eval_json
-from wpce_jax.models.towers import make_model
+from wpce_jax.models.model_config import make_model
 from wpce_jax.optimizer import make_optimizer
 from wpce_jax.paths import is_remote, resolved
 from wpce_jax.parallel import global_batch, make_mesh, per_process_batch, replicated, state_shardings, to_host

@@ -32,7 +32,7 @@ from ml_collections import ConfigDict
 from wpce_jax import logit_scale, objectives
 from wpce_jax.config_validation import mode_settings
 from wpce_jax.kernels import RFF
-from wpce_jax.models.towers import init_params
+from wpce_jax.models.model_config import init_params
 from wpce_jax.optimizer import learning_rate_schedule, stop_frozen
 from wpce_jax.parallel import BATCH_AXES, gather_fsdp
 from wpce_jax.rng import init_key

@@ -12,7 +12,7 @@ softmax is taken in float32 whatever the compute dtype (bfloat16's 8-bit mantiss
 weights of long sequences), as the reference release does.
 
 Attention implementations (the `attention` field of the modules below; the config's model.attention is resolved
-to one of them by `towers.resolve_attention`):
+to one of them by `model_config.resolve_attention`):
     "flax"   Flax's own dot_product_attention (mask array; query scaled before the product, logits in the compute
              dtype, softmax in float32, the weighted sum of values in float32).
     "xla"    jax.nn.dot_product_attention(implementation="xla"): logits and softmax in float32, the weights cast
