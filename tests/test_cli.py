@@ -17,10 +17,10 @@ def evaluate(capsys):
     """Runs `python -m wpce_jax.evaluate --workdir=WORKDIR` in-process; returns (exit status, stderr lines)."""
     verbosity = logging.get_verbosity()
 
-    def run(workdir, overrides=None):
+    def run(workdir):
         with flagsaver.flagsaver(), pytest.raises(SystemExit) as exited:
             flags.FLAGS(["evaluate", f"--workdir={workdir}"])
-            evaluate_cli.main(["evaluate"], overrides or {})
+            evaluate_cli.main(["evaluate"])
         return exited.value.code, [line for line in capsys.readouterr().err.splitlines() if line.strip()]
 
     yield run

@@ -13,6 +13,7 @@ from PIL import Image
 from wpce_jax.data import image_ops, pipeline, records, testing, tokenizers
 from wpce_jax.data.eval_sources import Records
 from wpce_jax.data.train_tokenizer import train_sentencepiece
+from wpce_jax.errors import DataError
 
 N = 53  # prime: no batch size or process count divides it, so remainders are exercised
 SIZE = 24
@@ -355,3 +356,56 @@ def test_bad_inputs_name_the_path(dataset, tmp_path):
     os.remove(gone / records.shard_name(1, 2))
     with pytest.raises(records.ManifestError, match=records.shard_name(1, 2) + ".*missing"):
         pipeline.make_train_dataset(str(gone), options)
+
+
+# ------------------------------------------------------------------------------------ label tuples (ranking modes)
+
+def _tuple_set(path, labels_of) -> str:
+    """12 records in 2 shards of 6; record i's header "labels" is labels_of(i) (left out when None)."""
+    recs = []
+    for i in range(12):
+        extra = {} if labels_of(i) is None else {"labels": labels_of(i)}
+        recs.append(records.encode_record(testing.encode(testing.digit_image(i, 32)), f"a photo of a red digit {i}",
+                                          key=str(i), source="test", label=i, **extra))
+    records.write_dataset(recs, str(path), 2, inputs=["test"])
+    return str(path)
+
+
+def _epoch(data_dir, tok, **kw):
+    options = pipeline.TrainDataOptions(tokenizer=tok, image_size=SIZE, batch_size=4, seed=0, num_epochs=1, **kw)
+    return list(pipeline.make_train_dataset(data_dir, options))
+
+
+def test_label_tuples_are_read_when_asked(dataset, tmp_path):
+    tok = dataset[1]
+    data_dir = _tuple_set(tmp_path / "ok", lambda i: [i % 10, i % 3])
+    batches = _epoch(data_dir, tok, label_tuples=True)
+    for b in batches:
+        assert b["labels"].dtype == np.int32
+        np.testing.assert_array_equal(b["labels"], np.stack([b["label"] % 10, b["label"] % 3], axis=1))
+    assert "labels" not in _epoch(data_dir, tok)[0]
+    # A set that mixes records with and without tuples trains where the tuples are not read.
+    mixed = _tuple_set(tmp_path / "mixed", lambda i: None if i == 8 else [i % 10, i % 3])
+    assert sum(len(b["label"]) for b in _epoch(mixed, tok)) == 12
+
+
+@pytest.mark.parametrize("worker_count", [0, 2])
+@pytest.mark.parametrize("bad, match", [
+    (None, 'training record 2 has no "labels" field .the set\'s first record has one of length 2'),
+    ([1, 2, 3], 'training record 2 has "labels" of length 3 .\\[1, 2, 3\\]., the set\'s first record has length 2'),
+    (["a", 1], 'training record 2 has "labels" \\["a", 1\\], not a list of ints')])
+def test_a_record_without_its_label_tuple_is_named(dataset, tmp_path, bad, match, worker_count):
+    # Record 8 of the set is record 2 of its second shard: the error names that file and that index, one line, and
+    # reaches the caller as itself from a grain worker process too.
+    data_dir = _tuple_set(tmp_path / "mixed", lambda i: bad if i == 8 else [i % 10, i % 3])
+    with pytest.raises(pipeline.LabelTupleError, match=records.shard_name(1, 2) + ": " + match) as e:
+        _epoch(data_dir, dataset[1], label_tuples=True, worker_count=worker_count)
+    assert isinstance(e.value, DataError) and "\n" not in str(e.value)
+    assert "ranking modes need a label tuple of the same length in every training record" in str(e.value)
+
+
+def test_a_set_without_label_tuples_stops_at_start_up(dataset, tmp_path):
+    data_dir = _tuple_set(tmp_path / "none", lambda i: None)
+    with pytest.raises(pipeline.LabelTupleError, match=records.shard_name(0, 2) + ': training record 0 has no "labels"'):
+        pipeline.make_train_dataset(data_dir, pipeline.TrainDataOptions(tokenizer=dataset[1], image_size=SIZE,
+                                                                        batch_size=4, seed=0, label_tuples=True))

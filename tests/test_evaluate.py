@@ -16,11 +16,11 @@ from absl.testing import flagsaver
 from jax.sharding import PartitionSpec as P
 
 from wpce_jax import checkpoint, inference
-from wpce_jax.cli import parse_flags
 from wpce_jax.data.tokenizers import get_tokenizer
 from wpce_jax.evaluate import retrieval, zeroshot
 from wpce_jax.evaluate import __main__ as evaluate_cli
-from wpce_jax.evaluate.__main__ import apply_overrides, format_table, split_overrides
+from wpce_jax.errors import ConfigError
+from wpce_jax.evaluate.__main__ import apply_config_flags, format_table
 from wpce_jax.evaluate.evaluator import Evaluator
 from wpce_jax.parallel import make_mesh
 from test_multiprocess import free_port
@@ -64,11 +64,10 @@ def test_retrieval_over_draws_is_the_mean_similarity():
 def _evaluate_cli(workdir, *args):
     """`python -m wpce_jax.evaluate --workdir=WORKDIR ARGS` in this process (its argument handling, flag parsing and
     error reporting; the subprocess itself only in test_two_processes_equal_one): its returncode, stdout, stderr."""
-    rest, overrides = split_overrides(["evaluate", f"--workdir={workdir}", *args])
     stdout, stderr, verbosity = io.StringIO(), io.StringIO(), logging.get_verbosity()
     try:
         with flagsaver.flagsaver(), contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-            evaluate_cli.main(parse_flags(rest), overrides)
+            evaluate_cli.main(evaluate_cli.parse_known_flags(["evaluate", f"--workdir={workdir}", *args]))
         code = 0
     except SystemExit as e:
         code = e.code
@@ -119,6 +118,9 @@ def test_cli_reuses_cached_features_and_checks_overrides(evaluated):
         assert again[name] == results[name]
     bad = _evaluate_cli(workdir, "--config.model.embed_dim=8")
     assert bad.returncode != 0 and "only eval." in bad.stderr
+    bad = _evaluate_cli(workdir, "--config.eval.nope=1")
+    assert bad.returncode == 2 and bad.stderr.splitlines() == [
+        "error: --config.eval.nope: no such field in the run's config"]
     bad = _evaluate_cli(workdir, "--step=7")
     assert bad.returncode != 0 and "no step-7 checkpoint" in bad.stderr
     skipped = _evaluate_cli(workdir, "--config.eval.zeroshot=cifar10", "--config.eval.retrieval=",
@@ -135,22 +137,80 @@ def test_cli_reuses_cached_features_and_checks_overrides(evaluated):
     assert "read from" not in redrawn.stdout and "top1_draw_std" in redrawn.stdout
 
 
-def test_overrides_take_the_fields_type():
+def _saved_config():
+    """A config as a checkpoint gives it back (JSON): tuples as lists, unset placeholders as None."""
     from ml_collections import ConfigDict
 
-    config = ConfigDict({"eval": {"rff_draws": 1, "zeroshot": "", "cache_features": True, "tfds_data_dir": None}})
-    changes = apply_overrides(config, {"eval.rff_draws": "3", "eval.zeroshot": "cifar10,digits",
-                                       "eval.cache_features": "false", "eval.tfds_data_dir": "gs://b/tfds"})
+    return ConfigDict({"seed": 0, "model": {"embed_dim": 64},
+                       "data": {"crop_scale": [0.7, 1.0], "worker_count": 0, "cache_dir": None},
+                       "eval": {"rff_draws": 1, "zeroshot": "", "cache_features": True, "tfds_data_dir": None,
+                                "zeroshot_every_steps": None}})
+
+
+def _config_flags(config, *args):
+    with flagsaver.flagsaver():
+        rest = evaluate_cli.parse_known_flags(["evaluate", "--workdir=unused", *args])  # as app.run does first
+        return apply_config_flags(config, rest)
+
+
+def test_overrides_take_the_fields_type():
+    config = _saved_config()
+    rest, changes = _config_flags(config, "--config.eval.rff_draws=3", "--config.eval.zeroshot=cifar10,digits",
+                                  "--config.eval.cache_features=false", "--config.eval.tfds_data_dir=gs://b/tfds",
+                                  "--config.eval.zeroshot_every_steps=100", "--config.data.worker_count", "4")
+    assert rest == ["evaluate"]
     assert config.eval.to_dict() == {"rff_draws": 3, "zeroshot": "cifar10,digits", "cache_features": False,
-                                     "tfds_data_dir": "gs://b/tfds"}
-    assert len(changes) == 4
-    for bad in ({"eval.rff_draws": "many"}, {"eval.rff_draws": "2.5"}, {"eval.nope": "1"}, {"seed": "3"}):
-        with pytest.raises(ValueError):
-            apply_overrides(config, bad)
+                                     "tfds_data_dir": "gs://b/tfds", "zeroshot_every_steps": 100}
+    assert config.data.worker_count == 4
+    assert len(changes) == 6 and "eval.rff_draws = 3" in changes and "eval.cache_features = False" in changes
+    for bad in ("--config.eval.rff_draws=many", "--config.eval.rff_draws=2.5", "--config.eval.cache_features=maybe"):
+        with pytest.raises(ConfigError, match="config.eval."):
+            _config_flags(_saved_config(), bad)
     table = format_table({"zeroshot/a/top1": 0.5, "zeroshot/a/top5": 0.75, "retrieval/b/i2t_map": 0.25})
     assert table.splitlines() == ["zeroshot      top1      top5", "a           0.5000    0.7500", "",
                                   "retrieval   i2t_map", "b            0.2500"]
     assert format_table({"image_retrieval/c/queries_without_match": 1}).splitlines()[1].split() == ["c", "1"]
+
+
+def test_overrides_bools_and_tuples_as_main_parses_them():
+    config = _saved_config()
+    _, changes = _config_flags(config, "--noconfig.eval.cache_features")
+    assert config.eval.cache_features is False and changes == ["eval.cache_features = False"]
+    config = _saved_config()
+    _, changes = _config_flags(config, "--config.data.crop_scale=(0.7, 1.0)")  # a tuple, as the run's own
+    assert config.data.crop_scale == (0.7, 1.0) and changes == []  # the same value: nothing changed
+
+
+def test_override_errors_are_one_line_and_name_the_field():
+    with pytest.raises(ConfigError) as unknown:
+        _config_flags(_saved_config(), "--config.eval.rff_draws=2", "--config.eval.nope=1")
+    assert str(unknown.value) == "--config.eval.nope: no such field in the run's config"
+    with pytest.raises(ConfigError) as unknown:
+        _config_flags(_saved_config(), "--config.nope.deeper=1")
+    assert str(unknown.value) == "--config.nope.deeper: no such field in the run's config"
+    for field, value in (("seed", "3"), ("model.embed_dim", "8"), ("data.crop_scale", "(0.5, 1.0)")):
+        with pytest.raises(ConfigError) as forbidden:
+            _config_flags(_saved_config(), "--config.eval.rff_draws=2", f"--config.{field}={value}")
+        assert str(forbidden.value) == (f"--config.{field}: only eval., data.worker_count, data.cache_dir fields "
+                                        f"can change when evaluating a trained model")
+
+
+    table = format_table({"zeroshot/a/top1": 0.5, "zeroshot/a/top5": 0.75, "retrieval/b/i2t_map": 0.25})
+    assert table.splitlines() == ["zeroshot      top1      top5", "a           0.5000    0.7500", "",
+                                  "retrieval   i2t_map", "b            0.2500"]
+    assert format_table({"image_retrieval/c/queries_without_match": 1}).splitlines()[1].split() == ["c", "1"]
+
+
+def test_flags_before_the_checkpoint_is_read(capsys):
+    with flagsaver.flagsaver():
+        rest = evaluate_cli.parse_known_flags(["evaluate", "--workdir=w", "--config.eval.rff_draws=2", "--step=3",
+                                               "--config.eval.zeroshot", "digits"])
+        assert rest == ["evaluate", "--config.eval.rff_draws=2", "--config.eval.zeroshot", "digits"]
+        assert (evaluate_cli.FLAGS.workdir, evaluate_cli.FLAGS.step) == ("w", 3)
+    with flagsaver.flagsaver(), pytest.raises(SystemExit) as exited:
+        evaluate_cli.parse_known_flags(["evaluate", "--workdir=w", "--bogus=1", "--config.eval.rff_draws=2"])
+    assert exited.value.code == 2 and capsys.readouterr().err.splitlines() == [
+        "error: Unknown command line flag 'bogus'"]
 
 
 def _in_process(workdir, devices, **overrides):

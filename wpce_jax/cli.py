@@ -66,11 +66,12 @@ def load_config_file(path: str, arg: str | None = None):
     return ConfigFileParser("config", lock_config=False).parse(path if arg is None else f"{path}:{arg}")
 
 
-def parse_flags(argv):
+def parse_flags(argv, known_only: bool = False):
     """absl's flag parsing, with a one-line error instead of the parser's traceback (an unknown flag, a --config.KEY
-    that names no field of the config, a value of the wrong type)."""
+    that names no field of the config, a value of the wrong type). known_only: unknown flags are left in the
+    returned arguments."""
     try:
-        return FLAGS(argv)
+        return FLAGS(argv, known_only=known_only)
     except Exception as e:  # noqa: BLE001 - absl and ml_collections raise several kinds
         hint = " (a --config.KEY=VALUE names no field of the config)" if isinstance(e, (KeyError, AttributeError)) \
             else ""

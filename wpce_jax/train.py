@@ -236,7 +236,8 @@ def _dataset(config: ConfigDict, data: run_data.RunData, start_example: int, set
         seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count(),
         crop_scale=tuple(config.data.crop_scale), worker_count=config.data.worker_count,
         views=ViewAugment(**settings.views) if settings.views is not None else None,
-        samples_per_class=config.data.get("samples_per_class", 0), start_example=start_example))
+        samples_per_class=config.data.get("samples_per_class", 0), start_example=start_example,
+        label_tuples="labels" in objectives.MODES[settings.mode].reads))
 
 
 def _global_batches(local_batches: Iterator[dict], mode: str, mesh, skipped: _Skipped) -> Iterator[dict]:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 from typing import Any, Sequence
 
@@ -51,9 +52,10 @@ def augment_rng(seed: int, position: int) -> np.random.Generator:
 @dataclasses.dataclass(frozen=True)
 class _TrainExample(grain.transforms.Map):
     """(g, record index) -> {"image": uint8 [S, S, 3], "tokens": int32 [L], "label": int32 [], "skipped": bool []
-    (True when the record did not read or decode and a stand-in took its place, unreadable.py)}; "labels" int32
-    [K] when the record carries a label tuple; with `views` also "image2": uint8 [S, S, 3]. One random crop, or two SimCLR views (image_ops.train_views), drawn from
-    augment_rng(seed, g)."""
+    (True when the record did not read or decode and a stand-in took its place, unreadable.py)}; with
+    `labels_length` also "labels" int32 [K], the record's label tuple (LabelTupleError, naming the shard and the
+    record, when it has none or one of another length); with `views` also "image2": uint8 [S, S, 3]. One random
+    crop, or two SimCLR views (image_ops.train_views), drawn from augment_rng(seed, g)."""
 
     source: Any
     shards: unreadable.ShardIndex
@@ -63,6 +65,7 @@ class _TrainExample(grain.transforms.Map):
     decoder: str
     seed: int
     views: image_ops.ViewAugment | None
+    labels_length: int | None = None  # K: every record must carry a label tuple of K ints; None: not read
 
     def _images(self, g: int, data: bytes) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         header, offset = records.decode_header(data)
@@ -74,14 +77,65 @@ class _TrainExample(grain.transforms.Map):
 
     def map(self, element: tuple[int, int]) -> dict[str, np.ndarray]:
         g, index = element
-        (header, images), skipped = unreadable.read_or_stand_in(
-            self.source.__getitem__, lambda data: self._images(g, data), index=index, position=g, seed=self.seed,
-            shards=self.shards)
+        # The record index travels with the data, so that a check below names the record actually used (a
+        # stand-in's, when the original did not read or decode).
+        (used, header, images), skipped = unreadable.read_or_stand_in(
+            lambda i: (i, self.source[i]), lambda item: (item[0], *self._images(g, item[1])), index=index,
+            position=g, seed=self.seed, shards=self.shards)
         example = dict(images, tokens=self.tokenizer([header["caption"]])[0],
                        label=np.int32(header.get("label", -1)), skipped=np.bool_(skipped))
-        if "labels" in header:  # a label tuple (the ranking mode's relevance); a set's records all have one or none
-            example["labels"] = np.asarray(header["labels"], np.int32)
+        if self.labels_length is not None:
+            # Checked here, outside read_or_stand_in: a missing tuple is the data's mistake, not a damaged record to
+            # replace (and LabelTupleError is a ValueError, which it would catch).
+            example["labels"] = label_tuple(header, self.labels_length, *self.shards.locate(used))
         return example
+
+
+class LabelTupleError(DataError):
+    """A training record without the label tuple ("labels") the run needs, or with one of another length or type."""
+
+
+_LABELS_NEEDED = ("the ranking modes need a label tuple of the same length in every training record (header field "
+                  "\"labels\": a list of ints, e.g. configs/digit_pairs.py's data, a converted set with --labels_key, "
+                  "or tfds_to_records --labels_features)")
+
+
+def label_tuple(header: dict, length: int, path: str, position: int) -> np.ndarray:
+    """The record's "labels" as int32 [length], or LabelTupleError naming the record (`position` in shard `path`):
+    the field is missing, not a list of ints, or of another length (relevance.py compares tuples position by
+    position)."""
+    where = f"{path}: training record {position}"
+    if "labels" not in header:
+        raise LabelTupleError(f"{where} has no \"labels\" field (the set's first record has one of length {length}); "
+                              f"{_LABELS_NEEDED}")
+    labels = header["labels"]
+    if not isinstance(labels, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in labels):
+        raise LabelTupleError(f"{where} has \"labels\" {json.dumps(labels)[:100]}, not a list of ints; "
+                              f"{_LABELS_NEEDED}")
+    if len(labels) != length:
+        raise LabelTupleError(f"{where} has \"labels\" of length {len(labels)} ({json.dumps(labels)[:100]}), "
+                              f"the set's first record has length {length}; {_LABELS_NEEDED}")
+    return np.asarray(labels, np.int32)
+
+
+def _labels_length(source, shards: unreadable.ShardIndex) -> int:
+    """K of a set whose records must carry label tuples: the length of the first record's tuple (the first that
+    reads and decodes among the first unreadable.MAX_ATTEMPTS, so that a damaged record 0 is replaced as in the
+    stream); LabelTupleError when that record has none (a set with none at all stops here)."""
+    for index in range(min(unreadable.MAX_ATTEMPTS, len(source))):
+        try:
+            header = records.decode_header(source[index])[0]
+        except unreadable.READ_ERRORS + unreadable.DECODE_ERRORS:
+            continue
+        labels = header.get("labels")
+        if isinstance(labels, list) and labels:
+            return len(labels)
+        path, position = shards.locate(index)
+        what = "has no \"labels\" field" if labels is None else f"has \"labels\" {json.dumps(labels)[:100]}"
+        raise LabelTupleError(f"{path}: training record {position} {what}; {_LABELS_NEEDED}")
+    raise unreadable.UnreadableDataError(
+        f"{os.path.dirname(shards.paths[0])}: the first {unreadable.MAX_ATTEMPTS} records do not read or decode; the "
+        f"dataset is mostly unreadable: re-run the converter")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,6 +271,10 @@ class TrainDataOptions:
       that run's worker_count and process_count (with the same B, seed and dataset). The training checkpoint holds
       this count, not an iterator state: the trainer resumes with start_example=step * B. Past the end of
       num_epochs the stream is empty.
+    label_tuples: the batch gains "labels" int32 [b, K], the records' label tuples (the ranking modes): every
+      record must carry one of K ints, K that of the first record; a record without one, or with one of another
+      length, stops the stream with LabelTupleError (a DataError) naming its shard file and index, raised where it is
+      read (in a worker process too: grain re-raises it here). False: the tuples are not read.
     """
     tokenizer: Any
     image_size: int
@@ -232,6 +290,7 @@ class TrainDataOptions:
     views: image_ops.ViewAugment | None = None
     samples_per_class: int = 0
     start_example: int = 0
+    label_tuples: bool = False
 
 
 def make_train_dataset(data_dir: str, options: TrainDataOptions) -> grain.IterDataset:
@@ -241,15 +300,16 @@ def make_train_dataset(data_dir: str, options: TrainDataOptions) -> grain.IterDa
     data_dir: directory holding manifest.json and the ArrayRecord shards it lists.
     Returns grain.IterDataset of dicts: "image" uint8 [b, S, S, 3] (pixels: the image tower normalises them on the
     device, a quarter of the bytes of float32), "tokens" int32 [b, L], "label" int32 [b] (-1 for unlabelled records),
-    "skipped" bool [b] (a stand-in replaced a record that did not read or decode, unreadable.py); "labels" int32
-    [b, K] when the records carry label tuples; with `views` "image2" uint8 [b, S, S, 3]. (Evaluation reads a
+    "skipped" bool [b] (a stand-in replaced a record that did not read or decode, unreadable.py); with
+    label_tuples "labels" int32 [b, K]; with `views` "image2" uint8 [b, S, S, 3]. (Evaluation reads a
     converted dataset with make_eval_dataset(eval_sources.Records(data_dir), ...).)
     """
     o = options
     (tokenizer, image_size, batch_size, seed, process_index, process_count, crop_scale, worker_count, num_epochs,
-     decoder, read_threads, views, samples_per_class, start_example) = (
+     decoder, read_threads, views, samples_per_class, start_example, label_tuples) = (
         o.tokenizer, o.image_size, o.batch_size, o.seed, o.process_index, o.process_count, o.crop_scale,
-        o.worker_count, o.num_epochs, o.decoder, o.read_threads, o.views, o.samples_per_class, o.start_example)
+        o.worker_count, o.num_epochs, o.decoder, o.read_threads, o.views, o.samples_per_class, o.start_example,
+        o.label_tuples)
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} must be in [0, process_count={process_count})")
     if batch_size < 1:
@@ -291,8 +351,9 @@ def make_train_dataset(data_dir: str, options: TrainDataOptions) -> grain.IterDa
     else:
         num_batches = num_epochs * order.batches_per_epoch - first_batch
     stream = _ProcessStream(order, batch_size, process_index, process_count, first_batch, num_batches)
-    example = _TrainExample(source, unreadable.ShardIndex(paths, counts), tokenizer, image_size, tuple(crop_scale),
-                            decoder, seed, views)
+    shards = unreadable.ShardIndex(paths, counts)
+    example = _TrainExample(source, shards, tokenizer, image_size, tuple(crop_scale), decoder, seed, views,
+                            _labels_length(source, shards) if label_tuples else None)
     ds = grain.MapDataset.source(stream).map(example)
     return _batched(ds, batch_size, True, worker_count, read_threads)
 
