@@ -83,6 +83,29 @@ def test_a_good_checkpoint_restores_the_newest_step(workdir, saved):
     assert _listing(workdir) == ["10", "20"]
 
 
+def test_the_training_set_may_move_but_not_change_size(workdir, saved, capsys):
+    """The run plan saved with a checkpoint: another number of training examples (another data order) stops the
+    resume before anything is read or moved; another directory with the same count is reported and resumed; a
+    checkpoint without a plan (written before plans were saved) resumes."""
+    config = saved[1]
+    plan = {"train_dir": "/data/a", "num_examples": 1797, "steps_per_epoch": None, "total_steps": 30,
+            "warmup_steps": 3, "schedule_steps": 30, "tokenizer": "sentencepiece", "tokenizer_path": "t.model",
+            "vocab_size": 64, "eot_id": 63}
+    assert _resume(workdir, config, plan=plan)[0] == 20  # the saved checkpoints have no plan
+    step, state, _ = _resume(workdir, config)
+    checkpointer = Checkpointer(workdir, max_to_keep=5, async_save=False)
+    checkpointer.save(30, state, 960, config, plan=plan)
+    checkpointer.close()
+    listing = _listing(workdir)
+    with pytest.raises(run_record.ConfigChangedError) as e:
+        _resume(workdir, config, plan={**plan, "num_examples": 1800})
+    assert "trained on 1,797 training examples (/data/a); the data now has 1,800" in str(e.value)
+    assert _listing(workdir) == listing
+    capsys.readouterr()
+    assert _resume(workdir, config, plan={**plan, "train_dir": "/data/b"})[0] == 30
+    assert "changed since the step-30 checkpoint: plan.train_dir: '/data/a' -> '/data/b'" in capsys.readouterr().out
+
+
 def _drop_config_field(workdir, step, dotted):
     """Rewrites a checkpoint's config as an older version of the code wrote it: without `dotted`."""
     path = workdir / "checkpoints" / str(step) / "config" / "metadata"

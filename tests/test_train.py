@@ -178,6 +178,14 @@ def test_changed_config_on_resume_stops_before_compute_or_passes_with_a_line(tmp
     assert any(files for _, _, files in os.walk(os.path.join(workdir, "profile")))
     record = json.loads(open(os.path.join(workdir, "config.json")).read())
     assert record["config"]["total_steps"] == 34
+    # The record holds the config as given beside the plan; every checkpoint holds the plan the resume check reads.
+    assert record["given_config"]["total_steps"] == 34 and record["given_config"]["model"]["text"]["vocab_size"] is None
+    saver = checkpoint.Checkpointer(workdir, 5)
+    try:
+        moved = {"total_steps": 34, "tokenizer_path": record["plan"]["tokenizer_path"]}  # the workdir was copied
+        assert saver.saved_plan(34) == record["plan"] == {**saver.saved_plan(30), **moved}
+    finally:
+        saver.close()
     # The command line's console (no library INFO logs): test_sigterm_saves_survives_a_second_signal_and_resumes_...
 
 

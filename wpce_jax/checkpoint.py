@@ -1,11 +1,14 @@
 """Orbax checkpoints of a run: saving, restoring the training state, reading a source run's parameters.
 
-A checkpoint DIR/checkpoints/<step>/ holds three items:
+A checkpoint DIR/checkpoints/<step>/ holds four items:
     state     the TrainState: parameters, optimiser state, step, root RNG key, non-finite marker, evaluation RFF draw;
     position  {"examples_seen": global training examples consumed, "skipped_examples": how many of them were
               stand-ins for unreadable records}: where the data stream goes on (it is addressed by global example
               index, so any worker or process count resumes it exactly);
-    config    the run's resolved config as JSON (the tokenizer path in it points at the copy under DIR/tokenizer/).
+    config    the run's resolved config as JSON (the tokenizer path in it points at the copy under DIR/tokenizer/);
+    plan      the run plan (data/run_data.RunPlan as JSON: the data's size, the tokenizer, the step counts), which the
+              resume check compares (run_record.check_plan); checkpoints written before it, and imported ones, have
+              none.
 DIR may be local or gs://. Saving is asynchronous; Orbax marks a checkpoint complete only when all of it is written
 (a renamed temporary directory on local disks, a commit_success.txt object on gs://), so a run killed while saving
 leaves the previous checkpoint intact. A damaged checkpoint is moved aside to <step>.damaged by `Checkpointer.skip`,
@@ -26,7 +29,7 @@ from wpce_jax.errors import MissingInputError, UserError
 from wpce_jax.paths import resolved
 
 CHECKPOINT_SUBDIR = "checkpoints"
-_ITEMS = ("state", "position", "config")  # the items of a checkpoint (module docstring)
+_ITEMS = ("state", "position", "config", "plan")  # the items of a checkpoint (module docstring)
 _COMMIT = "commit_success.txt"  # Orbax writes it last, in the step and in each item (local disks and gs://)
 
 
@@ -59,12 +62,15 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
 
-    def save(self, step: int, state, examples_seen: int, config: ConfigDict, skipped_examples: int = 0) -> None:
-        self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            position=ocp.args.JsonSave({"examples_seen": int(examples_seen),
-                                        "skipped_examples": int(skipped_examples)}),
-            config=ocp.args.JsonSave(config_to_json(config))), force=True)
+    def save(self, step: int, state, examples_seen: int, config: ConfigDict, skipped_examples: int = 0,
+             plan: Optional[dict] = None) -> None:
+        items = dict(state=ocp.args.StandardSave(state),
+                     position=ocp.args.JsonSave({"examples_seen": int(examples_seen),
+                                                 "skipped_examples": int(skipped_examples)}),
+                     config=ocp.args.JsonSave(config_to_json(config)))
+        if plan is not None:
+            items["plan"] = ocp.args.JsonSave(plan)
+        self.manager.save(step, args=ocp.args.Composite(**items), force=True)
 
     # A step is read through Orbax's item handlers rather than the manager: the manager's restore ends in a barrier
     # of all processes, so a process whose read failed would leave the others waiting in it until its timeout;
@@ -80,6 +86,11 @@ class Checkpointer:
     def saved_config(self, step: int) -> dict:
         """The config a checkpoint was written with (plain dict)."""
         return dict(self._json.restore(self.directory / str(step) / "config"))
+
+    def saved_plan(self, step: int) -> Optional[dict]:
+        """The run plan a checkpoint was written with (plain dict), or None when it has none (module docstring)."""
+        item = self.directory / str(step) / "plan"
+        return dict(self._json.restore(item)) if item.exists() else None
 
     def saved_shapes(self, step: int) -> dict[str, tuple]:
         """'/'-joined path -> shape of every array in checkpoint `step`'s TrainState, from its metadata (the arrays

@@ -15,7 +15,7 @@ every process takes the same decision, the gravest one (so all restore the same 
 """
 import json
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import jax
 import numpy as np
@@ -118,7 +118,7 @@ def _agree(code: int) -> tuple[int, list[int]]:
     return worst, [int(i) for i in np.flatnonzero(codes == worst)]
 
 
-def _read(checkpointer: Checkpointer, config: ConfigDict, target, step: int, first_try: bool):
+def _read(checkpointer: Checkpointer, config: ConfigDict, plan: Optional[dict], target, step: int, first_try: bool):
     """(state, examples consumed) of checkpoint `step`, or an exception (raised by the checks or the read)."""
     try:
         missing = checkpointer.unfinished(step)
@@ -126,6 +126,8 @@ def _read(checkpointer: Checkpointer, config: ConfigDict, target, step: int, fir
             raise _Damage(f"its save never finished ({', '.join(missing)} missing)")
         saved_config = checkpointer.saved_config(step)
         allowed = run_record.check_resume(saved_config, config, step)
+        if plan is not None:
+            allowed += run_record.check_plan(checkpointer.saved_plan(step), plan, step)
         if first_try:
             for line in allowed:
                 _say(f"changed since the step-{step} checkpoint: {line}")
@@ -142,15 +144,16 @@ def _read(checkpointer: Checkpointer, config: ConfigDict, target, step: int, fir
         return e
 
 
-def resume(checkpointer: Checkpointer, config: ConfigDict, target, *, delays=None,
+def resume(checkpointer: Checkpointer, config: ConfigDict, target, *, plan: Optional[dict] = None, delays=None,
            sleep: Callable[[float], None] = time.sleep) -> tuple[int, Any, int]:
     """(step, state shaped and placed like `target`, global examples consumed) of the newest checkpoint that
-    restores; (0, None, 0) when none does. Call on every process. delays: seconds before each retry of a transient
-    failure (RETRY_DELAYS_S by default)."""
+    restores; (0, None, 0) when none does. Call on every process. plan: the run plan (RunPlan.to_json()), compared
+    with the checkpoint's (run_record.check_plan). delays: seconds before each retry of a transient failure
+    (RETRY_DELAYS_S by default)."""
     delays = RETRY_DELAYS_S if delays is None else tuple(delays)
     for step in reversed(checkpointer.all_steps()):
         for attempt in range(len(delays) + 1):
-            result = _read(checkpointer, config, target, step, first_try=attempt == 0)
+            result = _read(checkpointer, config, plan, target, step, first_try=attempt == 0)
             code = OK if not isinstance(result, Exception) else classify(result)
             if code != OK and jax.process_count() > 1:  # process 0 prints the decision; this process's reason here
                 print(f"process {jax.process_index()}: the step-{step} checkpoint: {_reason(result)}", flush=True)

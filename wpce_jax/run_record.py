@@ -2,9 +2,13 @@
 
 config.json, written by process 0 at every start: the resolved config, the run plan (data/run_data.RunPlan, under
 "plan"; an imported workdir has none), the versions of the packages that decide the numbers, the git commit of the
-code (when it runs from a git checkout), the command line, the platform and the start time. On resume, every field
-that changes what is computed must equal the checkpoint's; the fields below may change (each change is reported in
-one line). The learning-rate schedule (warm-up and horizon) is the one planned
+code (when it runs from a git checkout), the command line, the platform and the start time; "given_config" is the
+config as the user gave it (the resolved config is it with the plan's fields written in).
+
+On resume, what changes the computation must equal the checkpoint's: every field of the config (the user's fields,
+and the plan's vocabulary, end-of-text id and tokenizer, which the resolved config holds) except those below, which
+may change (each change is reported in one line), and the plan's size of the training set (`check_plan`: the data
+order is shuffled per epoch over the whole set). The learning-rate schedule (warm-up and horizon) is the one planned
 when the run started, whatever the run's length or warm-up says today (`keep_schedule`).
 """
 import datetime
@@ -96,6 +100,27 @@ def check_resume(saved: dict, current: ConfigDict, step: int) -> list[str]:
             f"the step-{step} checkpoint was trained with another config; resuming would mix two runs. Restore "
             f"these fields (or use a new --workdir):\n  " + "\n  ".join(fatal))
     return allowed
+
+
+# Run-plan fields the resolved config does not hold (it holds the others, compared as config fields): the training
+# set's size decides the data order, so it may not change; its directory may (the data moved, or data.cache_dir).
+PLAN_FIXED = ("num_examples",)
+PLAN_MAY_CHANGE = ("train_dir",)
+
+
+def check_plan(saved: dict | None, current: dict, step: int) -> list[str]:
+    """Raises ConfigChangedError when a PLAN_FIXED field of the checkpoint's run plan (None: a checkpoint without
+    one, nothing to compare) differs from `current` (RunPlan.to_json()); returns the PLAN_MAY_CHANGE changes."""
+    if saved is None:
+        return []
+    if saved.get("num_examples", current["num_examples"]) != current["num_examples"]:
+        raise ConfigChangedError(
+            f"the step-{step} checkpoint was trained on {saved['num_examples']:,} training examples "
+            f"({saved.get('train_dir')}); the data now has {current['num_examples']:,} ({current['train_dir']}). The "
+            f"data order is shuffled over the whole set each epoch, so resuming would mix two runs: point the config "
+            f"at the run's data, or use a new --workdir (init_from=DIR starts a new run from its parameters)")
+    return [f"plan.{field}: {saved[field]!r} -> {current[field]!r}" for field in PLAN_MAY_CHANGE
+            if field in saved and saved[field] != current[field]]
 
 
 def keep_schedule(saved: dict, current: ConfigDict) -> tuple[ConfigDict, list[str]]:

@@ -27,7 +27,7 @@ from jax.experimental import multihost_utils
 from ml_collections import ConfigDict
 
 from wpce_jax import config_fields, finetune, mfu, objectives, platform, rng, run_record
-from wpce_jax.checkpoint import Checkpointer, abstract_like
+from wpce_jax.checkpoint import Checkpointer, abstract_like, config_to_json
 from wpce_jax.config_validation import ModeSettings, validate
 from wpce_jax.data import run_data, unreadable
 from wpce_jax.data.image_ops import ViewAugment
@@ -129,6 +129,7 @@ class _Skipped:
 class _Run:
     """Everything the loop works with."""
     config: ConfigDict          # resolved (run_data.resolve)
+    plan: run_data.RunPlan
     workdir: epath.Path
     state: TrainState
     batches: Iterator[dict]     # global batches, from the restored position on
@@ -177,7 +178,7 @@ def train_and_evaluate(config: ConfigDict, workdir, stop_signals: "StopSignals |
     """Trains per `config` in `workdir` (local or gs://; resuming from its latest checkpoint). Returns the last
     evaluation. stop_signals: an entered StopSignals that outlives the call (the command line's); by default the
     call installs its own and restores the previous handlers when it returns."""
-    settings = validate(config)
+    given, settings = config, validate(config)
     platform.check_accelerator(config.get("require_accelerator", False))
     workdir = _workdir(workdir)
     is_main = jax.process_index() == 0
@@ -202,14 +203,16 @@ def train_and_evaluate(config: ConfigDict, workdir, stop_signals: "StopSignals |
         checkpointer = Checkpointer(workdir, config.keep_checkpoints, config.async_checkpoints)
         writer = MetricWriter(workdir, enabled=is_main)
         try:
-            start, state, examples = resume(checkpointer, config, abstract_like(abstract, shardings))
+            start, state, examples = resume(checkpointer, config, abstract_like(abstract, shardings),
+                                            plan=plan.to_json())
             if start:
                 _say(f"resumed from the step-{start} checkpoint in {workdir}")
                 finetune.resumed_note(config, start, _say)
             else:
                 state = finetune.start_from(jax.jit(init, out_shardings=shardings)(), shardings, config, _say)
             if is_main:
-                run_record.write(workdir, config, platform.describe(), {"plan": plan.to_json()})
+                run_record.write(workdir, config, platform.describe(),
+                                 {"plan": plan.to_json(), "given_config": config_to_json(given)})
             if start:
                 writer.truncate_after(start)  # lines a killed run wrote after its last checkpoint
             elif (kept := writer.set_aside()) is not None:
@@ -220,7 +223,7 @@ def train_and_evaluate(config: ConfigDict, workdir, stop_signals: "StopSignals |
             first = next(batches)
             train_step, flops = _compile(model, config, mesh, tx, state, first)
             batches = itertools.chain([first], batches)
-            run = _Run(config, workdir, state, batches, train_step, flops,
+            run = _Run(config, plan, workdir, state, batches, train_step, flops,
                        Evaluator(model, config, mesh, data.tokenizer, digits_data=data.digits),
                        checkpointer, writer, lock, stop, start, skipped)
             return _loop(run)
@@ -286,7 +289,8 @@ def _check_finite(run: _Run) -> None:
 
 def _save(run: _Run, step: int) -> None:
     _check_finite(run)
-    run.checkpointer.save(step, run.state, step * run.config.batch_size, run.config, run.skipped.total())
+    run.checkpointer.save(step, run.state, step * run.config.batch_size, run.config, run.skipped.total(),
+                          run.plan.to_json())
 
 
 def _loop(run: _Run) -> dict[str, float]:

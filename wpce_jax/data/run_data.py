@@ -11,7 +11,8 @@ end-of-text id; the manifest's num_examples and, with `epochs`, the step counts 
 counted from it); optim.schedule_steps (the schedule's horizon: total_steps unless the config sets it; a resumed
 run then keeps its checkpoint's, run_record.keep_schedule). The user's config is not changed; the resolved config
 (`RunPlan.applied`, a copy) is the user's with the plan written into its fields, which is what the model and
-optimiser builders read and what a checkpoint stores; DIR/config.json records the plan as well.
+optimiser builders read. Every checkpoint stores the resolved config and the plan (a resumed run's must agree:
+run_record.check_resume, check_plan); DIR/config.json records the user's config, the resolved one and the plan.
 """
 import dataclasses
 import os
