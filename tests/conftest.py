@@ -1,5 +1,5 @@
 """Test set-up: eight fake CPU devices, so sharded code runs here as it would on an 8-chip host; and one trained
-digits run shared by every test that needs a checkpoint."""
+digits run shared by every test that needs a checkpoint, in every pytest-xdist worker (README: `-n 2`)."""
 import atexit
 import os
 import shutil
@@ -28,10 +28,30 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 
+def _shared(tmp_path_factory, name: str, build) -> str:
+    """A directory built once for the whole test session, whatever the number of pytest-xdist workers: the first
+    worker to get here builds it under the session's common temporary root while holding a file lock, the others wait
+    and reuse it (with one process, the same thing without waiting)."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # each worker has its own basetemp below the session's
+    path, done = root / f"shared_{name}", root / f"shared_{name}.done"
+    with FileLock(str(root / f"shared_{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(path, ignore_errors=True)  # a build that failed part-way
+            path.mkdir()
+            build(str(path))
+            done.touch()
+    return str(path)
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory):
-    """Where the built-in digits are written once for the whole session."""
-    return str(tmp_path_factory.mktemp("cache"))
+    """Where the built-in digits are written once for the whole session (data.digits.cached_build is safe from
+    several processes at once)."""
+    return _shared(tmp_path_factory, "cache", lambda path: None)
 
 
 @pytest.fixture(scope="session")
@@ -39,6 +59,4 @@ def digits_run(tmp_path_factory, cache_dir):
     """The workdir of one uninterrupted 30-step tiny digits run (tests must not modify it)."""
     from runs import run_cli
 
-    workdir = str(tmp_path_factory.mktemp("digits_run"))
-    run_cli(workdir, cache_dir)
-    return workdir
+    return _shared(tmp_path_factory, "digits_run", lambda workdir: run_cli(workdir, cache_dir))
