@@ -1,6 +1,6 @@
 """Shift-invariant kernels on unit vectors, their random Fourier features, and the exact kernels.
 
-Every shift-invariant kernel here is a Gaussian scale mixture (DESIGN 1),
+Every shift-invariant kernel here is a Gaussian scale mixture (docs/method.md),
 
     k(r) = E_s[ exp(-s r^2 / (2 scale^2)) ],
 

@@ -10,7 +10,7 @@ token and position embeddings; never biases (the attention q/k/v biases are [hea
 norm scales, the class token or the logit scale.
 
 Frozen parameters (`optim.frozen`, a regular expression over '/'-joined parameter paths such as
-"image_encoder/block_0/attn/query/kernel"): a parameter is frozen when the expression matches the whole of its
+"image_encoder/encoder/block_0/attn/query/kernel"): a parameter is frozen when the expression matches the whole of its
 path or of one of its ancestors' ("image_.*" and "image_encoder" both freeze the image encoder). They get no
 update, no weight decay and no optimiser state (`optax.partition` with `optax.set_to_zero`), their gradient is
 never computed (`stop_frozen` in the train step), and gradient clipping sees the trained parameters' norm only.
@@ -57,7 +57,7 @@ def decay_mask(params):
 
 
 def param_path(path) -> str:
-    """A key path of the parameter tree -> "image_encoder/block_0/attn/query/kernel"."""
+    """A key path of the parameter tree -> "image_encoder/encoder/block_0/attn/query/kernel"."""
     return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
 
 

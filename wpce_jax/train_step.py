@@ -1,6 +1,6 @@
 """The training state and the jit-compiled, data-parallel training step.
 
-The towers run under jit on a batch sharded over the "data" axis (`make_encode_fn`); the objective
+The towers run under jit on a batch sharded over the batch axes (parallel.BATCH_AXES; `make_encode_fn`); the objective
 (`make_objective_fn`; `config.objective`, held by the model as `model.objective`: symmetric InfoNCE, SigLIP's
 sigmoid loss with the learned "logit_bias", or NCE) runs in shard_map over the global batch (each device gathers the
 other side's features). A step whose loss or gradient is not finite changes nothing and records its number in
@@ -11,8 +11,9 @@ one until the host notices and stops the run.
 image tower alone: "two_view" (SimCLR's NT-Xent over the compared vectors of two augmented views of each image,
 batch["image"] and batch["image2"]) or "labelled" (triplet or margin contrastive loss over the compared vectors with
 batch["label"]); or both towers again in "ranking" (a learning-to-rank loss with graded relevance from the label
-tuples batch["labels"]). Each mode is an entry of objectives.py's registry. In the image-only modes the text tower is never run, so its parameters and the logit scale get a
-zero gradient; the step also applies no update to them (AdamW's weight decay would otherwise shrink them), so they
+tuples batch["labels"]; "image_ranking" on two views of each image). Each mode is an entry of objectives.py's
+registry. In the image-only modes the text tower is never run, so its parameters and the logit scale get a zero
+gradient; the step also applies no update to them (AdamW's weight decay would otherwise shrink them), so they
 stay exactly at their initial values.
 
 `optim.accum_steps` = k splits the towers' work into k micro-batches to save memory (`make_grad_fn`, GradCache): the

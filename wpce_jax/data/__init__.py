@@ -8,7 +8,11 @@
     unreadable.py       stand-ins for training records that do not read or decode, the skipped-fraction limit
     tokenizers.py       get_tokenizer(): CLIP BPE and SentencePiece behind one interface
     train_tokenizer.py  SentencePiece training (python -m wpce_jax.data.train_tokenizer)
+    run_data.py         a config's data resolved: the training records, the tokenizer, the run plan (RunPlan)
+    class_balanced.py   class-balanced sampling (data.samples_per_class) for the labelled mode
+    eval_sources.py     evaluation sources: converted records, TFDS, class folders
+    tfds_to_records.py  a TFDS dataset -> record dataset (python -m wpce_jax.data.tfds_to_records)
     digits.py           built-in tiny dataset from scikit-learn's digits
-    progress.py         rate / ETA progress line
+    digit_pairs.py      built-in graded set: two digit scans side by side, (left, right) label tuples
     testing.py          real tar shards for tests and benchmarks
 """
