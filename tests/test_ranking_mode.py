@@ -6,6 +6,7 @@ micro-batches gives the unsplit loss and gradient; the graded NDCG of the retrie
 and short digit-pairs runs of every kind train and log graded NDCG."""
 import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +14,8 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from runs import ROOT, tiny_config
+from runs import ROOT, final_params, tiny_config, train_here
+from runs import losses as logged_losses
 from test_accumulation import assert_gradients_close
 from wpce_jax import losses, train
 from wpce_jax.config_validation import RANKING_LOSSES, validate_config
@@ -139,6 +141,21 @@ def test_digit_pairs_trains_and_logs_graded_ndcg(cache_dir, tmp_path, arg):
         assert 0 <= result[f"retrieval/digit_pairs/{direction}_recall@1"] <= 1
     assert "retrieval/digit_pairs/t2i_ndcg@10" in lines[-1]
     print(arg, {k: round(v, 4) for k, v in result.items() if "ndcg" in k or "recall@1" in k})
+
+
+def test_ranking_run_under_fsdp_and_accumulation_resumes_exactly(cache_dir, tmp_path):
+    """The ranking mode with the parameters split over 2 devices (FSDP) and 2 micro-batches (GradCache), killed
+    after its step-10 checkpoint: the resumed run's losses and final parameters equal the uninterrupted run's, bit
+    for bit."""
+    overrides = {"mesh.fsdp": 2, "optim.accum_steps": 2, "total_steps": 20, "eval_every_steps": 20,
+                 "checkpoint_every_steps": 10, "log_every_steps": 1}
+    train_here(tmp_path, cache_dir, CONFIG, "wpce,approx_ndcg", **overrides)
+    want, reference = logged_losses(tmp_path), final_params(tmp_path)
+    assert sorted(want) == list(range(1, 21)) and np.all(np.isfinite(list(want.values())))
+    shutil.rmtree(tmp_path / "checkpoints" / "20")  # as if killed before the step-20 checkpoint
+    train_here(tmp_path, cache_dir, CONFIG, "wpce,approx_ndcg", **overrides)
+    assert logged_losses(tmp_path) == want
+    jax.tree.map(np.testing.assert_array_equal, final_params(tmp_path), reference)
 
 
 def test_digit_pairs_records_carry_label_tuples(cache_dir):
