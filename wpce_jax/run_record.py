@@ -103,14 +103,15 @@ def check_resume(saved: dict, current: ConfigDict, step: int) -> list[str]:
 
 
 # Run-plan fields the resolved config does not hold (it holds the others, compared as config fields): the training
-# set's size decides the data order, so it may not change; its directory may (the data moved, or data.cache_dir).
-PLAN_FIXED = ("num_examples",)
+# set's size (num_examples) decides the data order, so it may not change; its directory may (the data moved, or
+# data.cache_dir changed).
 PLAN_MAY_CHANGE = ("train_dir",)
 
 
 def check_plan(saved: dict | None, current: dict, step: int) -> list[str]:
-    """Raises ConfigChangedError when a PLAN_FIXED field of the checkpoint's run plan (None: a checkpoint without
-    one, nothing to compare) differs from `current` (RunPlan.to_json()); returns the PLAN_MAY_CHANGE changes."""
+    """Raises ConfigChangedError when the checkpoint's run plan (None: a checkpoint without one, nothing to compare)
+    counts another number of training examples than `current` (RunPlan.to_json()); returns the PLAN_MAY_CHANGE
+    changes."""
     if saved is None:
         return []
     if saved.get("num_examples", current["num_examples"]) != current["num_examples"]:
