@@ -14,6 +14,15 @@ from wpce_jax import checkpoint, cli as wpce_cli, config_fields, train
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIGITS = os.path.join(ROOT, "configs", "digits.py")
 
+
+
+def cpu_env(devices: int) -> dict:
+    """The environment of a test's JAX subprocess: this one's, with `devices` CPU devices and conftest.py's backend
+    optimisation level."""
+    flags = f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0"
+    return {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
+
+
 # The linear probe is left to the evaluation tests (python -m wpce_jax.evaluate on the shared run).
 TINY = {"total_steps": 30, "batch_size": 32, "log_every_steps": 1, "eval_every_steps": 30,
         "checkpoint_every_steps": 10, "eval.batch_size": 64, "model.embed_dim": 16, "model.image.width": 32,

@@ -10,6 +10,8 @@ import os
 import subprocess
 import sys
 
+from runs import cpu_env
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SECTIONS = ("platform", "train_step", "attention", "pipeline", "zeroshot", "checkpoint")
 # Numbers that are null by definition on a CPU: no bf16 peak to take MFU against, no memory statistics, no cuDNN.
@@ -30,8 +32,7 @@ def numbers(tree, path=""):
 
 def test_tiny_preset_reports_every_section(tmp_path):
     out = tmp_path / "check.json"
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu",
-               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(cpu_env(1), PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     result = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "device_check.py"), "--preset=tiny",
                              f"--out={out}", "--budget_s=100000"], env=env, cwd=ROOT, capture_output=True,
                             text=True, timeout=900)

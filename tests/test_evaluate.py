@@ -23,6 +23,7 @@ from wpce_jax.errors import ConfigError
 from wpce_jax.evaluate.__main__ import apply_config_flags, format_table
 from wpce_jax.evaluate.evaluator import Evaluator
 from wpce_jax.parallel import make_mesh
+from runs import cpu_env
 from test_multiprocess import free_port
 
 
@@ -304,7 +305,7 @@ def test_fsdp8_checkpoint_evaluates_the_same_split_on_eight_devices_and_whole_on
 def test_two_processes_equal_one(evaluated, tmp_path):
     workdir, _, results = evaluated
     port = free_port()
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    env = cpu_env(4)
     args = ["--config.eval.linear_probe=digits", "--config.eval.cache_features=false"]
     procs = [subprocess.Popen([sys.executable, "-m", "wpce_jax.evaluate", f"--workdir={workdir}", *args,
                                f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],

@@ -12,7 +12,7 @@ import numpy as np
 
 from wpce_jax import checkpoint
 from wpce_jax.data.run_data import prepare_digits
-from runs import DIGITS, TINY, losses, tiny_config, train_here
+from runs import DIGITS, TINY, cpu_env, losses, tiny_config, train_here
 from test_train import wait_for
 
 STEPS = {"total_steps": 12, "checkpoint_every_steps": 6, "eval_every_steps": 12}
@@ -26,7 +26,7 @@ def free_port() -> int:
 
 def start_two_processes(workdir, cache_dir, **overrides):
     port = free_port()
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    env = cpu_env(4)
     flags = [f"--config.{k}={v}" for k, v in {**TINY, **STEPS, "data.cache_dir": cache_dir, **overrides}.items()]
     return [subprocess.Popen([sys.executable, "-m", "wpce_jax.main", f"--config={DIGITS}", f"--workdir={workdir}",
                               f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}",

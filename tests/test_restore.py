@@ -20,7 +20,7 @@ from wpce_jax.errors import UserError
 from wpce_jax.models.model_config import make_model
 from wpce_jax.optimizer import make_optimizer
 from wpce_jax.train_step import initial_state
-from runs import tiny_config
+from runs import cpu_env, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -252,8 +252,7 @@ def test_two_processes_that_see_different_faults_take_one_decision(tmp_path):
     """Process 1 alone sees a passing fault (both retry, both restore step 20), then alone sees damage (both move
     step 20 aside and restore step 10); process 0 alone hits an unknown error (both stop, nothing moved)."""
     port, script = _free_port(), os.path.join(ROOT, "tests", "restore_two_processes.py")
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu",
-           "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
+    env = {**cpu_env(1), "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
     procs = [subprocess.Popen([sys.executable, script, str(port), str(i), str(tmp_path)], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]
