@@ -130,7 +130,8 @@ def time_grain(data_dir, tok, decoder, workers, batch_size, num_batches, variant
     finally:
         pipeline._batched, pipeline._TrainExample = batched, example
     it = iter(ds)
-    next(it)  # start-up (worker spawn) is not throughput
+    for _ in range(1 + workers):  # start-up (worker spawn, every worker's first batch: lazy imports) is not throughput
+        next(it)
     workers_cpu = _children_cpu()
     t, cpu = time.perf_counter(), time.process_time()
     for _ in range(num_batches):
@@ -176,6 +177,7 @@ def breakdown(data_dir, tok, captions, batch_size, trials, cores):
               "batch (stack)", "worker -> main (shm copy)"]
     best = dict.fromkeys(stages, float("inf"))
     clock = time.thread_time_ns
+    image_ops._cv2()  # the lazy import (~20 ms, once per process) is start-up, not a cost per image
     for _ in range(trials):
         total = dict.fromkeys(stages, 0)
         examples = []
