@@ -43,16 +43,20 @@ DEFAULT_DECODER = "simplejpeg"
 
 Box = tuple[float, float, float, float]  # (left, top, right, bottom) in source pixels
 
-# Training crops resample bicubically, like evaluation crops. Bilinear was measured: it makes the whole pipeline
-# about 1.2x faster per core (the resize is most of an example's CPU, benchmarks/pipeline.py --breakdown and
-# --compare), but the default digits run trained with it lost accuracy (image->image MAP@R 0.695 -> 0.518, linear
-# probe 0.975 -> 0.955, zero-shot 0.969 -> 0.961, same seed and steps), so it is not the default.
+# With the PIL resizer (RESIZERS), training crops resample bicubically, like evaluation crops. Bilinear was
+# measured: it makes the whole pipeline about 1.2x faster per core (the resize is most of an example's CPU,
+# benchmarks/pipeline.py --breakdown and --compare), but the default digits run trained with it lost accuracy
+# (image->image MAP@R 0.695 -> 0.518, linear probe 0.975 -> 0.955, zero-shot 0.969 -> 0.961, same seed and steps;
+# one seed, and that MAP@R varies 0.59 to 0.71 over seeds), so it is not used.
 TRAIN_RESAMPLE = Image.Resampling.BICUBIC
 EVAL_RESAMPLE = Image.Resampling.BICUBIC
 
 RESIZERS = ("pil", "opencv")
-# The training crops' resizer (see the module docstring; docs/performance.md has the measurements).
-TRAIN_RESIZER = "pil"
+# The training crops' resizer (see the module docstring; docs/performance.md has the measurements). OpenCV: the
+# whole input pipeline ~2.5x cheaper per image (1000+ images/s per core); the default digits run, seeds 0 to 3,
+# mean final metrics OpenCV / PIL bicubic: zero-shot 0.973 / 0.975, linear probe 0.982 / 0.976, i2t R@1
+# 0.980 / 0.976, image->image MAP@R 0.703 / 0.676 (PIL's seeds spread 0.59 to 0.71): within seed noise.
+TRAIN_RESIZER = "opencv"
 # opencv resizer: INTER_AREA (a box filter over the source pixels each output pixel covers: antialiased) when both
 # sides of the crop shrink by more than this factor, else INTER_CUBIC (a = -0.75, not antialiased). Against PIL's
 # antialiased bicubic on photos (benchmarks/pipeline.py --resample_check, "by shrink factor") the cubic is closer
