@@ -4,20 +4,23 @@
                                   [--host_normalise] [--grain_only] [--breakdown] [--resample_check]
 
 Every figure is the best of --trials interleaved trials. Prints, for each JPEG decoder (PIL and simplejpeg):
-  * decode + RandomResizedCrop(224, scale (0.5, 1), bilinear as in training) of 256-pixel JPEGs, images/s in 1
-    process and in all processes (per core too), the ratio against PIL;
+  * decode + RandomResizedCrop(224, scale (0.5, 1)) with the training crops' resizer (image_ops.TRAIN_RESIZER)
+    of 256-pixel JPEGs, images/s in 1 process and in all processes (per core too), the ratio against PIL;
   * the full grain pipeline (record read, decode, crop, tokenize, batch of uint8 pixels) with 0 and all workers,
     and its CPU time per image over all its processes (workers included);
-    with --compare also the training pipeline as it was before bilinear training crops (bicubic, the same
-    code otherwise), and with --host_normalise the pipeline as it was before uint8 batches (ImageNet
-    normalisation to float32 on the host, in the workers), in the same interleaved trials; with --host_normalise also the bytes per batch and the host -> device copy time of
-    uint8 against float32 batches;
+    with --compare also the training pipeline with each other training crop resampler (PIL bicubic, OpenCV
+    (image_ops.RESIZERS), PIL bilinear; the same code otherwise), and with --host_normalise the pipeline as it was
+    before uint8 batches (ImageNet normalisation to float32 on the host, in the workers), in the same interleaved
+    trials; with --host_normalise also the bytes per batch and the host -> device copy time of uint8 against
+    float32 batches;
 then the converter's samples/s on tar shards of the same images with 1 and all workers (not with --grain_only,
 which also skips the decode-only columns).
 --breakdown prints only the CPU time per image of each stage of a training example (keying, record read, header,
-JPEG decode, crop + resize bilinear and bicubic, tokenize, batching, the worker -> main shared-memory transfer)
-beside the whole pipeline's, in one run. --resample_check prints only how far bilinear training crops are from
-bicubic ones (grey levels) on real photos (scikit-learn's sample images), the benchmark's images and the digits.
+JPEG decode, crop + resize by PIL bilinear, PIL bicubic and OpenCV, tokenize, batching, the worker -> main
+shared-memory transfer) beside the whole pipeline's with PIL bicubic and OpenCV crops, in one run.
+--resample_check prints only how far bilinear and OpenCV training crops are from PIL bicubic ones (grey levels) on
+real photos (scikit-learn's sample images), the benchmark's images and the digits, and OpenCV's INTER_CUBIC and
+INTER_AREA against PIL bicubic by shrink factor (image_ops.AREA_ABOVE).
 The images are sklearn digit scans upscaled to 256 pixels with smooth colour texture and fine noise, so the
 JPEG entropy (and decode cost) is that of a photo rather than of a flat drawing. The default decoder
 (wpce_jax.data.image_ops.DEFAULT_DECODER) is the fastest of this measurement.
@@ -93,15 +96,15 @@ def time_parallel(pool, procs, jpegs, decoder):
 
 
 class _BilinearTrainExample(pipeline._TrainExample):
-    """The training example with bilinear crops, the cheaper resampling measured against the default bicubic
-    (image_ops.TRAIN_RESAMPLE says why it is not the default). Defined in __main__, so grain's workers receive it
+    """The training example with PIL bilinear crops, a cheaper resampling measured against bicubic
+    (image_ops.TRAIN_RESAMPLE says why it is not used). Defined in __main__, so grain's workers receive it
     by value (cloudpickle)."""
 
     def _images(self, g, data):
         header, offset = records.decode_header(data)
         jpeg, rng = memoryview(data)[offset:].tobytes(), pipeline.augment_rng(self.seed, g)
         return header, {"image": image_ops.train_crop(jpeg, self.image_size, rng, self.crop_scale, self.decoder,
-                                                      Image.Resampling.BILINEAR)}
+                                                      Image.Resampling.BILINEAR, "pil")}
 
 
 class _HostNormalise(grain.transforms.Map):
@@ -112,8 +115,9 @@ class _HostNormalise(grain.transforms.Map):
 
 
 def time_grain(data_dir, tok, decoder, workers, batch_size, num_batches, variant="grain"):
-    """(images/s, CPU ms per image) of `variant`: "grain" (the pipeline), "bilinear" (bilinear training crops
-    instead of bicubic) or "host_normalise" (before uint8 batches)."""
+    """(images/s, CPU ms per image) of `variant`: "grain" (the pipeline, image_ops.TRAIN_RESIZER), "pil" or
+    "opencv" (training crops by that resizer), "bilinear" (PIL bilinear training crops) or "host_normalise"
+    (before uint8 batches)."""
     batched, example = pipeline._batched, pipeline._TrainExample
     if variant == "host_normalise":  # the normalisation ran in the workers, before batching
         pipeline._batched = lambda ds, *rest: batched(ds.map(_HostNormalise()), *rest)
@@ -121,11 +125,13 @@ def time_grain(data_dir, tok, decoder, workers, batch_size, num_batches, variant
         pipeline._TrainExample = _BilinearTrainExample
     try:
         ds = pipeline.make_train_dataset(data_dir, pipeline.TrainDataOptions(
-            tokenizer=tok, image_size=CROP, batch_size=batch_size, seed=0, worker_count=workers, decoder=decoder))
+            tokenizer=tok, image_size=CROP, batch_size=batch_size, seed=0, worker_count=workers, decoder=decoder,
+            resizer=variant if variant in image_ops.RESIZERS else image_ops.TRAIN_RESIZER))
     finally:
         pipeline._batched, pipeline._TrainExample = batched, example
     it = iter(ds)
-    next(it)  # start-up (worker spawn) is not throughput
+    for _ in range(1 + workers):  # start-up (worker spawn, every worker's first batch: lazy imports) is not throughput
+        next(it)
     workers_cpu = _children_cpu()
     t, cpu = time.perf_counter(), time.process_time()
     for _ in range(num_batches):
@@ -167,10 +173,11 @@ def breakdown(data_dir, tok, captions, batch_size, trials, cores):
     order = pipeline.ShuffledOrder(n, batch_size, seed=0)
     count = len(captions) // batch_size * batch_size  # positions timed: as many as there are distinct JPEGs
     stages = ["keying: order[g] + augment_rng", "record read (ArrayRecord)", "record header", "JPEG decode",
-              "crop + resize, bilinear", "crop + resize, bicubic (default)", "tokenize",
+              "crop + resize, PIL bilinear", "crop + resize, PIL bicubic", "crop + resize, opencv", "tokenize",
               "batch (stack)", "worker -> main (shm copy)"]
     best = dict.fromkeys(stages, float("inf"))
     clock = time.thread_time_ns
+    image_ops._cv2()  # the lazy import (~20 ms, once per process) is start-up, not a cost per image
     for _ in range(trials):
         total = dict.fromkeys(stages, 0)
         examples = []
@@ -189,17 +196,18 @@ def breakdown(data_dir, tok, captions, batch_size, trials, cores):
             f = image_ops._dct_scale(box, CROP)
             arr = simplejpeg.decode_jpeg(jpeg, colorspace="RGB", min_factor=f, min_height=-(-height // f),
                                          min_width=-(-width // f))
-            img = image_ops.Image.fromarray(arr)
             t4 = clock()
             sx, sy = width / arr.shape[1], height / arr.shape[0]
-            image_ops._resize_box(img, box, sx, sy, CROP, image_ops.Image.Resampling.BILINEAR)
+            image_ops._resize_box(arr, box, sx, sy, CROP, image_ops.Image.Resampling.BILINEAR, "pil")
             t5 = clock()
-            pixels = image_ops._resize_box(img, box, sx, sy, CROP, image_ops.TRAIN_RESAMPLE)  # bicubic
+            image_ops._resize_box(arr, box, sx, sy, CROP, image_ops.Image.Resampling.BICUBIC, "pil")
             t6 = clock()
-            tokens = tok([header["caption"]])[0]
+            pixels = image_ops._resize_box(arr, box, sx, sy, CROP, image_ops.TRAIN_RESAMPLE, "opencv")
             t7 = clock()
+            tokens = tok([header["caption"]])[0]
+            t8 = clock()
             examples.append({"image": pixels, "tokens": tokens, "label": np.int32(-1), "skipped": np.bool_(False)})
-            for k, dt in zip(stages, np.diff([t0, t1, t2, t3, t4, t5, t6, t7])):
+            for k, dt in zip(stages, np.diff([t0, t1, t2, t3, t4, t5, t6, t7, t8])):
                 total[k] += dt
         for i in range(0, len(examples), batch_size):
             t0 = time.process_time_ns()
@@ -215,31 +223,35 @@ def breakdown(data_dir, tok, captions, batch_size, trials, cores):
             best[k] = min(best[k], total[k] / count / 1000)
     nb = max(2, count // batch_size - 2)
     # Whole pipeline, CPU per image of all its processes: 0 workers, then `cores` workers (these add the
-    # shared-memory transfer); the two variants interleaved, the least of the trials.
-    whole = {(v, w): float("inf") for v in ("grain", "bilinear") for w in (0, cores)}
+    # shared-memory transfer); the resizers interleaved, the least of the trials.
+    whole = {(v, w): float("inf") for v in image_ops.RESIZERS for w in (0, cores)}
     for _ in range(trials):
         for v, w in whole:
             whole[v, w] = min(whole[v, w], 1000 * time_grain(data_dir, tok, image_ops.DEFAULT_DECODER, w, batch_size,
                                                              nb, v)[1])
-    now = [k for k in stages if "(default)" not in k]  # the bilinear variant's stages
-    before = [k for k in stages if k != "crop + resize, bilinear"]  # the default's
+    crops = [k for k in stages if k.startswith("crop + resize")]
+    keys = {r: [k for k in stages if k not in crops] + [f"crop + resize, {'PIL bicubic' if r == 'pil' else r}"]
+            for r in image_ops.RESIZERS}
     print(f"\nCPU time per image by stage (us, least of {trials} passes over {count} images of {n} records; "
           f"{image_ops.DEFAULT_DECODER}; RandomResizedCrop {CROP})")
     for k in stages:
         print(f"  {k:<36} {best[k]:>6.0f}")
     print("whole pipeline, CPU of all its processes per image (least of the trials; img/s per core = 1e6 / us):")
-    for name, keys, v in (("bicubic (default)", before, "grain"), ("bilinear", now, "bilinear")):
-        print(f"  {name:<17} stages sum {sum(best[k] for k in keys):>5.0f} us; 0 workers {whole[v, 0]:>5.0f} us "
+    for v in image_ops.RESIZERS:
+        name = v + " (default)" * (v == image_ops.TRAIN_RESIZER)
+        print(f"  {name:<17} stages sum {sum(best[k] for k in keys[v]):>5.0f} us; 0 workers {whole[v, 0]:>5.0f} us "
               f"({1e6 / whole[v, 0]:>4.0f} img/s per core); {cores} workers {whole[v, cores]:>5.0f} us "
               f"({1e6 / whole[v, cores]:>4.0f} img/s per core)")
     print(f"load average at the end: {os.getloadavg()[0]:.1f} on {cores} cores")
 
 
 def resample_check(n: int = 200) -> None:
-    """Bilinear (image_ops.TRAIN_RESAMPLE) against bicubic (the training crops before) on the same random crop
-    boxes: absolute difference in grey levels (0-255) on real photos (scikit-learn's sample images, short side
-    resized to 256, JPEG q95, as the converter stores them), this benchmark's images and the digits. For scale:
-    bicubic against Lanczos, and JPEG q95 re-encoding of the photos."""
+    """PIL bilinear and the OpenCV resizer (image_ops._opencv_resize_box) against PIL bicubic
+    (image_ops.TRAIN_RESAMPLE) on the same random crop boxes: absolute difference in grey levels (0-255) on real
+    photos (scikit-learn's sample images, short side resized to 256, JPEG q95, as the converter stores them), this
+    benchmark's images and the digits (upscaled to 256 here; the digits run crops 32-pixel images). For scale:
+    bicubic against Lanczos, and JPEG q95 re-encoding of the photos. Then, by shrink factor, OpenCV's INTER_CUBIC
+    and INTER_AREA against PIL bicubic (antialiased) on the photos: what image_ops.AREA_ABOVE is chosen from."""
     import io
 
     from sklearn.datasets import load_sample_image
@@ -260,16 +272,33 @@ def resample_check(n: int = 200) -> None:
           f"of scale (0.5, 1) to {CROP})")
     for label, images in sets.items():
         rng = np.random.default_rng(0)
-        crops = {k: [] for k in ("BICUBIC", "BILINEAR", "LANCZOS")}
+        crops = {k: [] for k in ("BICUBIC", "BILINEAR", "LANCZOS", "OPENCV")}
         for i in range(n):
             im = images[i % len(images)]
             box = image_ops.random_resized_crop_box(*im.size, rng, (0.5, 1.0))
             for k in crops:
-                crops[k].append(np.asarray(im.resize((CROP, CROP), getattr(r, k), box=box), np.float64))
-        for k in ("BILINEAR", "LANCZOS"):
+                crops[k].append(np.asarray(image_ops._opencv_resize_box(np.asarray(im), box, CROP) if k == "OPENCV"
+                                           else im.resize((CROP, CROP), getattr(r, k), box=box), np.float64))
+        for k in ("BILINEAR", "OPENCV", "LANCZOS"):
             d = np.abs(np.stack(crops[k]) - np.stack(crops["BICUBIC"]))
             print(f"{label:<18} {k.lower():<18} {d.mean():>6.2f} {np.percentile(d, 99):>5.0f} {d.max():>5.0f}")
     print(f"JPEG q95 re-encoding of the photos: mean {q95:.2f} grey levels")
+    cv2 = image_ops._cv2()
+    print(f"\nby shrink factor (crop side / output side, both sides), photos, mean |OpenCV - PIL bicubic| in grey "
+          f"levels; image_ops.AREA_ABOVE = {image_ops.AREA_ABOVE}")
+    print(f"{'shrink':>7} {'INTER_CUBIC':>12} {'INTER_AREA':>11} {'INTER_LINEAR':>13}")
+    side = 240
+    for shrink in (1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.75, 2.0):
+        out = round(side / shrink)
+        d = {m: [] for m in ("INTER_CUBIC", "INTER_AREA", "INTER_LINEAR")}
+        for im in photos:
+            for x0, y0 in ((0, 0), (7, 3), (13, 11)):
+                box = (x0, y0, x0 + side, y0 + side)
+                ref = np.asarray(im.resize((out, out), r.BICUBIC, box=box), np.float64)
+                crop = np.asarray(im)[y0:y0 + side, x0:x0 + side]
+                for m in d:
+                    d[m].append(np.abs(cv2.resize(crop, (out, out), interpolation=getattr(cv2, m)) - ref).mean())
+        print(f"{shrink:>7.2f} " + " ".join(f"{np.mean(d[m]):>{len(m)}.2f}" for m in d))
 
 
 def transfer(batch: dict, trials: int) -> None:
@@ -299,10 +328,10 @@ def main():
     p.add_argument("--trials", type=int, default=3, help="best of this many interleaved trials")
     p.add_argument("--convert_repeat", type=int, default=4, help="converter input = the images this many times")
     p.add_argument("--compare", action="store_true",
-                   help="also time the training pipeline as it was before bilinear training crops, side by side")
+                   help="also time the training pipeline with the other training crop resizers, side by side")
     p.add_argument("--breakdown", action="store_true", help="only the CPU time per image of each stage")
     p.add_argument("--resample_check", action="store_true",
-                   help="only the pixel difference of bilinear against bicubic training crops")
+                   help="only the pixel difference of bilinear and OpenCV against PIL bicubic training crops")
     p.add_argument("--host_normalise", action="store_true",
                    help="also time the pipeline as it was before uint8 batches (float32 normalised on the host)")
     p.add_argument("--grain_only", action="store_true",
@@ -313,7 +342,7 @@ def main():
         return resample_check()
     print(f"{cores} CPU cores; {args.num_records} records of {args.num_images} distinct JPEGs of "
           f"{args.side}x{args.side}, quality 95; "
-          f"RandomResizedCrop {CROP}, bilinear; load average now "
+          f"RandomResizedCrop {CROP}, {image_ops.TRAIN_RESIZER}; load average now "
           f"{os.getloadavg()[0]:.1f} (other work on the machine slows every column alike)", flush=True)
     jpegs = make_jpegs(args.num_images, args.side)
     print(f"mean JPEG size {np.mean([len(j) for j in jpegs]) / 1024:.1f} KiB", flush=True)
@@ -332,7 +361,8 @@ def main():
             return breakdown(data_dir, tok, captions, args.batch_size, args.trials, cores)
         # Best of several trials, decoders interleaved inside each trial: on a shared machine a slow moment
         # then hits both decoders alike instead of deciding the comparison.
-        variants = ["grain"] + ["bilinear"] * args.compare + ["host_normalise"] * args.host_normalise
+        others = [r for r in image_ops.RESIZERS if r != image_ops.TRAIN_RESIZER] + ["bilinear"]
+        variants = ["grain"] + others * args.compare + ["host_normalise"] * args.host_normalise
         # Per decoder: 1 proc, all procs, then 0 / all workers of each variant; CPU ms per image at 0 workers.
         best = {d: [0.0] * (2 + 2 * len(variants)) for d in image_ops.DECODERS}
         # CPU ms per image of all the pipeline's processes, 0 workers then `cores` workers, per variant.
@@ -357,7 +387,8 @@ def main():
 
         pil_one = rows[0][1] or 1.0
         print()
-        names = {"grain": "grain", "bilinear": "bilinear", "host_normalise": "host norm."}
+        names = {"grain": "grain", "bilinear": "bilinear", "host_normalise": "host norm.", "pil": "pil bicubic",
+                 "opencv": "opencv"}
         heads = "".join(f" {names[v] + ' 0 wkr':>16} {f'{names[v]} {cores} wkr':>16}" for v in variants)
         print(f"{'decoder':<12} {'1 proc img/s':>13} {f'{cores} procs img/s':>16} {'per core':>9} "
               f"{'vs PIL':>7}" + heads)
@@ -372,8 +403,8 @@ def main():
                 print(f"  {d:<11} {names[variant]:<11} 0 workers {c0:.3f} ms ({1000 / c0:>4.0f} img/s per core)   "
                       f"{cores} workers {cn:.3f} ms ({1000 / cn:>4.0f} img/s per core)")
         if args.compare:
-            print("(grain: the pipeline, bilinear training crops; bicubic: the same with bicubic training crops, as "
-                  "before; interleaved in every trial)")
+            print(f"(grain: the pipeline, training crops by {image_ops.TRAIN_RESIZER!r}; the others: the same with "
+                  f"training crops by that resizer (bilinear: PIL bilinear); interleaved in every trial)")
         if args.host_normalise:
             print("(host norm.: float32 batches normalised on the host, as before uint8 batches)")
             transfer(next(iter(pipeline.make_train_dataset(data_dir, pipeline.TrainDataOptions(

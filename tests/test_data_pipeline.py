@@ -60,8 +60,9 @@ def _labels(ds, n_batches=None):
     return np.concatenate(out)
 
 
-def test_batch_layout(dataset):
-    b = next(iter(_make(dataset)))
+@pytest.mark.parametrize("resizer", image_ops.RESIZERS)
+def test_batch_layout(dataset, resizer):
+    b = next(iter(_make(dataset, resizer=resizer)))
     assert set(b) == {"image", "tokens", "label", "skipped"}
     assert b["image"].shape == (4, SIZE, SIZE, 3) and b["image"].dtype == np.uint8
     assert b["tokens"].shape == (4, 16) and b["tokens"].dtype == np.int32
@@ -326,8 +327,97 @@ def test_train_crop_is_a_bicubic_resize_of_the_sampled_box():
         box = image_ops.random_resized_crop_box(64, 64, np.random.default_rng(seed), (0.5, 1.0))
         want = np.asarray(full.resize((40, 40), Image.Resampling.BICUBIC, box=box))  # 40: no DCT downscale
         for decoder in image_ops.DECODERS:
-            got = image_ops.train_crop(jpeg, 40, np.random.default_rng(seed), (0.5, 1.0), decoder)
+            got = image_ops.train_crop(jpeg, 40, np.random.default_rng(seed), (0.5, 1.0), decoder, resizer="pil")
             np.testing.assert_array_equal(got, want, err_msg=decoder)
+
+
+def _smooth_jpeg(side: int, seed: int = 0) -> bytes:
+    rng = np.random.default_rng(seed)
+    texture = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).resize((side, side), Image.BICUBIC)
+    px = (0.6 * testing.digit_image(7, side) + 0.4 * np.asarray(texture) + rng.normal(0, 6, (side, side, 3)))
+    return testing.encode(px.clip(0, 255).astype(np.uint8), quality=95)
+
+
+def _resize_weights(n_in: int, n_out: int, area: bool) -> np.ndarray:
+    """[n_out, n_in] float64 weights of OpenCV's resize along one axis: INTER_AREA (each output pixel the mean of
+    the source interval [i s, (i + 1) s) it covers) or INTER_CUBIC (Keys' cubic with a = -0.75 at the half-pixel
+    centre (i + 0.5) s - 0.5, indices clamped to the edge)."""
+    s = n_in / n_out
+    w = np.zeros((n_out, n_in))
+    for i in range(n_out):
+        if area:
+            lo, hi = i * s, (i + 1) * s
+            for j in range(int(np.floor(lo)), min(int(np.ceil(hi)), n_in)):
+                w[i, j] = (min(hi, j + 1) - max(lo, j)) / s
+        else:
+            x = (i + 0.5) * s - 0.5
+            x0 = int(np.floor(x))
+            for j in range(x0 - 1, x0 + 3):
+                d, a = abs(x - j), -0.75
+                k = ((a + 2) * d - (a + 3)) * d * d + 1 if d <= 1 else ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+                w[i, min(max(j, 0), n_in - 1)] += k
+    return w
+
+
+def test_opencv_train_crop_against_a_float64_reference():
+    """The "opencv" resizer equals a float64 NumPy resize of the same (integer) box, the full decode's pixels, within
+    1 grey level (OpenCV's fixed-point rounding): INTER_CUBIC when a side enlarges or both shrink by at most
+    AREA_ABOVE, else INTER_AREA (both cases occur below). And it lies within a few grey levels of PIL's bicubic."""
+    jpeg = _smooth_jpeg(64)
+    full = Image.open(io.BytesIO(jpeg)).convert("RGB")
+    kinds = set()
+    for seed in range(12):
+        left, top, right, bottom = box = image_ops.random_resized_crop_box(64, 64, np.random.default_rng(seed),
+                                                                          (0.5, 1.0))
+        crop = np.asarray(full, np.float64)[top:bottom, left:right]
+        area = min(right - left, bottom - top) / 40 > image_ops.AREA_ABOVE
+        kinds.add(area)
+        wy, wx = _resize_weights(bottom - top, 40, area), _resize_weights(right - left, 40, area)
+        want = np.einsum("ij,jkc,lk->ilc", wy, crop, wx)
+        pil = np.asarray(full.resize((40, 40), Image.Resampling.BICUBIC, box=box), np.float64)
+        for decoder in image_ops.DECODERS:
+            got = image_ops.train_crop(jpeg, 40, np.random.default_rng(seed), (0.5, 1.0), decoder, resizer="opencv")
+            assert got.shape == (40, 40, 3) and got.dtype == np.uint8
+            assert np.abs(got - want.clip(0, 255)).max() <= 1.0, (decoder, seed, area)
+            assert np.abs(got - pil).mean() < 2.0, (decoder, seed, area)  # grey levels; measured < 1
+    assert kinds == {False, True}
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P"])
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_opencv_train_crop_of_grey_and_rgba_images(mode, fmt):
+    """Grey, RGBA and palette images (records hold RGB JPEGs, but the crop takes any image PIL reads) come out as
+    RGB, equal to the crop of the image converted to RGB, with either decoder."""
+    if fmt == "JPEG" and mode != "L":
+        pytest.skip("JPEG holds no alpha or palette")
+    rgb = Image.open(io.BytesIO(_smooth_jpeg(48))).convert("RGB")
+    img = rgb.convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, fmt, quality=95) if fmt == "JPEG" else img.save(buf, fmt)
+    data = buf.getvalue()
+    want_rgb = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    for decoder in image_ops.DECODERS:
+        got = image_ops.train_crop(data, 32, np.random.default_rng(1), (0.5, 1.0), decoder, resizer="opencv")
+        box = image_ops.random_resized_crop_box(48, 48, np.random.default_rng(1), (0.5, 1.0))
+        assert got.shape == (32, 32, 3) and got.dtype == np.uint8, decoder
+        # A JPEG's grey-to-RGB conversion may differ by a rounding between libjpeg and PIL.
+        np.testing.assert_allclose(got, image_ops._opencv_resize_box(want_rgb, box, 32), atol=1, err_msg=decoder)
+
+
+def test_opencv_resizer_in_the_pipeline(dataset):
+    """Training batches keep their layout with the "opencv" resizer (views too), their crops are those of the same
+    boxes as with "pil" (within a few grey levels), and an unknown resizer is refused."""
+    a = next(iter(_make(dataset, batch_size=8, resizer="pil")))
+    b = next(iter(_make(dataset, batch_size=8, resizer="opencv")))
+    assert {k: (v.shape, v.dtype) for k, v in a.items()} == {k: (v.shape, v.dtype) for k, v in b.items()}
+    np.testing.assert_array_equal(a["label"], b["label"])
+    assert np.abs(a["image"].astype(np.float64) - b["image"]).mean() < 3.0
+    views = next(iter(_make(dataset, batch_size=4, resizer="opencv", views=image_ops.ViewAugment())))
+    assert views["image2"].shape == views["image"].shape == (4, SIZE, SIZE, 3) and views["image2"].dtype == np.uint8
+    with pytest.raises(ValueError, match="resizer 'cv3' unknown"):
+        _make(dataset, resizer="cv3")
+    with pytest.raises(ValueError, match="resizer 'cv3' unknown"):
+        image_ops.train_crop(dataset[2][0], SIZE, np.random.default_rng(0), resizer="cv3")
 
 
 def test_dct_downscale_matches_full_decode():

@@ -1,9 +1,14 @@
 """JPEG decode + crop + resize for training and evaluation, with two interchangeable decoders.
 
 Both decoders use the JPEG DCT-domain downscaling (1/2, 1/4, 1/8) whenever the crop still has at least the
-output resolution afterwards: a large source image is never fully decoded just to be shrunk. Crop and resize
-are one PIL resample over the crop box (sub-pixel exact, no intermediate image): bicubic for evaluation, bilinear
-(TRAIN_RESAMPLE) for training crops.
+output resolution afterwards: a large source image is never fully decoded just to be shrunk. Then the crop box is
+resampled to the output size by one of two resizers:
+    "pil"     one PIL resample over the crop box (sub-pixel exact, antialiased, no intermediate image), bicubic
+              (TRAIN_RESAMPLE, EVAL_RESAMPLE). Evaluation crops always use it: imported CLIP weights expect PIL's
+              bicubic preprocessing.
+    "opencv"  training crops only (TRAIN_RESIZER): the box rounded to whole pixels of the decoded image, then one
+              cv2.resize, INTER_CUBIC, or INTER_AREA (antialiased) when both sides shrink by more than AREA_ABOVE.
+              About 9x cheaper than PIL's bicubic on 256-pixel sources (benchmarks/pipeline.py --breakdown).
 
 Decoders (chosen by ``benchmarks/pipeline.py``; see DEFAULT_DECODER):
     "pil"         Pillow's libjpeg(-turbo) via Image.draft.
@@ -38,12 +43,28 @@ DEFAULT_DECODER = "simplejpeg"
 
 Box = tuple[float, float, float, float]  # (left, top, right, bottom) in source pixels
 
-# Training crops resample bicubically, like evaluation crops. Bilinear was measured: it makes the whole pipeline
-# about 1.2x faster per core (the resize is most of an example's CPU, benchmarks/pipeline.py --breakdown and
-# --compare), but the default digits run trained with it lost accuracy (image->image MAP@R 0.695 -> 0.518, linear
-# probe 0.975 -> 0.955, zero-shot 0.969 -> 0.961, same seed and steps), so it is not the default.
+# With the PIL resizer (RESIZERS), training crops resample bicubically, like evaluation crops. Bilinear was
+# measured: it makes the whole pipeline about 1.2x faster per core (the resize is most of an example's CPU,
+# benchmarks/pipeline.py --breakdown and --compare), but the default digits run trained with it lost accuracy
+# (image->image MAP@R 0.695 -> 0.518, linear probe 0.975 -> 0.955, zero-shot 0.969 -> 0.961, same seed and steps;
+# one seed, and that MAP@R varies 0.59 to 0.71 over seeds), so it is not used.
 TRAIN_RESAMPLE = Image.Resampling.BICUBIC
 EVAL_RESAMPLE = Image.Resampling.BICUBIC
+
+RESIZERS = ("pil", "opencv")
+# The training crops' resizer (see the module docstring; docs/performance.md has the measurements). OpenCV: the
+# whole input pipeline ~2.5x cheaper per image (1000+ images/s per core); the default digits run, seeds 0 to 3,
+# mean final metrics OpenCV / PIL bicubic: zero-shot 0.973 / 0.975, linear probe 0.982 / 0.976, i2t R@1
+# 0.980 / 0.976, image->image MAP@R 0.703 / 0.676 (PIL's seeds spread 0.59 to 0.71): within seed noise.
+TRAIN_RESIZER = "opencv"
+# opencv resizer: INTER_AREA (a box filter over the source pixels each output pixel covers: antialiased) when both
+# sides of the crop shrink by more than this factor, else INTER_CUBIC (a = -0.75, not antialiased). Against PIL's
+# antialiased bicubic on photos (benchmarks/pipeline.py --resample_check, "by shrink factor") the cubic is closer
+# up to a 1.1x shrink (mean 0.9 grey levels against INTER_AREA's 1.1) and INTER_AREA beyond (1.2x: 1.1 against
+# 1.4; 1.5x: 1.1 against 2.8). One call takes one interpolation for both sides, so a crop that shrinks on one
+# side and enlarges on the other (aspect 3/4..4/3: at most a 1.34x shrink) takes the cubic. The DCT-domain
+# downscale (_dct_scale) leaves shrinks below 2x.
+AREA_ABOVE = 1.15
 
 
 def random_resized_crop_box(width: int, height: int, rng: np.random.Generator,
@@ -89,11 +110,48 @@ def _dct_scale(box: Box, size: int) -> int:
     return factor
 
 
-def _resize_box(img: Image.Image, box: Box, scale_x: float, scale_y: float, size: int,
-                resample: Image.Resampling) -> np.ndarray:
+_CV2 = None
+
+
+def _cv2():
+    """OpenCV, imported at the first opencv resize (not at import: evaluation and the PIL resizer never need it),
+    single-threaded: the pipeline's parallelism is over examples."""
+    global _CV2
+    if _CV2 is None:
+        import cv2
+
+        cv2.setNumThreads(1)
+        _CV2 = cv2
+    return _CV2
+
+
+def _opencv_resize_box(arr: np.ndarray, box: Box, size: int) -> np.ndarray:
+    """uint8 [H, W, 3] pixels, box in their coordinates -> uint8 [size, size, 3]: the box rounded to whole pixels
+    (inside the image, at least one pixel), then cv2.resize (INTER_AREA or INTER_CUBIC, see AREA_ABOVE)."""
+    cv2 = _cv2()
+    height, width = arr.shape[:2]
+    x0 = min(max(int(round(box[0])), 0), width - 1)
+    y0 = min(max(int(round(box[1])), 0), height - 1)
+    x1 = min(max(int(round(box[2])), x0 + 1), width)
+    y1 = min(max(int(round(box[3])), y0 + 1), height)
+    shrink = min(x1 - x0, y1 - y0) / size
+    interpolation = cv2.INTER_AREA if shrink > AREA_ABOVE else cv2.INTER_CUBIC
+    return cv2.resize(arr[y0:y1, x0:x1], (size, size), interpolation=interpolation)
+
+
+def _resize_box(img: Image.Image | np.ndarray, box: Box, scale_x: float, scale_y: float, size: int,
+                resample: Image.Resampling, resizer: str = "pil") -> np.ndarray:
+    """Crop `box` (source pixels; the decoded image is the source shrunk by scale_x, scale_y) and resize it to
+    size x size RGB, with PIL (`resample`) or OpenCV (`resizer` "opencv", see _opencv_resize_box)."""
+    b = (box[0] / scale_x, box[1] / scale_y, box[2] / scale_x, box[3] / scale_y)
+    if resizer == "opencv":
+        if isinstance(img, Image.Image):
+            img = np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
+        return _opencv_resize_box(img, b, size)
+    if isinstance(img, np.ndarray):
+        img = Image.fromarray(img)
     if img.mode != "RGB":
         img = img.convert("RGB")
-    b = (box[0] / scale_x, box[1] / scale_y, box[2] / scale_x, box[3] / scale_y)
     # resize(box=...) resamples only the crop with a filter sized to the true scale (antialiased).
     return np.asarray(img.resize((size, size), resample, box=b))
 
@@ -104,7 +162,7 @@ def _pil_size(data: bytes) -> tuple[int, int]:
 
 
 def _pil_crop_resize(data: bytes, box_fn: Callable[[int, int], Box], size: int,
-                     resample: Image.Resampling) -> np.ndarray:
+                     resample: Image.Resampling, resizer: str = "pil") -> np.ndarray:
     img = Image.open(io.BytesIO(data))
     width, height = img.size
     box = box_fn(width, height)
@@ -112,23 +170,22 @@ def _pil_crop_resize(data: bytes, box_fn: Callable[[int, int], Box], size: int,
     if factor > 1 and img.format == "JPEG":
         img.draft("RGB", (math.ceil(width / factor), math.ceil(height / factor)))
     img.load()
-    return _resize_box(img, box, width / img.size[0], height / img.size[1], size, resample)
+    return _resize_box(img, box, width / img.size[0], height / img.size[1], size, resample, resizer)
 
 
 def _simplejpeg_crop_resize(data: bytes, box_fn: Callable[[int, int], Box], size: int,
-                            resample: Image.Resampling) -> np.ndarray:
+                            resample: Image.Resampling, resizer: str = "pil") -> np.ndarray:
     import simplejpeg
 
     if not simplejpeg.is_jpeg(data):  # records hold JPEGs; anything else takes the general path
-        return _pil_crop_resize(data, box_fn, size, resample)
+        return _pil_crop_resize(data, box_fn, size, resample, resizer)
     height, width, _, _ = simplejpeg.decode_jpeg_header(data)
     box = box_fn(width, height)
     factor = _dct_scale(box, size)
     # min_factor asks for at least this much shrink; min_height/width keep it from shrinking further.
     arr = simplejpeg.decode_jpeg(data, colorspace="RGB", min_factor=factor,
                                  min_height=math.ceil(height / factor), min_width=math.ceil(width / factor))
-    img = Image.fromarray(arr)
-    return _resize_box(img, box, width / arr.shape[1], height / arr.shape[0], size, resample)
+    return _resize_box(arr, box, width / arr.shape[1], height / arr.shape[0], size, resample, resizer)
 
 
 _IMPLS = {"pil": _pil_crop_resize, "simplejpeg": _simplejpeg_crop_resize}
@@ -142,9 +199,13 @@ def _impl(decoder: str):
 
 
 def train_crop(data: bytes, size: int, rng: np.random.Generator, scale: tuple[float, float] = (0.5, 1.0),
-               decoder: str = DEFAULT_DECODER, resample: Image.Resampling = TRAIN_RESAMPLE) -> np.ndarray:
-    """RandomResizedCrop(size, scale, resample) of an encoded image. Returns uint8 [size, size, 3]."""
-    return _impl(decoder)(data, lambda w, h: random_resized_crop_box(w, h, rng, scale), size, resample)
+               decoder: str = DEFAULT_DECODER, resample: Image.Resampling = TRAIN_RESAMPLE,
+               resizer: str = TRAIN_RESIZER) -> np.ndarray:
+    """RandomResizedCrop(size, scale) of an encoded image, resampled by `resizer` ("pil": `resample` over the exact
+    box; "opencv": see _opencv_resize_box, `resample` unused). Returns uint8 [size, size, 3]."""
+    if resizer not in RESIZERS:
+        raise ValueError(f"resizer {resizer!r} unknown; expected one of {RESIZERS}")
+    return _impl(decoder)(data, lambda w, h: random_resized_crop_box(w, h, rng, scale), size, resample, resizer)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,10 +256,11 @@ def _shift_hue(img: Image.Image, hue: float) -> Image.Image:
 
 def train_views(data: bytes, size: int, rng: np.random.Generator, augment: ViewAugment,
                 scale: tuple[float, float] = (0.08, 1.0), decoder: str = DEFAULT_DECODER,
-                count: int = 2, resample: Image.Resampling = TRAIN_RESAMPLE) -> list[np.ndarray]:
+                count: int = 2, resample: Image.Resampling = TRAIN_RESAMPLE,
+                resizer: str = TRAIN_RESIZER) -> list[np.ndarray]:
     """`count` independent SimCLR views of an encoded image: each a RandomResizedCrop(size, scale) followed by
     `augment`, drawn one after the other from `rng`. Returns uint8 [size, size, 3] arrays."""
-    return [augment(train_crop(data, size, rng, scale, decoder, resample), rng) for _ in range(count)]
+    return [augment(train_crop(data, size, rng, scale, decoder, resample, resizer), rng) for _ in range(count)]
 
 
 def eval_crop(data, size: int, decoder: str = DEFAULT_DECODER) -> np.ndarray:

@@ -66,13 +66,16 @@ class _TrainExample(grain.transforms.Map):
     seed: int
     views: image_ops.ViewAugment | None
     labels_length: int | None = None  # K: every record must carry a label tuple of K ints; None: not read
+    resizer: str = image_ops.TRAIN_RESIZER
 
     def _images(self, g: int, data: bytes) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         header, offset = records.decode_header(data)
         jpeg, rng = memoryview(data)[offset:].tobytes(), augment_rng(self.seed, g)
         if self.views is None:
-            return header, {"image": image_ops.train_crop(jpeg, self.image_size, rng, self.crop_scale, self.decoder)}
-        first, second = image_ops.train_views(jpeg, self.image_size, rng, self.views, self.crop_scale, self.decoder)
+            return header, {"image": image_ops.train_crop(jpeg, self.image_size, rng, self.crop_scale, self.decoder,
+                                                          resizer=self.resizer)}
+        first, second = image_ops.train_views(jpeg, self.image_size, rng, self.views, self.crop_scale, self.decoder,
+                                              resizer=self.resizer)
         return header, {"image": first, "image2": second}
 
     def map(self, element: tuple[int, int]) -> dict[str, np.ndarray]:
@@ -261,6 +264,7 @@ class TrainDataOptions:
       batches.
     num_epochs: epochs of the global stream (counted from position 0, not from start_example); None repeats forever.
     decoder: "simplejpeg" or "pil" (image_ops.DECODERS).
+    resizer: the training crops' resampler, "pil" (bicubic) or "opencv" (image_ops.RESIZERS, image_ops.TRAIN_RESIZER).
     read_threads: decoding threads per process (default: 1 per worker process, else the CPU count, at most 8).
     views: two SimCLR views per example (RandomResizedCrop(crop_scale) then this augmentation, image_ops.train_views)
       instead of one crop; the batch gains "image2", the second view.
@@ -291,6 +295,7 @@ class TrainDataOptions:
     samples_per_class: int = 0
     start_example: int = 0
     label_tuples: bool = False
+    resizer: str = image_ops.TRAIN_RESIZER
 
 
 def make_train_dataset(data_dir: str, options: TrainDataOptions) -> grain.IterDataset:
@@ -316,6 +321,8 @@ def make_train_dataset(data_dir: str, options: TrainDataOptions) -> grain.IterDa
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if decoder not in image_ops.DECODERS:
         raise ValueError(f"decoder {decoder!r} unknown; expected one of {image_ops.DECODERS}")
+    if o.resizer not in image_ops.RESIZERS:
+        raise ValueError(f"resizer {o.resizer!r} unknown; expected one of {image_ops.RESIZERS}")
     if not (0 < crop_scale[0] <= crop_scale[1] <= 1):
         raise ValueError(f"crop_scale must satisfy 0 < lo <= hi <= 1, got {tuple(crop_scale)}")
     manifest = records.read_manifest(data_dir)
@@ -353,7 +360,7 @@ def make_train_dataset(data_dir: str, options: TrainDataOptions) -> grain.IterDa
     stream = _ProcessStream(order, batch_size, process_index, process_count, first_batch, num_batches)
     shards = unreadable.ShardIndex(paths, counts)
     example = _TrainExample(source, shards, tokenizer, image_size, tuple(crop_scale), decoder, seed, views,
-                            _labels_length(source, shards) if label_tuples else None)
+                            _labels_length(source, shards) if label_tuples else None, o.resizer)
     ds = grain.MapDataset.source(stream).map(example)
     return _batched(ds, batch_size, True, worker_count, read_threads)
 
