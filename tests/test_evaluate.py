@@ -306,7 +306,9 @@ def test_two_processes_equal_one(evaluated, tmp_path):
     workdir, _, results = evaluated
     port = free_port()
     env = cpu_env(4)
-    args = ["--config.eval.linear_probe=digits", "--config.eval.cache_features=false"]
+    # The probe is left out here: its C search over two processes takes 100 s on 2 cores (each solver step is a gloo
+    # collective); test_linear_probe.py::test_two_processes_fit_as_one fits it over two processes at one C.
+    args = ["--config.eval.linear_probe=", "--config.eval.cache_features=false"]
     procs = [subprocess.Popen([sys.executable, "-m", "wpce_jax.evaluate", f"--workdir={workdir}", *args,
                                f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
@@ -316,7 +318,8 @@ def test_two_processes_equal_one(evaluated, tmp_path):
     with open(os.path.join(workdir, "eval", "step_30.json")) as f:
         two = json.load(f)
     for name in CONTRACT:
-        assert two[name] == pytest.approx(results[name], abs=1e-6), name
+        if not name.startswith("linear_probe/"):
+            assert two[name] == pytest.approx(results[name], abs=1e-6), name
 
 
 def _numpy_image_retrieval(compared: np.ndarray, labels: np.ndarray, by: str = "similarity") -> dict[str, float]:

@@ -254,6 +254,32 @@ def test_input_validation(imbalanced):
         lp.class_balanced_weights(y, 3)
 
 
+def test_two_processes_fit_as_one(digits, tmp_path):
+    """The rows split over 2 processes x 4 devices (gloo collectives, as a multi-host evaluation runs the probe)
+    against one process's 8 devices: the same probe to the C search's tolerance, the same predictions."""
+    import subprocess
+    import sys
+
+    from runs import ROOT, cpu_env
+    from test_multiprocess import free_port
+
+    C, port = 1e-2, free_port()
+    env = {**cpu_env(4), "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
+    procs = [subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "probe_two_processes.py"), str(port), str(i),
+                               str(tmp_path / "probe.npz"), str(C)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    two = np.load(tmp_path / "probe.npz")
+    assert int(two["devices"]) == 8
+    x, y = digits
+    one = lp.fit(x, y, 10, C, mesh=mesh_of(8))
+    got = jax.nn.softmax(x @ two["weights"] + two["bias"], axis=-1)
+    np.testing.assert_allclose(got, np.asarray(one.predict_proba(x)), atol=2e-4)
+    np.testing.assert_array_equal(two["predicted"], np.asarray(one.predict(x)))
+
+
 def mesh_of(count):
     return Mesh(np.asarray(jax.devices()[:count]), ("rows",))
 
