@@ -21,7 +21,7 @@ from wpce_jax.optimizer import make_optimizer
 from wpce_jax.parallel import global_batch, make_mesh, replicated
 from wpce_jax.similarity import embed, train_rff
 from wpce_jax.train_step import initial_state, make_loss_fn, make_train_step
-from runs import ROOT, cli, final_params, losses, run, tiny_config
+from runs import ROOT, final_params, losses, tiny_config, train_here
 
 TWO_VIEW = os.path.join(ROOT, "configs", "digits_two_view.py")
 LABELLED = os.path.join(ROOT, "configs", "digits_labelled.py")
@@ -148,10 +148,9 @@ def test_view_pipeline_resumes_exactly(cache_dir, tmp_path):
 
 @pytest.mark.parametrize("path,arg,probe,metric", [(TWO_VIEW, "wpce", "digits", "train/view_top1"),
                                                    (LABELLED, "clip,triplet", "", "train/positive_sq_dist")])
-def test_digits_run_and_exact_resume(cache_dir, tmp_path, path, arg, probe, metric):
+def test_digits_run_and_exact_resume(cache_dir, tmp_path, capsys, path, arg, probe, metric):
     workdir = str(tmp_path)
-    cmd = cli(workdir, cache_dir, path, arg, **{"eval.linear_probe": probe})
-    run(cmd)
+    train_here(workdir, cache_dir, path, arg, **{"eval.linear_probe": probe})  # in this process: no start-up
     want = losses(workdir)
     assert sorted(want) == list(range(1, 31)) and all(np.isfinite(list(want.values())))
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
@@ -162,8 +161,9 @@ def test_digits_run_and_exact_resume(cache_dir, tmp_path, path, arg, probe, metr
     reference = final_params(workdir)
     # As if killed between the step-20 checkpoint and the step-30 one: the last checkpoint never happened.
     shutil.rmtree(os.path.join(workdir, "checkpoints", "30"))
-    out = run(cmd)
-    assert "resumed from the step-20 checkpoint" in out.stdout
+    capsys.readouterr()
+    train_here(workdir, cache_dir, path, arg, **{"eval.linear_probe": probe})
+    assert "resumed from the step-20 checkpoint" in capsys.readouterr().out
     assert losses(workdir) == want  # bit-identical, every step
     jax.tree.map(np.testing.assert_array_equal, final_params(workdir), reference)
 
