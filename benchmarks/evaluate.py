@@ -136,7 +136,7 @@ def bench_zeroshot(args) -> None:
     from wpce_jax.cli import load_config_file
 
     from wpce_jax.data import testing
-    from wpce_jax.data.pipeline import make_eval_dataset
+    from wpce_jax.data.pipeline import EvalDataOptions, make_eval_dataset
     from wpce_jax.evaluate import zeroshot
     from wpce_jax.evaluate.encode import Encoders
     from wpce_jax.models.model_config import init_params, make_model
@@ -160,8 +160,8 @@ def bench_zeroshot(args) -> None:
     width = config.model.embed_dim + config.wpce.num_features
     classes = np.random.default_rng(0).standard_normal((1000, args.rff_draws, width), dtype=np.float32)
     for _ in range(args.trials):
-        t, _ = timed(lambda: list(make_eval_dataset(source, image_size=config.data.image_size,
-                                                    batch_size=config.eval.batch_size)))
+        t, _ = timed(lambda: list(make_eval_dataset(source, EvalDataOptions(config.data.image_size,
+                                                                            config.eval.batch_size))))
         pipe.append(len(source) / t)
         t, feats = timed(encoders.images, params, rffs, source, "zero-shot")
         enc.append(len(source) / t)

@@ -316,8 +316,8 @@ def test_converted_dataset_feeds_the_pipeline(shard_set, tmp_path):
     model = train_sentencepiece((c for c, _, _ in kept.values()), str(tmp_path / "spm"), 40)
     from wpce_jax.data import tokenizers
     tok = tokenizers.get_tokenizer("sentencepiece", model, 32)
-    batches = list(pipeline.make_eval_dataset(Records(str(tmp_path / "out")), tokenizer=tok, image_size=32,
-                                              batch_size=8, pad=False))
+    batches = list(pipeline.make_eval_dataset(Records(str(tmp_path / "out")), pipeline.EvalDataOptions(
+        tokenizer=tok, image_size=32, batch_size=8, pad=False)))
     assert sum(len(b["label"]) for b in batches) == m["num_examples"]
     assert all((b["label"] == -1).all() for b in batches)  # no labels in web data
     assert np.isfinite(np.concatenate([b["image"] for b in batches])).all()

@@ -48,7 +48,8 @@ def _make(dataset, **kw):
 def _make_eval(dataset, **kw):
     """The evaluation pipeline over the same records (unpadded unless asked)."""
     data_dir, tok, _ = dataset
-    return pipeline.make_eval_dataset(Records(data_dir), **{"tokenizer": tok, "image_size": SIZE, "pad": False, **kw})
+    return pipeline.make_eval_dataset(Records(data_dir), pipeline.EvalDataOptions(
+        **{"tokenizer": tok, "image_size": SIZE, "pad": False, **kw}))
 
 
 def _labels(ds, n_batches=None):

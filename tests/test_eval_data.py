@@ -21,7 +21,7 @@ def _eval_config(**kw):
 
 
 def _all_items(source, **kw):
-    batches = list(pipeline.make_eval_dataset(source, image_size=SIZE, batch_size=4, **kw))
+    batches = list(pipeline.make_eval_dataset(source, pipeline.EvalDataOptions(image_size=SIZE, batch_size=4, **kw)))
     cat = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
     return cat
 
@@ -50,7 +50,7 @@ def test_tfds_pixels_are_the_eval_crop_of_the_decoded_image():
     with tfds.testing.mock_data(num_examples=3, policy=tfds.testing.MockPolicy.USE_CODE):
         data = eval_sources.tfds_source("oxford_iiit_pet", "test", "/data/tfds")
         first = data.source[0]["image"]
-        batch = next(iter(pipeline.make_eval_dataset(data.source, image_size=SIZE, batch_size=3)))
+        batch = next(iter(pipeline.make_eval_dataset(data.source, pipeline.EvalDataOptions(SIZE, 3))))
     np.testing.assert_array_equal(batch["image"][0], image_ops.eval_crop(first, SIZE))
 
 
@@ -187,8 +187,8 @@ def test_specs():
 def test_index_restores_source_order_across_processes():
     """Global batches stack every process's slice, which interleaves their blocks; "index" undoes it."""
     source = [{"image": testing.digit_image(i, 20), "label": i} for i in range(11)]
-    per_process = [list(pipeline.make_eval_dataset(source, image_size=SIZE, batch_size=2, process_index=p,
-                                                   process_count=3)) for p in range(3)]
+    per_process = [list(pipeline.make_eval_dataset(source, pipeline.EvalDataOptions(
+        image_size=SIZE, batch_size=2, process_index=p, process_count=3))) for p in range(3)]
     stacked = {k: np.concatenate([b[k] for step in zip(*per_process) for b in step]) for k in ("label", "index",
                                                                                                "mask")}
     assert not np.array_equal(stacked["label"][stacked["mask"]], np.arange(11))  # interleaved

@@ -219,27 +219,48 @@ class _ProcessStream:
         return g, self.order[g]
 
 
-def make_eval_dataset(source, *, image_size: int, batch_size: int, process_index: int = 0,
-                      process_count: int = 1, worker_count: int = 0, decoder: str = image_ops.DEFAULT_DECODER,
-                      read_threads: int | None = None, pad: bool = True, tokenizer=None) -> grain.IterDataset:
+@dataclasses.dataclass(frozen=True)
+class EvalDataOptions:
+    """What make_eval_dataset builds from an evaluation source.
+
+    image_size: output side S (centre crops). batch_size: per-process batch size b.
+    process_index, process_count: this process's share (process p reads [p N / P, (p + 1) N / P) in order).
+    worker_count, decoder, read_threads: as for training (TrainDataOptions).
+    pad: every process yields ceil(ceil(N / P) / b) full batches (what a multi-process jit step needs), the
+      missing rows copies of item 0 with "mask" False; otherwise the last batch is partial.
+    tokenizer: when given, the batches carry the items' captions as "tokens".
+    """
+    image_size: int
+    batch_size: int
+    process_index: int = 0
+    process_count: int = 1
+    worker_count: int = 0
+    decoder: str = image_ops.DEFAULT_DECODER
+    read_threads: int | None = None
+    pad: bool = True
+    tokenizer: Any = None
+
+
+def make_eval_dataset(source, options: EvalDataOptions) -> grain.IterDataset:
     """One pass over a random-access evaluation source, this process's contiguous share, centre crops.
 
     source: len() and [i] -> record bytes or {"image": encoded bytes or uint8 [H, W, C], "label": int}
-      (wpce_jax.data.eval_sources). Process p reads [p N / P, (p + 1) N / P) in order.
-    pad: every process yields ceil(ceil(N / P) / b) full batches (what a multi-process jit step needs), the
-      missing rows copies of item 0 with "mask" False; otherwise the last batch is partial.
+      (wpce_jax.data.eval_sources).
     Returns batches {"image": uint8 [b, S, S, 3], "label": int32 [b], "mask": bool [b] (real and
     decodable), "corrupt": bool [b] (real but undecodable), "index" int32 [b] (position in the source, -1 for
     padding: batches of several processes interleave, so this restores the source order), "tokens" int32 [b, L]
     with a tokenizer}.
     """
+    o = options
+    process_index, process_count, batch_size, tokenizer, image_size, decoder = (
+        o.process_index, o.process_count, o.batch_size, o.tokenizer, o.image_size, o.decoder)
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} must be in [0, process_count={process_count})")
     n = len(source)
     start, stop = process_index * n // process_count, (process_index + 1) * n // process_count
     ds = grain.MapDataset.source(source)
     real = ds[start:stop].map_with_index(_DecodeEval(tokenizer, image_size, decoder, start))
-    if pad:
+    if o.pad:
         largest = -(-n // process_count)  # the first processes' shares are the longest
         total = -(-largest // batch_size) * batch_size
         if total > stop - start:
@@ -247,7 +268,7 @@ def make_eval_dataset(source, *, image_size: int, batch_size: int, process_index
             fill = ds[0:1].repeat(total - (stop - start)).map_with_index(
                 _DecodeEval(tokenizer, image_size, decoder, real=False))
             real = grain.MapDataset.concatenate([real, fill]) if stop > start else fill
-    return _batched(real, batch_size, False, worker_count, read_threads)
+    return _batched(real, batch_size, False, o.worker_count, o.read_threads)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -307,7 +328,7 @@ def make_train_dataset(data_dir: str, options: TrainDataOptions) -> grain.IterDa
     device, a quarter of the bytes of float32), "tokens" int32 [b, L], "label" int32 [b] (-1 for unlabelled records),
     "skipped" bool [b] (a stand-in replaced a record that did not read or decode, unreadable.py); with
     label_tuples "labels" int32 [b, K]; with `views` "image2" uint8 [b, S, S, 3]. (Evaluation reads a
-    converted dataset with make_eval_dataset(eval_sources.Records(data_dir), ...).)
+    converted dataset with make_eval_dataset(eval_sources.Records(data_dir), EvalDataOptions(...)).)
     """
     o = options
     (tokenizer, image_size, batch_size, seed, process_index, process_count, crop_scale, worker_count, num_epochs,

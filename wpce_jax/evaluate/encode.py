@@ -22,7 +22,7 @@ import numpy as np
 from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
-from wpce_jax.data.pipeline import make_eval_dataset
+from wpce_jax.data.pipeline import EvalDataOptions, make_eval_dataset
 from wpce_jax.progress import Progress
 from wpce_jax.kernels import RFF
 from wpce_jax.parallel import batch_sharding, global_batch, per_process_batch, replicated
@@ -100,9 +100,9 @@ class Encoders:
         temporary ones, gone with the arrays)."""
         c = self.config
         local = per_process_batch(c.eval.batch_size, "eval.batch_size")
-        batches = make_eval_dataset(source, image_size=c.data.image_size, batch_size=local,
-                                    process_index=jax.process_index(), process_count=jax.process_count(),
-                                    worker_count=c.data.worker_count)
+        batches = make_eval_dataset(source, EvalDataOptions(
+            image_size=c.data.image_size, batch_size=local, process_index=jax.process_index(),
+            process_count=jax.process_count(), worker_count=c.data.worker_count))
         n = len(source)
         progress = Progress(desc, unit="images", enabled=jax.process_index() == 0, delay=5.0)
         files = FeatureFiles(n, directory)
