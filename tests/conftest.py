@@ -1,5 +1,5 @@
 """Test set-up: eight fake CPU devices, so sharded code runs here as it would on an 8-chip host; and one trained
-digits run shared by every test that needs a checkpoint, in every pytest-xdist worker (README: `-n 2`)."""
+digits run shared by every test that needs a checkpoint, in every pytest-xdist worker (README: `-n 3`)."""
 import atexit
 import os
 import shutil
@@ -64,8 +64,8 @@ def digits_run(tmp_path_factory, cache_dir):
     return _shared(tmp_path_factory, "digits_run", lambda workdir: run_cli(workdir, cache_dir))
 
 
-# The files that take longest go first: with `-n 2 --dist loadfile` (README) a file runs whole on one worker, so a long
-# file that started last would leave the other worker idle at the end. The order within each file is kept.
+# The files that take longest go first: with `-n 3 --dist loadfile` (README) a file runs whole on one worker, so a long
+# file that started last would leave the other workers idle at the end. The order within each file is kept.
 SLOW_FIRST = ("test_evaluate.py", "test_device_check.py", "test_multiprocess.py", "test_training_modes.py",
               "test_accumulation.py", "test_fsdp.py", "test_train.py", "test_compositional.py")
 
