@@ -2,6 +2,7 @@
 process (`train_here`) it skips the start-up and the compiles already done."""
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -21,6 +22,20 @@ def cpu_env(devices: int) -> dict:
     optimisation level."""
     flags = f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0"
     return {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
+
+
+def run_two_processes(argv_of, env: dict, timeout: float = 600) -> list[str]:
+    """Runs argv_of(port, i) for processes i = 0 and 1 at once (a free local port for their jax.distributed
+    coordinator), with `env`; asserts both exit 0; returns their stdouts."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = [subprocess.Popen(argv_of(port, i), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    outs = [p.communicate(timeout=timeout) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    return [out for out, _ in outs]
 
 
 # The linear probe is left to the evaluation tests (python -m wpce_jax.evaluate on the shared run).

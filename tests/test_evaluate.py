@@ -23,8 +23,7 @@ from wpce_jax.errors import ConfigError
 from wpce_jax.evaluate.__main__ import apply_config_flags, format_table
 from wpce_jax.evaluate.evaluator import Evaluator
 from wpce_jax.parallel import make_mesh
-from runs import cpu_env
-from test_multiprocess import free_port
+from runs import cpu_env, run_two_processes
 
 
 def test_class_vectors_clip_renormalised_wpce_averaged():
@@ -304,17 +303,12 @@ def test_fsdp8_checkpoint_evaluates_the_same_split_on_eight_devices_and_whole_on
 
 def test_two_processes_equal_one(evaluated, tmp_path):
     workdir, _, results = evaluated
-    port = free_port()
-    env = cpu_env(4)
     # The probe is left out here: its C search over two processes takes 100 s on 2 cores (each solver step is a gloo
     # collective); test_linear_probe.py::test_two_processes_fit_as_one fits it over two processes at one C.
     args = ["--config.eval.linear_probe=", "--config.eval.cache_features=false"]
-    procs = [subprocess.Popen([sys.executable, "-m", "wpce_jax.evaluate", f"--workdir={workdir}", *args,
-                               f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
-    outs = [p.communicate(timeout=600) for p in procs]
-    for p, (_, err) in zip(procs, outs):
-        assert p.returncode == 0, err[-3000:]
+    run_two_processes(lambda port, i: [sys.executable, "-m", "wpce_jax.evaluate", f"--workdir={workdir}", *args,
+                                       f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                                       f"--process_id={i}"], cpu_env(4))
     with open(os.path.join(workdir, "eval", "step_30.json")) as f:
         two = json.load(f)
     for name in CONTRACT:

@@ -257,20 +257,14 @@ def test_input_validation(imbalanced):
 def test_two_processes_fit_as_one(digits, tmp_path):
     """The rows split over 2 processes x 4 devices (gloo collectives, as a multi-host evaluation runs the probe)
     against one process's 8 devices: the same probe to the C search's tolerance, the same predictions."""
-    import subprocess
     import sys
 
-    from runs import ROOT, cpu_env
-    from test_multiprocess import free_port
+    from runs import ROOT, cpu_env, run_two_processes
 
-    C, port = 1e-2, free_port()
+    C, script = 1e-2, os.path.join(ROOT, "tests", "probe_two_processes.py")
     env = {**cpu_env(4), "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
-    procs = [subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "probe_two_processes.py"), str(port), str(i),
-                               str(tmp_path / "probe.npz"), str(C)], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for i in range(2)]
-    outs = [p.communicate(timeout=300) for p in procs]
-    for p, (_, err) in zip(procs, outs):
-        assert p.returncode == 0, err[-3000:]
+    run_two_processes(lambda port, i: [sys.executable, script, str(port), str(i), str(tmp_path / "probe.npz"), str(C)],
+                      env, timeout=300)
     two = np.load(tmp_path / "probe.npz")
     assert int(two["devices"]) == 8
     x, y = digits

@@ -6,8 +6,6 @@ import json
 import os
 import re
 import shutil
-import socket
-import subprocess
 import sys
 
 import jax
@@ -20,7 +18,7 @@ from wpce_jax.errors import UserError
 from wpce_jax.models.model_config import make_model
 from wpce_jax.optimizer import make_optimizer
 from wpce_jax.train_step import initial_state
-from runs import cpu_env, tiny_config
+from runs import cpu_env, run_two_processes, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -242,23 +240,13 @@ def test_classify(error, code):
     assert restore.classify(error) == code
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_that_see_different_faults_take_one_decision(tmp_path):
     """Process 1 alone sees a passing fault (both retry, both restore step 20), then alone sees damage (both move
     step 20 aside and restore step 10); process 0 alone hits an unknown error (both stop, nothing moved)."""
-    port, script = _free_port(), os.path.join(ROOT, "tests", "restore_two_processes.py")
+    script = os.path.join(ROOT, "tests", "restore_two_processes.py")
     env = {**cpu_env(1), "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
-    procs = [subprocess.Popen([sys.executable, script, str(port), str(i), str(tmp_path)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
-    outs = [p.communicate(timeout=300) for p in procs]
-    for p, (_, err) in zip(procs, outs):
-        assert p.returncode == 0, err[-3000:]
-    results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
+    outs = run_two_processes(lambda port, i: [sys.executable, script, str(port), str(i), str(tmp_path)], env, 300)
+    results = [json.loads(out.strip().splitlines()[-1]) for out in outs]
     assert results[0]["transient"] == results[1]["transient"] == [20, 20.0]
     assert results[0]["damaged"] == results[1]["damaged"] == [10, 10.0]
     assert results[0]["unknown"] == "RuntimeError: injected on process 0"
