@@ -12,6 +12,7 @@ import time
 import jax
 
 from wpce_jax.cli import load_config_file
+from wpce_jax.config_validation import mode_settings
 from wpce_jax.models.model_config import make_model
 from wpce_jax.optimizer import make_optimizer
 from wpce_jax.parallel import make_mesh, replicated
@@ -27,7 +28,7 @@ def compile_seconds(config) -> tuple[float, int]:
     size, length = config.data.image_size, config.model.text.context_length
     batch = {"image": jax.ShapeDtypeStruct((config.batch_size, size, size, 3), jax.numpy.float32),
              "tokens": jax.ShapeDtypeStruct((config.batch_size, length), jax.numpy.int32)}
-    step = jax.jit(make_train_step(model, config, mesh, tx), out_shardings=replicated(mesh))
+    step = jax.jit(make_train_step(model, config, mesh, tx, mode_settings(config)), out_shardings=replicated(mesh))
     start = time.perf_counter()
     lowered = step.lower(state, batch)
     lowered.compile()

@@ -18,6 +18,7 @@ import jax  # noqa: E402
 
 from wpce_jax.checkpoint import abstract_like  # noqa: E402
 from wpce_jax.cli import load_config_file  # noqa: E402
+from wpce_jax.config_validation import mode_settings  # noqa: E402
 from wpce_jax.models.model_config import make_model  # noqa: E402
 from wpce_jax.optimizer import make_optimizer  # noqa: E402
 from wpce_jax.parallel import batch_sharding, make_mesh, replicated, state_shardings  # noqa: E402
@@ -49,7 +50,7 @@ def memory(config) -> dict:
     rows = batch_sharding(mesh)
     batch = {"image": jax.ShapeDtypeStruct((config.batch_size, size, size, 3), jax.numpy.float32, sharding=rows),
              "tokens": jax.ShapeDtypeStruct((config.batch_size, length), jax.numpy.int32, sharding=rows)}
-    step = jax.jit(make_train_step(model, config, mesh, tx), donate_argnums=0,
+    step = jax.jit(make_train_step(model, config, mesh, tx, mode_settings(config)), donate_argnums=0,
                    out_shardings=(shardings, replicated(mesh)))
     stats = step.lower(state, batch).compile().memory_analysis()
     params = sum(x.size for x in jax.tree.leaves(abstract.params))

@@ -26,6 +26,7 @@ import numpy as np
 
 from wpce_jax import mfu
 from wpce_jax.cli import load_config_file
+from wpce_jax.config_validation import mode_settings
 from wpce_jax.models.model_config import make_model
 from wpce_jax.optimizer import make_optimizer
 from wpce_jax.parallel import global_batch, make_mesh, replicated, state_shardings
@@ -72,7 +73,7 @@ def measure(config, steps: int) -> dict:
     batch = global_batch({"image": rng.integers(0, 256, (config.batch_size, size, size, 3), dtype=np.uint8),
                           "tokens": rng.integers(0, config.model.text.vocab_size - 1,
                                                  (config.batch_size, length)).astype(np.int32)}, mesh)
-    step = jax.jit(make_train_step(model, config, mesh, tx), donate_argnums=0,
+    step = jax.jit(make_train_step(model, config, mesh, tx, mode_settings(config)), donate_argnums=0,
                    out_shardings=(shardings, replicated(mesh)))
     started = time.perf_counter()
     lowered = step.lower(state, batch)

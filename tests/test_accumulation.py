@@ -13,7 +13,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from runs import ROOT, tiny_config
-from wpce_jax.config_validation import validate_config
+from wpce_jax.config_validation import mode_settings, validate_config
 from wpce_jax.data import run_data
 from wpce_jax.models.model_config import make_model
 from wpce_jax.optimizer import learning_rate_schedule, make_optimizer, num_updates
@@ -74,10 +74,10 @@ def test_accumulated_gradient_equals_the_unsplit_one(path, arg, objective):
     results = {}
     for k in (1, 2, 4):
         config = config_for(path, arg, objective=objective, **{"optim.accum_steps": k})
-        validate_config(config)
+        settings = validate_config(config)
         model = make_model(config)
         params = jax.device_put(initial_state(model, make_optimizer(config), config, key).params, replicated(mesh))
-        grad_fn = jax.jit(make_grad_fn(model, config, mesh))
+        grad_fn = jax.jit(make_grad_fn(model, config, mesh, settings))
         (loss, metrics), grads = grad_fn(params, batch, train_rff(key, 0, config))
         results[k] = jax.tree.map(np.asarray, (loss, metrics, grads))
     loss1, metrics1, grads1 = results[1]
@@ -120,7 +120,7 @@ def test_schedule_and_optimiser_count_train_steps():
         assert num_updates(config) == 30
         model, tx = make_model(config), make_optimizer(config)
         schedule = learning_rate_schedule(config)
-        step = jax.jit(make_train_step(model, config, mesh, tx), out_shardings=replicated(mesh))
+        step = jax.jit(make_train_step(model, config, mesh, tx, mode_settings(config)), out_shardings=replicated(mesh))
         state = jax.device_put(initial_state(model, tx, config, key), replicated(mesh))
         params0 = jax.tree.map(np.asarray, state.params)
         logged = []
@@ -153,7 +153,7 @@ def temp_bytes(k: int, batch_size: int) -> int:
     model, tx = make_model(config), make_optimizer(config)
     state = jax.device_put(initial_state(model, tx, config, jax.random.key(0)), replicated(mesh))
     batch = global_batch({n: v for n, v in random_batch(batch_size).items() if n in ("image", "tokens")}, mesh)
-    step = jax.jit(make_train_step(model, config, mesh, tx), donate_argnums=0, out_shardings=replicated(mesh))
+    step = jax.jit(make_train_step(model, config, mesh, tx, mode_settings(config)), donate_argnums=0, out_shardings=replicated(mesh))
     analysis = step.lower(state, batch).compile().memory_analysis()
     if analysis is None:
         pytest.skip("this backend reports no memory analysis")

@@ -15,7 +15,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from runs import ROOT, tiny_config
 from wpce_jax import losses, train
-from wpce_jax.config_validation import RANKING_LOSSES, validate_config
+from wpce_jax.config_validation import RANKING_LOSSES, mode_settings, validate_config
 from wpce_jax.parallel import BATCH_AXES, make_mesh
 from wpce_jax.train_step import make_objective_fn
 
@@ -51,7 +51,7 @@ def test_image_ranking_objective_equals_the_global_loss(direction):
     grades = hierarchical(labels, labels)
     for kind in RANKING_LOSSES:
         config = tiny_config("unused", CONFIG, f"ranking,wpce,{kind}", **{"ranking.direction": direction})
-        got, metrics = jax.jit(make_objective_fn(None, config, mesh))(params, vectors, batch)
+        got, metrics = jax.jit(make_objective_fn(None, config, mesh, mode_settings(config)))(params, vectors, batch)
         if kind == "infonce":  # the partner view only
             rel = np.eye(b, dtype=np.float32)
             kind = "softmax"

@@ -16,6 +16,7 @@ from absl.testing import flagsaver
 from jax.sharding import PartitionSpec as P
 
 from wpce_jax import checkpoint, inference
+from wpce_jax.config_validation import mode_settings
 from wpce_jax.data.tokenizers import get_tokenizer
 from wpce_jax.evaluate import retrieval, zeroshot
 from wpce_jax.evaluate import __main__ as evaluate_cli
@@ -218,7 +219,8 @@ def _in_process(workdir, devices, **overrides):
     with config.unlocked():
         config.eval.update(overrides)
     tokenizer = get_tokenizer(config.data.tokenizer, config.data.tokenizer_path, config.model.text.context_length)
-    return Evaluator(model, config, mesh, tokenizer, log=lambda line: None)(state.params, state.rng, state.eval_rff)
+    evaluator = Evaluator(model, config, mesh, tokenizer, mode_settings(config).relevance, log=lambda line: None)
+    return evaluator(state.params, state.rng, state.eval_rff)
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from jax.sharding import PartitionSpec as P
 
 from wpce_jax import checkpoint
 from wpce_jax.checkpoint import Checkpointer, abstract_like
+from wpce_jax.config_validation import mode_settings
 from wpce_jax.data import run_data
 from wpce_jax.models.model_config import make_model
 from wpce_jax.optimizer import make_optimizer
@@ -54,7 +55,7 @@ def test_fsdp_steps_equal_replicated_steps(cache_dir, tmp_path, accum, splits):
         mesh = make_mesh(fsdp=fsdp)
         shardings = state_shardings(state0, mesh)
         state = jax.device_put(state0, shardings)
-        step = jax.jit(make_train_step(model, config, mesh, tx), out_shardings=(shardings, None))
+        step = jax.jit(make_train_step(model, config, mesh, tx, mode_settings(config)), out_shardings=(shardings, None))
         step_losses = []
         for batch in batches:
             state, metrics = step(state, global_batch(batch, mesh))
@@ -95,7 +96,7 @@ def test_fsdp_step_holds_a_share_of_the_state_and_no_more_temporaries(cache_dir,
     for fsdp in (1, 8):
         mesh = make_mesh(fsdp=fsdp)
         shardings = state_shardings(abstract, mesh)
-        step = jax.jit(make_train_step(model, config, mesh, tx), donate_argnums=0, out_shardings=(shardings, None))
+        step = jax.jit(make_train_step(model, config, mesh, tx, mode_settings(config)), donate_argnums=0, out_shardings=(shardings, None))
         stats[fsdp] = step.lower(abstract_like(abstract, shardings),
                                  global_batch(batches[0], mesh)).compile().memory_analysis()
     batch_bytes = sum(v.nbytes for v in batches[0].values()) // 8

@@ -40,7 +40,7 @@ def numpy_objective(objective, x, y, scale, bias=None):
 def test_objective_matches_numpy_and_lowers_the_loss(cache_dir, tmp_path, objective):
     assert jax.device_count() == 8
     config = tiny_config(cache_dir, objective=objective)
-    validate_config(config)
+    settings = validate_config(config)
     data = run_data.resolve(config, str(tmp_path))
     config = data.config
     model, tx = make_model(config), make_optimizer(config)
@@ -64,8 +64,8 @@ def test_objective_matches_numpy_and_lowers_the_loss(cache_dir, tmp_path, object
     want_t2i = np.mean(np.argmax(logits, axis=0) == np.arange(len(x)))
 
     mesh = make_mesh()
-    step = jax.jit(make_train_step(model, config, mesh, tx), out_shardings=replicated(mesh))
-    held_loss = jax.jit(lambda p: make_loss_fn(model, config, mesh)(p, global_batch(held, mesh), rff)[0])
+    step = jax.jit(make_train_step(model, config, mesh, tx, settings), out_shardings=replicated(mesh))
+    held_loss = jax.jit(lambda p: make_loss_fn(model, config, mesh, settings)(p, global_batch(held, mesh), rff)[0])
     state = jax.device_put(state, replicated(mesh))
     state, metrics = step(state, global_batch(held, mesh))
     metrics = jax.tree.map(np.asarray, metrics)

@@ -18,7 +18,7 @@ from runs import ROOT, final_params, tiny_config, train_here
 from runs import losses as logged_losses
 from test_accumulation import assert_gradients_close
 from wpce_jax import losses, train
-from wpce_jax.config_validation import RANKING_LOSSES, validate_config
+from wpce_jax.config_validation import RANKING_LOSSES, mode_settings, validate_config
 from wpce_jax.data.digit_pairs import PAIRS
 from wpce_jax.errors import ConfigError
 from wpce_jax.evaluate.retrieval import graded_ndcg
@@ -51,7 +51,7 @@ def test_sharded_objective_equals_the_global_loss(direction):
     grades = positional(labels, labels)
     for kind in RANKING_LOSSES:
         config = tiny_config("unused", CONFIG, f"wpce,{kind}", **{"ranking.direction": direction})
-        objective = jax.jit(make_objective_fn(None, config, mesh))
+        objective = jax.jit(make_objective_fn(None, config, mesh, mode_settings(config)))
         got, metrics = objective(params, vectors, batch)
         if kind == "infonce":
             t2i = losses.ranking_loss(y, x, np.eye(b, dtype=np.float32), 7.0, "softmax")
@@ -77,10 +77,10 @@ def test_accumulation_2_equals_1():
     results = {}
     for k in (1, 2):
         config = tiny_config("unused", CONFIG, "wpce,approx_ndcg", **VOCAB, **{"optim.accum_steps": k})
-        validate_config(config)
+        settings = validate_config(config)
         model = make_model(config)
         params = jax.device_put(initial_state(model, make_optimizer(config), config, key).params, replicated(mesh))
-        out = jax.jit(make_grad_fn(model, config, mesh))(params, batch, train_rff(key, 0, config))
+        out = jax.jit(make_grad_fn(model, config, mesh, settings))(params, batch, train_rff(key, 0, config))
         results[k] = jax.tree.map(np.asarray, out)
     (loss1, metrics1), grads1 = results[1]
     (loss2, metrics2), grads2 = results[2]

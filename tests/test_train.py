@@ -17,6 +17,7 @@ from PIL import Image
 from wpce_jax import checkpoint, train, train_step
 from wpce_jax.data import run_data
 from wpce_jax.data import digits
+from wpce_jax.config_validation import validate
 from wpce_jax.data.records import decode_record, read_manifest, read_records, shard_paths
 from wpce_jax.errors import UserError
 from wpce_jax.models.model_config import make_model
@@ -192,6 +193,7 @@ def test_changed_config_on_resume_stops_before_compute_or_passes_with_a_line(tmp
 def test_one_step_on_8_devices_equals_1_device(cache_dir, tmp_path):
     assert jax.device_count() == 8
     config = tiny_config(cache_dir)
+    settings = validate(config)
     data = run_data.resolve(config, str(tmp_path))
     config = data.config
     model, tx = make_model(config), make_optimizer(config)
@@ -204,9 +206,9 @@ def test_one_step_on_8_devices_equals_1_device(cache_dir, tmp_path):
     results = []
     for devices in (jax.devices()[:1], jax.devices()):
         mesh = make_mesh(devices)
-        grads = jax.jit(jax.grad(lambda p, b: make_loss_fn(model, config, mesh)(p, b, rff)[0]))(
+        grads = jax.jit(jax.grad(lambda p, b: make_loss_fn(model, config, mesh, settings)(p, b, rff)[0]))(
             jax.device_put(state0.params, replicated(mesh)), global_batch(batch, mesh))
-        step = jax.jit(make_train_step(model, config, mesh, tx), out_shardings=replicated(mesh))
+        step = jax.jit(make_train_step(model, config, mesh, tx, settings), out_shardings=replicated(mesh))
         state = jax.device_put(state0, replicated(mesh))
         for _ in range(2):  # the second step sees updated Adam moments
             state, metrics = step(state, global_batch(batch, mesh))
@@ -285,8 +287,8 @@ def test_non_finite_guard_keeps_last_good_checkpoint(cache_dir, tmp_path, monkey
             local = {**local, "image": np.zeros_like(local["image"])}
         return real_batch(local, mesh)
 
-    def nan_when_black(model, config, mesh):
-        grad_fn = real_grad_fn(model, config, mesh)
+    def nan_when_black(model, config, mesh, settings):
+        grad_fn = real_grad_fn(model, config, mesh, settings)
 
         def poisoned(params, batch, rff):
             (loss, metrics), grads = grad_fn(params, batch, rff)

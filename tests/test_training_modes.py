@@ -12,6 +12,7 @@ import pytest
 
 from wpce_jax import losses as losses_lib, train
 from wpce_jax.cli import load_config_file
+from wpce_jax.config_validation import mode_settings
 from wpce_jax.data import run_data
 from wpce_jax.data import digits, image_ops
 from wpce_jax.data.pipeline import TrainDataOptions, make_train_dataset
@@ -58,7 +59,7 @@ def test_one_step_on_8_devices_equals_the_loss_by_hand(cache_dir, tmp_path, path
         want = losses_lib.margin_contrastive_loss(x, jnp.asarray(batch["label"]), config.margin)
 
     mesh = make_mesh()
-    step = jax.jit(make_train_step(model, config, mesh, tx), out_shardings=replicated(mesh))
+    step = jax.jit(make_train_step(model, config, mesh, tx, mode_settings(config)), out_shardings=replicated(mesh))
     state, metrics = step(jax.device_put(state0, replicated(mesh)), global_batch(batch, mesh))
     assert float(want) > 0
     np.testing.assert_allclose(float(metrics["train/loss"]), float(want), rtol=1e-5)
@@ -81,7 +82,7 @@ def test_text_tower_gets_zero_gradient_and_is_not_run(cache_dir, tmp_path):
     batch = {"image": np.random.default_rng(0).normal(size=(32, 32, 32, 3)).astype(np.float32),
              "label": np.arange(32, dtype=np.int32) % 4}
     mesh = make_mesh()
-    loss_fn = make_loss_fn(model, config, mesh)
+    loss_fn = make_loss_fn(model, config, mesh, mode_settings(config))
     grads = jax.jit(jax.grad(lambda p, b: loss_fn(p, b, train_rff(jax.random.key(0), 0, config))[0]))(
         jax.device_put(state0.params, replicated(mesh)), global_batch(batch, mesh))
     for name in ("text_encoder", "text_head", "logit_scale"):

@@ -1,12 +1,12 @@
 """The objectives, as a registry: what each training mode encodes, its sharded loss, and its metrics.
 
-`MODES[config.mode]` is an `Objective`:
+`MODES[settings.mode]` (config_validation.ModeSettings, which checked config.mode) is an `Objective`:
   inputs      the batch entries its towers encode (what GradCache splits into micro-batches); the objective may read
               other entries of the whole batch (labels)
   image_only  only the image tower is run (the text tower and the logit scale then get no update, train_step.py)
   encode      (model, config) -> encode(params, batch, rff): the compared vectors, a tuple of [B, F] arrays, row i
               from example i alone (`similarity.embed` of the towers' clouds)
-  objective   (model, config, mesh) -> objective(params, vectors, batch) -> (loss, metrics): the loss over the
+  objective   (model, config, mesh, settings) -> objective(params, vectors, batch) -> (loss, metrics): the loss over the
               global batch, in shard_map over parallel.BATCH_AXES on the vectors' local rows (each device gathers
               what it needs), and its metrics
   metrics     the names of the metrics it returns (besides "train/loss" and what the step adds)
@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 from ml_collections import ConfigDict
 
-from wpce_jax.config_validation import ModeSettings, mode_settings
+from wpce_jax.config_validation import ModeSettings
 from wpce_jax.errors import ConfigError
 from wpce_jax.losses import (infonce_and_accuracy, margin_contrastive_loss, nce_loss, nt_xent, pair_distances,
                              ranking_loss, sigmoid_loss, triplet_loss)
@@ -223,11 +223,6 @@ MODES = {
     "image_ranking": Objective(("image", "image2"), True, _encode_two_views, _image_ranking_objective,
                                ("train/view_top1",), reads=("labels",)),
 }
-
-
-def get(config: ConfigDict) -> Objective:
-    """The registry entry of config.mode (checked by config_validation.mode_settings)."""
-    return MODES[mode_settings(config).mode]
 
 
 def check_batch(mode: str, batch: dict) -> None:

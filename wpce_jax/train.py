@@ -221,10 +221,10 @@ def train_and_evaluate(config: ConfigDict, workdir, stop_signals: "StopSignals |
             batches = _global_batches(iter(_dataset(config, data, examples, settings)), settings.mode, mesh,
                                       skipped)
             first = next(batches)
-            train_step, flops = _compile(model, config, mesh, tx, state, first)
+            train_step, flops = _compile(model, config, mesh, tx, settings, state, first)
             batches = itertools.chain([first], batches)
             run = _Run(config, plan, workdir, state, batches, train_step, flops,
-                       Evaluator(model, config, mesh, data.tokenizer, digits_data=data.digits),
+                       Evaluator(model, config, mesh, data.tokenizer, settings.relevance, digits_data=data.digits),
                        checkpointer, writer, lock, stop, start, skipped)
             return _loop(run)
         finally:
@@ -254,12 +254,12 @@ def _global_batches(local_batches: Iterator[dict], mode: str, mesh, skipped: _Sk
         yield global_batch(local, mesh)
 
 
-def _compile(model, config, mesh, tx, state, batch):
+def _compile(model, config, mesh, tx, settings: ModeSettings, state, batch):
     """The train step compiled for the real batch's shapes (compile time stays out of the first step's rate), and
     the model FLOPs of one step per device: those of the unsplit step, since accumulation's second forward pass is
     recomputation, not model work (and XLA's cost analysis counts a loop body once)."""
     def lower(config):
-        step = jax.jit(make_train_step(model, config, mesh, tx), donate_argnums=0,
+        step = jax.jit(make_train_step(model, config, mesh, tx, settings), donate_argnums=0,
                        out_shardings=(state_shardings(state, mesh), replicated(mesh)))
         return step.lower(state, batch)
 

@@ -7,14 +7,15 @@ other side's features). A step whose loss or gradient is not finite changes noth
 `bad_step`; every later step is a no-op too, so the state (and any checkpoint written from it) stays the last good
 one until the host notices and stops the run.
 
-`config.mode` (config_validation.mode_settings) picks what is trained: "image_text" (the objective above), or the
-image tower alone: "two_view" (SimCLR's NT-Xent over the compared vectors of two augmented views of each image,
-batch["image"] and batch["image2"]) or "labelled" (triplet or margin contrastive loss over the compared vectors with
-batch["label"]); or both towers again in "ranking" (a learning-to-rank loss with graded relevance from the label
-tuples batch["labels"]; "image_ranking" on two views of each image). Each mode is an entry of objectives.py's
-registry. In the image-only modes the text tower is never run, so its parameters and the logit scale get a zero
-gradient; the step also applies no update to them (AdamW's weight decay would otherwise shrink them), so they
-stay exactly at their initial values.
+`config.mode` picks what is trained: "image_text" (the objective above), or the image tower alone: "two_view"
+(SimCLR's NT-Xent over the compared vectors of two augmented views of each image, batch["image"] and
+batch["image2"]) or "labelled" (triplet or margin contrastive loss over the compared vectors with batch["label"]);
+or both towers again in "ranking" (a learning-to-rank loss with graded relevance from the label tuples
+batch["labels"]; "image_ranking" on two views of each image). Each mode is an entry of objectives.py's registry.
+Every builder below takes the mode's `ModeSettings`, computed once by the entry point (config_validation.validate,
+or config_validation.mode_settings for the mode's fields alone). In the image-only modes the text tower is never
+run, so its parameters and the logit scale get a zero gradient; the step also applies no update to them (AdamW's
+weight decay would otherwise shrink them), so they stay exactly at their initial values.
 
 `optim.accum_steps` = k splits the towers' work into k micro-batches to save memory (`make_grad_fn`, GradCache): the
 objective is still taken over the whole global batch (`batch_size` is the contrastive batch), the step has one RFF
@@ -31,7 +32,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from ml_collections import ConfigDict
 
 from wpce_jax import logit_scale, objectives
-from wpce_jax.config_validation import mode_settings
+from wpce_jax.config_validation import ModeSettings
 from wpce_jax.kernels import RFF
 from wpce_jax.models.model_config import init_params
 from wpce_jax.optimizer import learning_rate_schedule, stop_frozen
@@ -60,24 +61,23 @@ def initial_state(model, tx: optax.GradientTransformation, config: ConfigDict, r
 IMAGE_PARAMS = ("image_encoder", "image_head")  # what the image-only modes train
 
 
-def make_encode_fn(model, config: ConfigDict):
+def make_encode_fn(model, config: ConfigDict, settings: ModeSettings):
     """encode(params, batch, rff) -> the mode's compared vectors, a tuple of [B, F] arrays: the towers and
     `similarity.embed`, row i from example i alone (the registry entry's encoder, objectives.py). "image_text" and
     "ranking": (x images, y captions); "two_view": (x, x2) of batch["image"] and batch["image2"]; "labelled": (x,)."""
-    encode = objectives.get(config).encode(model, config)
+    encode = objectives.MODES[settings.mode].encode(model, config)
     # Under FSDP: the weights outside the transformer blocks are gathered here, the blocks' where they run.
     return lambda params, batch, rff: encode(gather_fsdp(params, skip_blocks=True), batch, rff)
 
 
-def make_objective_fn(model, config: ConfigDict, mesh):
+def make_objective_fn(model, config: ConfigDict, mesh, settings: ModeSettings):
     """objective(params, vectors, batch) -> (loss, metrics): the mode's objective over the global batch, in
     shard_map, of `make_encode_fn`'s vectors (sharded over the data axis), from the registry (objectives.py).
     params feed only the logit scale (and SigLIP's bias); batch only the labels ("labelled", "ranking")."""
-    settings = mode_settings(config)
     return objectives.MODES[settings.mode].objective(model, config, mesh, settings)
 
 
-def make_loss_fn(model, config: ConfigDict, mesh):
+def make_loss_fn(model, config: ConfigDict, mesh, settings: ModeSettings):
     """loss_fn(params, batch, rff) -> (loss, metrics): the towers, the compared vectors, and the mode's objective
     over the global batch in shard_map; objective(params, encode(params, batch, rff), batch) of
     `make_objective_fn` and `make_encode_fn`.
@@ -86,7 +86,7 @@ def make_loss_fn(model, config: ConfigDict, mesh):
     "train/logit_bias" for the sigmoid objective. "two_view": NT-Xent; "train/view_top1". "labelled": triplet or
     margin contrastive loss; "train/positive_sq_dist" and "train/negative_sq_dist" (mean squared distances of the
     same-label and different-label pairs)."""
-    encode, objective = make_encode_fn(model, config), make_objective_fn(model, config, mesh)
+    encode, objective = make_encode_fn(model, config, settings), make_objective_fn(model, config, mesh, settings)
 
     def loss_fn(params, batch, rff):
         return objective(params, encode(params, batch, rff), batch)
@@ -112,7 +112,7 @@ def join_micro_batches(tree, k: int, mesh):
                          out_specs=P(BATCH_AXES))(tree)
 
 
-def make_grad_fn(model, config: ConfigDict, mesh):
+def make_grad_fn(model, config: ConfigDict, mesh, settings: ModeSettings):
     """grad_fn(params, batch, rff) -> ((loss, metrics), grads): `make_loss_fn`'s loss over the whole global batch,
     its metrics, and its gradient with respect to params.
 
@@ -125,14 +125,15 @@ def make_grad_fn(model, config: ConfigDict, mesh):
          summed into the parameter gradient.
     The cost is one more forward pass of the towers. Loss and metrics are those of k = 1; the gradient equals
     k = 1's up to float32 rounding (the batch sum is taken in k parts)."""
-    encode_all, objective_all = make_encode_fn(model, config), make_objective_fn(model, config, mesh)
+    encode_all = make_encode_fn(model, config, settings)
+    objective_all = make_objective_fn(model, config, mesh, settings)
     # Frozen parameters (optim.frozen) enter behind stop_gradient: a zero gradient, and no backward pass of theirs.
     encode = lambda p, b, r: encode_all(stop_frozen(p, config), b, r)  # noqa: E731
     objective = lambda p, v, b: objective_all(stop_frozen(p, config), v, b)  # noqa: E731
     k = config.optim.accum_steps
     if k == 1:
         return jax.value_and_grad(lambda p, b, r: objective(p, encode(p, b, r), b), has_aux=True)
-    inputs = objectives.get(config).inputs
+    inputs = objectives.MODES[settings.mode].inputs
     rows, micro_rows = NamedSharding(mesh, P(BATCH_AXES)), NamedSharding(mesh, P(None, BATCH_AXES))
 
     def grad_fn(params, batch, rff):
@@ -157,14 +158,14 @@ def make_grad_fn(model, config: ConfigDict, mesh):
     return grad_fn
 
 
-def make_train_step(model, config: ConfigDict, mesh, tx: optax.GradientTransformation):
+def make_train_step(model, config: ConfigDict, mesh, tx: optax.GradientTransformation, settings: ModeSettings):
     """Returns step(state, batch) -> (state, metrics); batch {"image" [B,H,W,3], "tokens" [B,L]} global arrays
     (two_view: "image" and "image2"; labelled: "image" and "label" [B] int32). One RFF draw and one optimiser update
     per step, whatever `optim.accum_steps` (which only splits the towers' work, `make_grad_fn`)."""
     similarity = config.model.similarity
-    image_only = objectives.get(config).image_only
+    image_only = objectives.MODES[settings.mode].image_only
     schedule = learning_rate_schedule(config)
-    grad_fn = make_grad_fn(model, config, mesh)
+    grad_fn = make_grad_fn(model, config, mesh, settings)
 
     def step(state: TrainState, batch):
         rff = train_rff(jax.random.wrap_key_data(state.rng), state.step, config)

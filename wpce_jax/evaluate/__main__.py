@@ -153,6 +153,7 @@ def main(argv):
     import jax
 
     distributed.initialize()
+    from wpce_jax.config_validation import mode_settings
     from wpce_jax.inference import restore
     from wpce_jax.data.tokenizers import get_tokenizer
     from wpce_jax.evaluate.evaluator import Evaluator, validate_eval_config
@@ -170,7 +171,8 @@ def main(argv):
         print(summary, flush=True)
     tokenizer = get_tokenizer(config.data.tokenizer, config.data.tokenizer_path, config.model.text.context_length)
     cache = f"{FLAGS.workdir}/eval/features/step_{step}" if config.eval.cache_features else None
-    evaluator = Evaluator(model, config, mesh, tokenizer, cache_dir=cache, training=False, verbose=True)
+    evaluator = Evaluator(model, config, mesh, tokenizer, mode_settings(config).relevance, cache_dir=cache,
+                          training=False, verbose=True)
     if not evaluator:
         fail("the config names no evaluation: set --config.eval.zeroshot, --config.eval.linear_probe, "
              "--config.eval.retrieval or --config.eval.image_retrieval")

@@ -30,7 +30,6 @@ from jax.experimental import multihost_utils
 from ml_collections import ConfigDict
 
 from wpce_jax.config_fields import get as _get
-from wpce_jax.config_validation import mode_settings
 from wpce_jax.data.eval_sources import MissingDataError
 from wpce_jax.errors import ConfigError
 from wpce_jax.evaluate import image_retrieval, linear_probe, registry, retrieval, zeroshot
@@ -118,12 +117,13 @@ class _Scaled:
 class Evaluator:
     """evaluator(params, root_key_data, eval_rff) -> {metric name: value}, identical on every process.
 
-    `config` is validated by the entry point (train_and_evaluate, python -m wpce_jax.evaluate: validate_eval_config).
+    `config` is validated by the entry point (train_and_evaluate, python -m wpce_jax.evaluate: validate_eval_config);
+    relevance: the graded retrieval NDCG's rule, the run's data.relevance (config_validation.ModeSettings.relevance).
 
     training: the trainer's evaluator (linear probes only with eval.linear_probe_in_training); verbose: also log
     each stage of the linear probe's C search."""
 
-    def __init__(self, model, config: ConfigDict, mesh, tokenizer, *, digits_data=None,
+    def __init__(self, model, config: ConfigDict, mesh, tokenizer, relevance: str, *, digits_data=None,
                  cache_dir: Optional[str] = None, log: Callable[[str], None] = partial(print, flush=True),
                  training: bool = True, verbose: bool = False):
         self.config, self.tokenizer, self.digits_data, self.cache_dir = config, tokenizer, digits_data, cache_dir
@@ -132,7 +132,7 @@ class Evaluator:
         self._log, self.verbose = log, verbose
         self._resolved: dict = {}  # (task, spec, split) -> resolved set, or None once skipped
         self.pairs_data = None  # the built-in digit pairs, prepared when an evaluation names them
-        self.relevance = mode_settings(config).relevance  # the graded retrieval NDCG's rule
+        self.relevance = relevance
         self.tasks = {task: registry.parse_specs(config.eval.get(task) or "", task) for task in TASKS}
         if training and not config.eval.get("linear_probe_in_training", True):
             self.tasks["linear_probe"] = []
