@@ -29,6 +29,7 @@ def test_train_step_flops_count_the_model_once_whatever_the_accumulation(cache_d
     import numpy as np
 
     from wpce_jax import train
+    from wpce_jax.config_validation import mode_settings
     from wpce_jax.data import run_data
     from wpce_jax.models.model_config import make_model
     from wpce_jax.optimizer import make_optimizer
@@ -46,5 +47,5 @@ def test_train_step_flops_count_the_model_once_whatever_the_accumulation(cache_d
         batch = global_batch({"image": rng.integers(0, 255, (32, 32, 32, 3)).astype(np.float32) / 255,
                               "tokens": rng.integers(0, 50, (32, config.model.text.context_length)).astype(np.int32)},
                              mesh)
-        flops.append(train._compile(model, config, mesh, tx, state, batch)[1])
+        flops.append(train._compile(model, config, mesh, tx, mode_settings(config), state, batch)[1])
     assert flops[0] > 0 and flops[1] == pytest.approx(flops[0], rel=1e-6)
