@@ -65,9 +65,9 @@ def measure(config, steps: int) -> dict:
     the donated state; None when XLA reports none), and the first step's loss."""
     mesh = make_mesh(fsdp=config.mesh.fsdp)
     model, tx = make_model(config), make_optimizer(config)
-    state = initial_state(model, tx, config, jax.random.key(0))
-    shardings = state_shardings(state, mesh)
-    state = jax.device_put(state, shardings)
+    init = lambda: initial_state(model, tx, config, jax.random.key(0))  # noqa: E731
+    shardings = state_shardings(jax.eval_shape(init), mesh)
+    state = jax.jit(init, out_shardings=shardings)()  # one program, made in place (eager: an op at a time)
     rng = np.random.default_rng(0)
     size, length = config.data.image_size, config.model.text.context_length
     batch = global_batch({"image": rng.integers(0, 256, (config.batch_size, size, size, 3), dtype=np.uint8),
