@@ -7,10 +7,11 @@ import tempfile
 
 import pytest
 
-# Must be set before JAX initialises its backends; a caller's own XLA_FLAGS win. The tiny test programs spend more
-# time in LLVM's optimiser than running: without it (backend optimisation level 0) test_fsdp.py took 102 s instead
-# of 150 s on 2 cores. The programs compute the same things; only their machine code is less tuned.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0")
+from xla_flags import cpu_flags
+
+# Must be set before JAX initialises its backends; a caller's own XLA_FLAGS win. Flags that make compiling cheaper:
+# xla_flags.py.
+os.environ.setdefault("XLA_FLAGS", cpu_flags(8))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # gcsfs would otherwise probe every bucket over gRPC (60 s each against the test's fake GCS); read at its import.
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")

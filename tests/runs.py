@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from wpce_jax import checkpoint, cli as wpce_cli, config_fields, train
+from xla_flags import cpu_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIGITS = os.path.join(ROOT, "configs", "digits.py")
@@ -18,10 +19,9 @@ DIGITS = os.path.join(ROOT, "configs", "digits.py")
 
 
 def cpu_env(devices: int) -> dict:
-    """The environment of a test's JAX subprocess: this one's, with `devices` CPU devices and conftest.py's backend
-    optimisation level."""
-    flags = f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0"
-    return {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
+    """The environment of a test's JAX subprocess: this one's, with `devices` CPU devices and the test programs'
+    compiler flags (xla_flags.py)."""
+    return {**os.environ, "XLA_FLAGS": cpu_flags(devices), "JAX_PLATFORMS": "cpu"}
 
 
 def run_two_processes(argv_of, env: dict, timeout: float = 600) -> list[str]:
