@@ -153,7 +153,8 @@ def temp_bytes(k: int, batch_size: int) -> int:
     model, tx = make_model(config), make_optimizer(config)
     state = jax.device_put(initial_state(model, tx, config, jax.random.key(0)), replicated(mesh))
     batch = global_batch({n: v for n, v in random_batch(batch_size).items() if n in ("image", "tokens")}, mesh)
-    step = jax.jit(make_train_step(model, config, mesh, tx, mode_settings(config)), donate_argnums=0, out_shardings=replicated(mesh))
+    step = jax.jit(make_train_step(model, config, mesh, tx, mode_settings(config)), donate_argnums=0,
+                   out_shardings=replicated(mesh))
     analysis = step.lower(state, batch).compile().memory_analysis()
     if analysis is None:
         pytest.skip("this backend reports no memory analysis")

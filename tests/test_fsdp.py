@@ -96,7 +96,8 @@ def test_fsdp_step_holds_a_share_of_the_state_and_no_more_temporaries(cache_dir,
     for fsdp in (1, 8):
         mesh = make_mesh(fsdp=fsdp)
         shardings = state_shardings(abstract, mesh)
-        step = jax.jit(make_train_step(model, config, mesh, tx, mode_settings(config)), donate_argnums=0, out_shardings=(shardings, None))
+        step = jax.jit(make_train_step(model, config, mesh, tx, mode_settings(config)), donate_argnums=0,
+                       out_shardings=(shardings, None))
         stats[fsdp] = step.lower(abstract_like(abstract, shardings),
                                  global_batch(batches[0], mesh)).compile().memory_analysis()
     batch_bytes = sum(v.nbytes for v in batches[0].values()) // 8

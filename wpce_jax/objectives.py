@@ -6,9 +6,9 @@
   image_only  only the image tower is run (the text tower and the logit scale then get no update, train_step.py)
   encode      (model, config) -> encode(params, batch, rff): the compared vectors, a tuple of [B, F] arrays, row i
               from example i alone (`similarity.embed` of the towers' clouds)
-  objective   (model, config, mesh, settings) -> objective(params, vectors, batch) -> (loss, metrics): the loss over the
-              global batch, in shard_map over parallel.BATCH_AXES on the vectors' local rows (each device gathers
-              what it needs), and its metrics
+  objective   (model, config, mesh, settings) -> objective(params, vectors, batch) -> (loss, metrics): the loss
+              over the global batch, in shard_map over parallel.BATCH_AXES on the vectors' local rows (each device
+              gathers what it needs), and its metrics
   metrics     the names of the metrics it returns (besides "train/loss" and what the step adds)
   reads       the other batch entries the objective reads (whole-batch, not encoded): checked by `check_batch`
 The image-text objectives (config.objective, held by the model as `model.objective`) are a sub-table,
