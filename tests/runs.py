@@ -17,21 +17,30 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIGITS = os.path.join(ROOT, "configs", "digits.py")
 
 
-
 def cpu_env(devices: int) -> dict:
     """The environment of a test's JAX subprocess: this one's, with `devices` CPU devices and the test programs'
     compiler flags (xla_flags.py)."""
     return {**os.environ, "XLA_FLAGS": cpu_flags(devices), "JAX_PLATFORMS": "cpu"}
 
 
-def run_two_processes(argv_of, env: dict, timeout: float = 600) -> list[str]:
-    """Runs argv_of(port, i) for processes i = 0 and 1 at once (a free local port for their jax.distributed
-    coordinator), with `env`; asserts both exit 0; returns their stdouts."""
+def free_port() -> int:
+    """A free local TCP port (a jax.distributed coordinator's, a test server's)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    procs = [subprocess.Popen(argv_of(port, i), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i in range(2)]
+        return s.getsockname()[1]
+
+
+def start_two_processes(argv_of, env: dict) -> list[subprocess.Popen]:
+    """Starts argv_of(port, i) for processes i = 0 and 1 at once (a free local port for their jax.distributed
+    coordinator), with `env`, their output piped."""
+    port = free_port()
+    return [subprocess.Popen(argv_of(port, i), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for i in range(2)]
+
+
+def run_two_processes(argv_of, env: dict, timeout: float = 600) -> list[str]:
+    """`start_two_processes`, then waits for both; asserts both exit 0; returns their stdouts."""
+    procs = start_two_processes(argv_of, env)
     outs = [p.communicate(timeout=timeout) for p in procs]
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]

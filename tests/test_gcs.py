@@ -4,7 +4,6 @@ to it through its documented emulator setting, so the code path is the real one:
 Orbax's TensorStore "gcs" driver, array_record's own GCS reader, google-cloud-storage."""
 import json
 import os
-import socket
 from http import HTTPStatus
 
 import jax
@@ -14,7 +13,7 @@ from etils import epath
 
 from wpce_jax import checkpoint
 from wpce_jax.data.run_data import prepare_digits
-from runs import final_params, losses, tiny_config, train_here
+from runs import final_params, free_port, losses, tiny_config, train_here
 
 BUCKET = "wpce-test"
 
@@ -41,9 +40,7 @@ def _download_like_gcs(real):
 def gcs():
     server_module = pytest.importorskip("gcp_storage_emulator.server")
     from gcp_storage_emulator.handlers import objects
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = server_module.create_server("127.0.0.1", port, in_memory=True, default_bucket=BUCKET)
     server.start()
     url = f"http://127.0.0.1:{port}"

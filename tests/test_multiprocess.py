@@ -3,41 +3,20 @@ and continue a one-process run (8 devices) exactly: the data position is a count
 import os
 import shutil
 import signal
-import socket
-import subprocess
-import sys
 
 import jax
 import numpy as np
 
 from wpce_jax import checkpoint
 from wpce_jax.data.run_data import prepare_digits
-from runs import DIGITS, TINY, cpu_env, losses, tiny_config
+from runs import cli, cpu_env, losses, run_two_processes, start_two_processes, tiny_config
 from test_train import wait_for
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_two_processes(workdir, cache_dir, **overrides):
-    port = free_port()
-    env = cpu_env(4)
-    flags = [f"--config.{k}={v}" for k, v in {**TINY, "data.cache_dir": cache_dir, **overrides}.items()]
-    return [subprocess.Popen([sys.executable, "-m", "wpce_jax.main", f"--config={DIGITS}", f"--workdir={workdir}",
-                              f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}",
-                              *flags], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for i in range(2)]
-
-
-def run_two_processes(workdir, cache_dir):
-    procs = start_two_processes(workdir, cache_dir)
-    outs = [p.communicate(timeout=600) for p in procs]
-    for p, (_, err) in zip(procs, outs):
-        assert p.returncode == 0, err[-3000:]
-    return outs[0][0]
+def two_processes(workdir, cache_dir, **overrides):
+    """argv_of(port, i) for runs.start_two_processes: `cli`'s training command as process i of 2."""
+    return lambda port, i: [*cli(workdir, cache_dir, **overrides), f"--coordinator_address=127.0.0.1:{port}",
+                            "--num_processes=2", f"--process_id={i}"]
 
 
 def test_two_processes_continue_a_one_process_run_exactly(tmp_path, cache_dir, digits_run):
@@ -49,7 +28,7 @@ def test_two_processes_continue_a_one_process_run_exactly(tmp_path, cache_dir, d
     workdir = str(tmp_path / "two")
     shutil.copytree(digits_run, workdir)
     shutil.rmtree(os.path.join(workdir, "checkpoints", "30"))
-    stdout = run_two_processes(workdir, cache_dir)
+    stdout = run_two_processes(two_processes(workdir, cache_dir), cpu_env(4))[0]
     assert "resumed from the step-20 checkpoint" in stdout and "zeroshot/digits/top1" in stdout
     got = losses(workdir)
     assert [got[s] for s in range(1, 21)] == [want_losses[s] for s in range(1, 21)]
@@ -66,7 +45,7 @@ def test_two_processes_continue_a_one_process_run_exactly(tmp_path, cache_dir, d
     # Two processes resume their own run bit-exactly (the same reduction order as the run they continue).
     want_losses = got
     shutil.rmtree(os.path.join(workdir, "checkpoints", "30"))
-    stdout = run_two_processes(workdir, cache_dir)
+    stdout = run_two_processes(two_processes(workdir, cache_dir), cpu_env(4))[0]
     assert "resumed from the step-20 checkpoint" in stdout
     assert losses(workdir) == want_losses
 
@@ -74,8 +53,8 @@ def test_two_processes_continue_a_one_process_run_exactly(tmp_path, cache_dir, d
 def test_sigterm_to_one_process_stops_both_at_one_checkpoint(tmp_path, cache_dir):
     workdir = str(tmp_path / "run")
     prepare_digits(tiny_config(cache_dir))  # built once, not by both processes at once (test_concurrent_prepare)
-    procs = start_two_processes(workdir, cache_dir, total_steps=400, checkpoint_every_steps=1000,
-                                eval_every_steps=1000)
+    procs = start_two_processes(two_processes(workdir, cache_dir, total_steps=400, checkpoint_every_steps=1000,
+                                              eval_every_steps=1000), cpu_env(4))
     metrics = os.path.join(workdir, "metrics.jsonl")
     wait_for(lambda: os.path.exists(metrics) and len(open(metrics).readlines()) >= 5, procs[0])
     procs[1].send_signal(signal.SIGTERM)  # a preemption notice reaching one host only

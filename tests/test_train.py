@@ -15,9 +15,9 @@ import pytest
 from PIL import Image
 
 from wpce_jax import checkpoint, train, train_step
+from wpce_jax.config_validation import validate
 from wpce_jax.data import run_data
 from wpce_jax.data import digits
-from wpce_jax.config_validation import validate
 from wpce_jax.data.records import decode_record, read_manifest, read_records, shard_paths
 from wpce_jax.errors import UserError
 from wpce_jax.models.model_config import make_model
